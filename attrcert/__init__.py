@@ -1,0 +1,28 @@
+"""attrcert: upper bounds on how far gradient attributions move under input perturbations.
+
+Implements F. Wang and A. W.-K. Kong, "A Practical Upper Bound for the Worst-Case
+Attribution Deviations", CVPR 2023. The bounds assume a locally linear attribution
+on the perturbation ball; see the README and SPEC §6.
+"""
+
+from .attributions import METHODS, attribute
+from .certify import certify, max_eps
+from .errors import AttrcertError
+from .jacobian import attribution_jacobian
+from .perturbation import Perturbation
+from .smoothness import NonSmoothModelWarning, find_nonsmooth
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "AttrcertError",
+    "NonSmoothModelWarning",
+    "Perturbation",
+    "__version__",
+    "attribute",
+    "attribution_jacobian",
+    "certify",
+    "find_nonsmooth",
+    "max_eps",
+]

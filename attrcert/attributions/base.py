@@ -1,0 +1,71 @@
+"""The small base every attribution method implements.
+
+An attribution maps a batch ``x`` of shape ``(N, C, H, W)`` and one target class per
+sample to ``g`` of the same shape. Every method here is built from
+``grad_x f_y`` so that, with ``create_graph=True``, ``g`` is itself differentiable in
+``x``: that is what the attribution Jacobian ``J = dg/dx`` needs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Model = Callable[[Tensor], Tensor]
+
+
+def as_differentiable(x: Tensor) -> Tensor:
+    """``x`` itself if autograd tracks it, else a detached copy that requires grad."""
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
+def target_gradient(model: Model, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
+    """``grad_x f_{y_n}(x_n)`` for every sample ``n`` of the batch, shaped like ``x``.
+
+    One backward pass of ``sum_n f_{y_n}(x_n)``: samples are independent (eval mode),
+    so the gradient of the sum with respect to ``x_n`` is the gradient of ``f_{y_n}(x_n)``.
+    ``x`` must be tracked by autograd (see :func:`as_differentiable`).
+    """
+    logits = model(x)
+    if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"the model returned shape {tuple(logits.shape)} for a batch of {x.shape[0]}: "
+            "attrcert needs logits of shape (N, k)"
+        )
+    selected = logits.gather(1, target.view(-1, 1)).sum()
+    (grad,) = torch.autograd.grad(selected, x, create_graph=create_graph)
+    return grad
+
+
+class Attribution(ABC):
+    """A gradient attribution ``g^y(x)``.
+
+    Subclasses set :attr:`name` and implement :meth:`attribute`.
+    :attr:`complete` says whether ``sum_i g_i(x) = f_y(x) - f_y(baseline)`` holds
+    (the completeness axiom that Proposition 1 assumes), up to quadrature error.
+    """
+
+    name: str = ""
+    complete: bool = False
+
+    @abstractmethod
+    def attribute(
+        self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False
+    ) -> Tensor:
+        """Return ``g`` shaped like ``x`` (``(N, C, H, W)``); ``target`` is ``(N,)`` long.
+
+        With ``create_graph=True`` the result stays in the autograd graph of ``x``
+        (``x`` is used as is when it requires grad), so ``g`` can be differentiated again.
+        """
+
+    def __call__(
+        self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False
+    ) -> Tensor:
+        g = self.attribute(model, x, target, create_graph=create_graph)
+        return g if create_graph else g.detach()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,480 @@
+"""Orchestration per batch: attribution -> Jacobian -> spectrum -> bounds -> records.
+
+:func:`certify` gives the bounds of SPEC §2 and the label test of §4 for a fixed eps;
+:func:`max_eps` the largest eps for a tolerance (§3). Both share :func:`analyse`, which
+does the costly part (the attribution Jacobian and its spectrum) once per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import bounds
+from .attributions import Attribution, Model, get_method, resolve_target, target_gradient
+from .errors import OptionError
+from .jacobian import attribution_jacobian
+from .perturbation import NormLike, Perturbation, norm_label, parse_norm
+from .results import ASSUMPTION, Record, finite_or_none
+from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
+from .spectral import Spectrum, spectrum_full
+
+LABEL_GRADIENTS = ("completeness", "attribution")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Analysis:
+    """What the bounds need about one batch (all float64 on the CPU except ``x``).
+
+    Attributes:
+        x: the inputs ``(N, C, H, W)`` (model dtype and device).
+        target, predicted: ``(N,)`` classes.
+        logits: ``(N, k)`` at ``x``.
+        attr: ``g(x)`` flattened, ``(N, d)``.
+        spectrum: ``xi_max``, ``v_max``, ``sum |P_ij|`` of each ``J``.
+        label_grads: ``(N, k, d)``: for each class ``j`` the gradient that Proposition 1
+            uses (``grad f_j`` under completeness, or ``grad sum_i g^j_i``).
+        completeness_gap: ``(N,)`` ``|sum_i g_i - (f_y(x) - f_y(b))|`` (IG only).
+    """
+
+    x: Tensor
+    target: Tensor
+    predicted: Tensor
+    logits: Tensor
+    attr: Tensor
+    spectrum: Spectrum
+    label_grads: Tensor
+    completeness_gap: Tensor | None
+
+
+def prepare(
+    model: Model,
+    x: Tensor,
+    *,
+    dtype: torch.dtype | str | None,
+    device: torch.device | str | None,
+) -> tuple[Model, Tensor]:
+    """Move ``model`` and ``x`` to ``device`` / ``dtype`` and put an ``nn.Module`` in eval mode."""
+    if not isinstance(x, Tensor):
+        raise OptionError("x must be a torch.Tensor of shape (N, C, H, W)")
+    if x.ndim < 2:
+        raise OptionError(f"x has shape {tuple(x.shape)}: expected (N, C, H, W)")
+    if not x.is_floating_point():
+        x = x.float()
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype)  # type: ignore[assignment]
+        if dtype is None:
+            raise OptionError("dtype must be float32 or float64")
+    if isinstance(model, torch.nn.Module):
+        try:
+            model.eval()
+        except NotImplementedError:  # torch.export modules refuse .eval(); exported in eval mode
+            pass
+        if dtype is not None or device is not None:
+            model = model.to(device=device, dtype=dtype)
+        if dtype is None:
+            param = next(iter(model.parameters()), None)
+            dtype = param.dtype if param is not None else x.dtype
+    x = x.detach().to(device=device, dtype=dtype or x.dtype)
+    if not torch.isfinite(x).all():
+        raise OptionError("the inputs contain NaN or infinite values")
+    return model, x
+
+
+def analyse(
+    model: Model,
+    x: Tensor,
+    attribution: Attribution,
+    target: Tensor,
+    *,
+    chunk_size: int | None = None,
+    label_gradient: str = "completeness",
+    progress: Progress | None = None,
+) -> Analysis:
+    """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch."""
+    n = x.shape[0]
+    with torch.no_grad():
+        logits = model(x)
+    g = attribution(model, x, target)
+    jac = attribution_jacobian(attribution, model, x, target, chunk_size=chunk_size,
+                               progress=progress)
+    spectrum = spectrum_full(jac)
+    del jac
+    label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient)
+    gap = None
+    if attribution.complete:
+        base = attribution.baseline_for(x)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            f_base = model(base).gather(1, target.view(-1, 1)).squeeze(1)
+        f_x = logits.gather(1, target.view(-1, 1)).squeeze(1)
+        gap = (g.reshape(n, -1).sum(1) - (f_x - f_base)).abs().double().cpu()
+    return Analysis(
+        x=x,
+        target=target,
+        predicted=logits.argmax(1),
+        logits=logits.double().cpu(),
+        attr=g.reshape(n, -1).double().cpu(),
+        spectrum=spectrum.__class__(*(t.cpu() for t in (spectrum.xi_max, spectrum.v_max,
+                                                          spectrum.abs_sum_gram))),
+        label_grads=label_grads.double().cpu(),
+        completeness_gap=gap,
+    )
+
+
+def _label_gradients(
+    model: Model, x: Tensor, attribution: Attribution, k: int, how: str
+) -> Tensor:
+    """``(N, k, d)``: per class ``j``, ``grad_x f_j`` (completeness, SPEC §4 default) or
+    ``grad_x sum_i g^j_i`` (through the attribution: one second-order pass)."""
+    n = x.shape[0]
+    copies = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
+    copies = copies.clone().requires_grad_(True)
+    classes = torch.arange(k, device=x.device).repeat_interleave(n)
+    if how == "completeness":
+        grads = target_gradient(model, copies, classes, create_graph=False)
+    elif how == "attribution":
+        g = attribution(model, copies, classes, create_graph=True)
+        if not g.requires_grad:  # g does not depend on x: its gradient is zero
+            return torch.zeros(n, k, x[0].numel(), dtype=x.dtype, device=x.device)
+        (grads,) = torch.autograd.grad(g.sum(), copies, materialize_grads=True)
+    else:
+        raise OptionError(f"unknown label_gradient {how!r}: use {' or '.join(LABEL_GRADIENTS)}")
+    return grads.reshape(k, n, -1).transpose(0, 1).detach()
+
+
+def worst_case_directions(v_max: Tensor, p: float) -> Tensor:
+    """``(N, d)`` unit-lp directions that attain ``T_e``: ``v_max`` for l2,
+    ``sign(v_max)`` for l-inf (Theorem 2's vertices), ``v_max / ||v_max||_p`` otherwise."""
+    if math.isinf(p):
+        s = torch.sign(v_max)
+        s[s == 0] = 1.0
+        return s
+    return v_max / torch.linalg.vector_norm(v_max, ord=p, dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def attribution_deviations(
+    model: Model, analysis: Analysis, attribution: Attribution, deltas: Tensor
+) -> Tensor:
+    """``||g(x + delta_s) - g(x)||_2`` for each of ``S`` perturbations: ``deltas`` ``(S, N, d)``,
+    result ``(S, N)``; all ``S * N`` attributions in one call."""
+    s, n = deltas.shape[0], deltas.shape[1]
+    x = analysis.x
+    moved = (x.unsqueeze(0) + deltas.to(x.dtype).to(x.device).view(s, *x.shape))
+    g = attribution(model, moved.reshape(s * n, *x.shape[1:]), analysis.target.repeat(s))
+    return (g.reshape(s, n, -1).double().cpu() - analysis.attr.unsqueeze(0)).norm(dim=2)
+
+
+def _coerce_batching(chunk_size: int | None, batch_size: int | None) -> None:
+    for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise OptionError(f"{name} = {value!r} must be an integer >= 1")
+
+
+def _batches(n: int, batch_size: int | None) -> list[slice]:
+    size = n if batch_size is None else batch_size
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _setup(model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size):
+    _coerce_batching(chunk_size, batch_size)
+    model, x = prepare(model, x, dtype=dtype, device=device)
+    if baseline is not None:
+        if method != "integrated_gradients":
+            raise OptionError("a baseline applies only to integrated_gradients")
+        baseline = torch.as_tensor(baseline).to(dtype=x.dtype, device=x.device)
+    attribution = get_method(method, steps=steps, baseline=baseline)
+    targets = resolve_target(model, x, target)
+    k = _num_classes(model, x)
+    if targets.numel() and (targets.min() < 0 or targets.max() >= k):
+        raise OptionError(f"target classes must lie in 0..{k - 1}")
+    nonsmooth = find_nonsmooth(model, x)
+    notes = []
+    if nonsmooth:
+        notes.append(nonsmooth_message(nonsmooth))
+        warnings.warn(notes[-1], NonSmoothModelWarning, stacklevel=3)
+    return model, x, attribution, targets, nonsmooth, notes
+
+
+def _num_classes(model: Model, x: Tensor) -> int:
+    with torch.no_grad():
+        out = model(x[:1])
+    if out.ndim != 2:
+        raise OptionError(f"the model returned shape {tuple(out.shape)}: expected logits (N, k)")
+    return int(out.shape[1])
+
+
+def _common_fields(a: Analysis, i: int, method: str, p: float, nonsmooth, notes) -> Record:
+    return {
+        "index": i,
+        "target": int(a.target[i]),
+        "predicted": int(a.predicted[i]),
+        "method": method,
+        "norm": norm_label(p),
+        "attr_norm": finite_or_none(a.attr[i].norm().item()),
+        "xi_max": finite_or_none(a.spectrum.xi_max[i].item()),
+        "completeness_gap": None if a.completeness_gap is None
+        else finite_or_none(a.completeness_gap[i].item()),
+        "assumption": ASSUMPTION,
+        "smooth": not nonsmooth,
+        "nonsmooth_ops": list(nonsmooth),
+        "attack_checked": False,
+        "warnings": list(notes),
+    }
+
+
+def certify(
+    model: Model,
+    x: Tensor,
+    *,
+    eps: float,
+    norm: NormLike = 2,
+    method: str = "integrated_gradients",
+    steps: int = 50,
+    baseline: Tensor | None = None,
+    target: int | Tensor | list[int] | None = None,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    label_gradient: str = "completeness",
+    progress: Progress | None = None,
+) -> list[Record]:
+    """Upper bounds on ``||g(x + delta) - g(x)||`` over ``||delta||_p <= eps``, per sample.
+
+    Each record holds (SPEC §2, §4): ``xi_max`` (Theorem 1); ``T_e`` (Theorem 1 for l2,
+    Corollary 1 for lp, Theorem 2 for l-inf; ``T_e_method`` says which) and for l-inf
+    ``T_e_min``, the smallest valid bound; ``c`` (Eq. 39) and ``T_e_prime = c xi_max eps``
+    (Eq. 11, l2 only); ``T_c``, ``T_c_deg`` (Corollary 2) with ``vacuous`` when
+    ``T_e >= ||g||``; ``T_c_prime``/``T_c_prime_deg``/``vacuous_prime`` from ``T_e_prime``;
+    Proposition 1's ``label_preserved`` (Eq. 8 at ``+-`` the worst-case perturbation),
+    ``label_radius`` and ``label_kept`` (the real model's argmax there); ``target``,
+    ``predicted``, ``attr_norm``, ``eps``, ``norm``, ``method``, ``seconds``; and what the
+    numbers rest on: ``assumption``, ``smooth``, ``nonsmooth_ops``, ``attack_checked``.
+
+    The bounds assume a locally linear attribution (SPEC §6): they are estimates, not
+    guarantees, and ``T_e_prime`` is the tight estimate.
+
+    Args:
+        model: classifier returning logits ``(N, k)``; put in eval mode.
+        x: images ``(N, C, H, W)`` in the units eps is measured in.
+        eps: radius of the ball (> 0).
+        norm: ``p``: 2, ``"inf"`` / ``float("inf")``, or any ``p >= 1``.
+        method, steps, baseline: the attribution (SPEC §1).
+        target: classes (default: the predictions).
+        chunk_size: Jacobian rows per autograd pass (memory cap); batch_size: samples per batch.
+        dtype, device: where to compute (default: the model's).
+        label_gradient: ``"completeness"`` (``a = grad f_y' - grad f_y``) or ``"attribution"``.
+        progress: called with ``(rows_done, d)`` while Jacobians are built.
+    """
+    pert = Perturbation(parse_norm(norm), eps)
+    model, x, attribution, targets, nonsmooth, notes = _setup(
+        model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size)
+    records: list[Record] = []
+    for sl in _batches(x.shape[0], batch_size):
+        start = time.perf_counter()
+        a = analyse(model, x[sl], attribution, targets[sl], chunk_size=chunk_size,
+                    label_gradient=label_gradient, progress=progress)
+        batch_records = _certify_batch(model, a, attribution, pert, method, nonsmooth, notes)
+        elapsed = (time.perf_counter() - start) / len(batch_records)
+        for offset, rec in enumerate(batch_records):
+            rec["index"] = sl.start + offset
+            rec["seconds"] = elapsed
+        records.extend(batch_records)
+    return records
+
+
+def _certify_batch(
+    model: Model, a: Analysis, attribution: Attribution, pert: Perturbation, method: str,
+    nonsmooth: list[str], notes: list[str],
+) -> list[Record]:
+    n, d = a.attr.shape
+    eps, p = pert.eps, pert.norm
+    unit = worst_case_directions(a.spectrum.v_max, p)  # (N, d)
+    deltas = torch.stack([eps * unit, -eps * unit])  # (2, N, d)
+    deviations = (attribution_deviations(model, a, attribution, deltas)
+                  if pert.is_l2 else None)
+    with torch.no_grad():
+        moved = a.x.unsqueeze(0) + deltas.to(a.x.dtype).to(a.x.device).view(2, *a.x.shape)
+        kept_pred = model(moved.reshape(2 * n, *a.x.shape[1:])).argmax(1).view(2, n).cpu()
+    records = []
+    for i in range(n):
+        xi = float(a.spectrum.xi_max[i])
+        attr_norm = float(a.attr[i].norm())
+        te = bounds.euclidean_bound(xi, float(a.spectrum.abs_sum_gram[i]), d, p)
+        t_e = te.slope * eps
+        cos = bounds.cosine_bound(t_e, attr_norm)
+        rec = _common_fields(a, i, method, p, nonsmooth, notes)
+        rec.update({
+            "eps": eps,
+            "T_e": finite_or_none(t_e),
+            "T_e_method": te.method,
+            "T_e_min": finite_or_none(te.slope_min * eps),
+            "c": None,
+            "T_e_prime": None,
+            "T_c": finite_or_none(cos.distance),
+            "T_c_deg": finite_or_none(cos.degrees),
+            "vacuous": cos.vacuous,
+            "T_c_prime": None,
+            "T_c_prime_deg": None,
+            "vacuous_prime": None,
+        })
+        if deviations is not None:
+            c = bounds.modification_factor(deviations[:, i].tolist(), xi, eps)
+            t_prime = bounds.modified_euclidean_bound(c, xi, eps)
+            cos_p = bounds.cosine_bound(t_prime, attr_norm)
+            rec.update({
+                "c": finite_or_none(c),
+                "T_e_prime": finite_or_none(t_prime),
+                "T_c_prime": finite_or_none(cos_p.distance),
+                "T_c_prime_deg": finite_or_none(cos_p.degrees),
+                "vacuous_prime": cos_p.vacuous,
+            })
+        rec.update(_label_fields(a, i, pert, deltas[:, i], kept_pred[:, i]))
+        records.append(rec)
+    return records
+
+
+def _label_fields(a: Analysis, i: int, pert: Perturbation, deltas: Tensor,
+                  kept_pred: Tensor) -> Record:
+    y = int(a.target[i])
+    b = bounds.label_margins(a.logits[i].numpy(), y)
+    av = bounds.label_directions(a.label_grads[i].numpy(), y)
+    radius = bounds.label_radius(av, b, pert.dual)
+    return {
+        "label_preserved": bounds.label_preserved(av, b, [dl.numpy() for dl in deltas]),
+        "label_radius": finite_or_none(radius),
+        "label_radius_unbounded": radius is None,
+        "label_kept": bool((kept_pred == y).all()),
+    }
+
+
+def max_eps(
+    model: Model,
+    x: Tensor,
+    *,
+    omega: float,
+    metric: str = "euclidean",
+    norm: NormLike = 2,
+    modified: bool = False,
+    method: str = "integrated_gradients",
+    steps: int = 50,
+    baseline: Tensor | None = None,
+    target: int | Tensor | list[int] | None = None,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    bisection_steps: int = 30,
+    progress: Progress | None = None,
+) -> list[Record]:
+    """The largest eps whose bound stays within a tolerance ``omega`` (Appendix E, SPEC §3).
+
+    ``metric="euclidean"``: ``T_e(eps) <= omega`` (Eq. 50; lp and l-inf through their
+    ``T_e``). ``"cosine"`` (``0 < omega <= 1``): Corollary 2 inverted, ``T_e(eps) <=
+    ||g|| sqrt(omega (2 - omega))`` (Eq. 51-52 as corrected in SPEC §5). ``"angle"``
+    (degrees, ``0 < omega <= 90``): ``T_e(eps) <= ||g|| sin(omega)``.
+
+    With ``modified=True`` (l2 only) the bound is ``T'_e = c(eps) xi_max eps``; since
+    ``c(eps) xi_max eps = max(xi_max eps, max_s ||g(x + s eps v_max) - g(x)||)``, the largest
+    eps in ``[0, eps_linear]`` meeting the tolerance is found by bisection
+    (``bisection_steps`` halvings; the reported eps satisfies the tolerance).
+
+    Records: the common fields of :func:`certify` plus ``omega``, ``metric``,
+    ``eps_max`` (``None`` with ``eps_max_unbounded`` when no eps is too large),
+    ``eps_max_linear`` (the unmodified value) and ``T_e_method``.
+    """
+    p = parse_norm(norm)
+    _check_tolerance(omega, metric)
+    if modified and p != 2.0:
+        raise OptionError("modified (T'_e) is defined for the l2 norm only: use norm=2")
+    model, x, attribution, targets, nonsmooth, notes = _setup(
+        model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size)
+    records: list[Record] = []
+    for sl in _batches(x.shape[0], batch_size):
+        start = time.perf_counter()
+        a = analyse(model, x[sl], attribution, targets[sl], chunk_size=chunk_size,
+                    progress=progress)
+        n, d = a.attr.shape
+        tolerances, slopes, methods, batch = [], [], [], []
+        for i in range(n):
+            te = bounds.euclidean_bound(float(a.spectrum.xi_max[i]),
+                                        float(a.spectrum.abs_sum_gram[i]), d, p)
+            tol = bounds.euclidean_tolerance(omega, metric, float(a.attr[i].norm()))
+            tolerances.append(tol)
+            slopes.append(te.slope)
+            methods.append(te.method)
+        linear = [bounds.max_eps_linear(t, s) for t, s in zip(tolerances, slopes, strict=True)]
+        found = (_bisect_modified(model, a, attribution, linear, tolerances, bisection_steps)
+                 if modified else linear)
+        elapsed = (time.perf_counter() - start) / n
+        for i in range(n):
+            rec = _common_fields(a, i, method, p, nonsmooth, notes)
+            rec.update({
+                "index": sl.start + i,
+                "omega": omega,
+                "metric": metric,
+                "modified": modified,
+                "eps_max": finite_or_none(found[i]),
+                "eps_max_linear": finite_or_none(linear[i]),
+                "eps_max_unbounded": found[i] is None,
+                "T_e_method": methods[i],
+                "seconds": elapsed,
+            })
+            batch.append(rec)
+        records.extend(batch)
+    return records
+
+
+def _check_tolerance(omega: float, metric: str) -> None:
+    if metric not in bounds.METRICS:
+        raise OptionError(f"unknown metric {metric!r}: use one of {', '.join(bounds.METRICS)}")
+    omega = float(omega)
+    if not math.isfinite(omega) or omega <= 0:
+        raise OptionError(f"omega = {omega!r} must be a finite number > 0")
+    if metric == "cosine" and omega > 1:
+        raise OptionError("a cosine-distance tolerance omega must lie in (0, 1]")
+    if metric == "angle" and omega > 90:
+        raise OptionError("an angle tolerance omega must lie in (0, 90] degrees")
+
+
+def _bisect_modified(
+    model: Model, a: Analysis, attribution: Attribution, linear: list[float | None],
+    tolerances: list[float], iterations: int,
+) -> list[float | None]:
+    """Largest eps in ``[0, eps_linear]`` with ``c(eps) xi_max eps <= tolerance``, by bisection.
+
+    ``c(eps) xi_max eps = max(xi_max eps, dev(eps))`` (Eq. 39 times ``xi_max eps``), with
+    ``dev(eps) = max_s ||g(x + s eps v_max) - g(x)||``. Samples with an unbounded linear
+    eps (``xi_max = 0``) stay unbounded. One batched attribution call per step.
+    """
+    n = len(linear)
+    xi = a.spectrum.xi_max.numpy()
+    tol = np.array(tolerances)
+    hi = np.array([e if e is not None else 0.0 for e in linear])
+    active = np.array([e is not None and e > 0 for e in linear])
+    lo = np.zeros(n)
+
+    def meets(eps_vec: np.ndarray) -> np.ndarray:
+        e = torch.from_numpy(eps_vec).view(1, n, 1)
+        v = a.spectrum.v_max.unsqueeze(0)
+        dev = attribution_deviations(model, a, attribution, torch.cat([e * v, -e * v]))
+        value = np.maximum(xi * eps_vec, dev.max(0).values.numpy())
+        return value <= tol
+
+    ok_hi = meets(hi)
+    lo[ok_hi] = hi[ok_hi]
+    todo = active & ~ok_hi
+    for _ in range(iterations if todo.any() else 0):
+        mid = np.where(todo, 0.5 * (lo + hi), lo)
+        ok = meets(mid)
+        lo = np.where(todo & ok, mid, lo)
+        hi = np.where(todo & ~ok, mid, hi)
+    return [None if linear[i] is None else float(lo[i]) for i in range(n)]

@@ -1,0 +1,129 @@
+"""Which operations of a model break the twice-differentiability the bounds assume.
+
+The bounds of the paper assume a locally linear attribution, i.e. a twice
+differentiable classifier (SPEC §6). With ReLU the Hessian is zero almost everywhere
+(the saliency bound is 0, meaningless); max-pooling switches its winner under tiny
+perturbations. This module lists such operations so every result can carry a warning.
+
+The check runs one forward pass under a dispatch mode that records every ATen operator
+the model calls (which catches ``F.relu`` inside ``forward`` as well as ``nn.ReLU``, and
+works for eager, torch.export and TorchScript models alike), and also reads the
+operator names of TorchScript graphs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .attributions import Model
+
+#: ATen operators (overload packet names) whose first or second derivative jumps.
+NONSMOOTH_OPS: dict[str, str] = {
+    "relu": "ReLU",
+    "relu_": "ReLU",
+    "relu6": "ReLU6",
+    "leaky_relu": "LeakyReLU",
+    "leaky_relu_": "LeakyReLU",
+    "prelu": "PReLU",
+    "_prelu_kernel": "PReLU",
+    "rrelu": "RReLU",
+    "rrelu_with_noise": "RReLU",
+    "hardtanh": "Hardtanh",
+    "hardtanh_": "Hardtanh",
+    "hardswish": "Hardswish",
+    "hardswish_": "Hardswish",
+    "hardsigmoid": "Hardsigmoid",
+    "hardsigmoid_": "Hardsigmoid",
+    "hardshrink": "Hardshrink",
+    "softshrink": "Softshrink",
+    "threshold": "Threshold",
+    "threshold_": "Threshold",
+    "elu": "ELU",
+    "elu_": "ELU",
+    "celu": "CELU",
+    "selu": "SELU",
+    "max_pool1d": "max-pooling",
+    "max_pool2d": "max-pooling",
+    "max_pool3d": "max-pooling",
+    "max_pool1d_with_indices": "max-pooling",
+    "max_pool2d_with_indices": "max-pooling",
+    "max_pool3d_with_indices": "max-pooling",
+    "adaptive_max_pool1d": "max-pooling",
+    "adaptive_max_pool2d": "max-pooling",
+    "adaptive_max_pool3d": "max-pooling",
+    "fractional_max_pool2d": "max-pooling",
+    "fractional_max_pool3d": "max-pooling",
+    "abs": "abs",
+    "sign": "sign",
+    "sgn": "sign",
+    "heaviside": "step",
+    "floor": "floor",
+    "ceil": "ceil",
+    "round": "round",
+    "trunc": "trunc",
+    "clamp": "clamp",
+    "clamp_": "clamp",
+    "clamp_min": "clamp",
+    "clamp_min_": "clamp",
+    "clamp_max": "clamp",
+    "clamp_max_": "clamp",
+    "clip": "clamp",
+    "maximum": "maximum",
+    "minimum": "minimum",
+    "max": "max",
+    "min": "min",
+    "amax": "max",
+    "amin": "min",
+    "topk": "topk",
+    "sort": "sort",
+}
+
+
+class NonSmoothModelWarning(UserWarning):
+    """The model contains operations for which the bounds are not certificates."""
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _script_ops(model: Model) -> set[str]:
+    graph = getattr(model, "inlined_graph", None)
+    if graph is None:
+        return set()
+    return {node.kind().split("::", 1)[-1] for node in graph.nodes()}
+
+
+def find_nonsmooth(model: Model, example: Tensor) -> list[str]:
+    """The non-smooth operations ``model`` uses on ``example`` (sorted, human names).
+
+    ``example`` is one input batch ``(N, C, H, W)``; only ops actually executed are seen
+    (plus, for TorchScript, every op of its graph).
+    """
+    recorder = _OpRecorder()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with recorder:
+            model(example[:1])
+    ops = recorder.ops | _script_ops(model)
+    found = {f"{NONSMOOTH_OPS[op]} (aten.{op.rstrip('_')})" for op in ops if op in NONSMOOTH_OPS}
+    return sorted(found)
+
+
+def nonsmooth_message(ops: list[str]) -> str:
+    """The warning shown when :func:`find_nonsmooth` found something."""
+    return (
+        "model is not twice differentiable (" + ", ".join(ops) + "): the bounds assume a "
+        "locally linear attribution and are estimates, not certificates, for this model "
+        "(SPEC §6); check them with an attack"
+    )
