@@ -34,7 +34,10 @@ def euclidean_bound_lp(xi_max: float, eps: float, d: int, p: float) -> float:
 
 
 def euclidean_bound_linf(abs_sum_gram: float, eps: float) -> float:
-    """Theorem 2, Eq. 7: ``T_e = eps * sqrt(sum_ij |P_ij|)``, ``P = J^T J``, ``||delta||_inf <= eps``."""
+    """Theorem 2, Eq. 7: ``T_e = eps * sqrt(sum_ij |P_ij|)``, ``P = J^T J``.
+
+    Valid for ``||delta||_inf <= eps``; attained when ``J`` has rank one.
+    """
     return eps * math.sqrt(abs_sum_gram)
 
 
@@ -174,7 +177,9 @@ def label_preserved(a: np.ndarray, b: np.ndarray, deltas: list[np.ndarray]) -> b
 
 
 def label_radius(a: np.ndarray, b: np.ndarray, q: float) -> float | None:
-    """``min_{y'} b_{y'} / ||a_{y'}||_q``, ``q`` the dual norm (Hölder: ``a^T delta <= ||a||_q eps``).
+    """``min_{y'} b_{y'} / ||a_{y'}||_q``, ``q`` the dual norm.
+
+    By Hölder, ``a^T delta <= ||a||_q ||delta||_p``.
 
     For every eps below it Eq. 8 holds on the whole lp ball, so the label constraint of
     Eq. 1 is inactive. ``0`` if some margin is already ``<= 0``; ``None`` if no competitor

@@ -16,7 +16,7 @@ NormLike = float | int | str
 
 
 def parse_norm(norm: NormLike) -> float:
-    """Return ``p`` as a float in ``[1, inf]`` from ``2``, ``"2"``, ``"inf"``, ``float("inf")``..."""
+    """``p`` as a float in ``[1, inf]``, from ``2``, ``"2"``, ``"inf"``, ``float("inf")``, ..."""
     if isinstance(norm, str):
         text = norm.strip().lower()
         if text in {"inf", "infinity", "linf", "l-inf", "max"}:

@@ -62,9 +62,11 @@ def test_against_central_finite_differences(method, cnn, images):
 def test_chunking_and_strategy_do_not_change_results(method, cnn, images):
     attribution = get_method(method, steps=3)
     target = torch.tensor([0, 1, 2, 0])
-    ref = attribution_jacobian(attribution, cnn, images, target, chunk_size=36)
+    ref = attribution_jacobian(attribution, cnn, images, target, chunk_size=36,
+                               strategy="replicate")
     for chunk in (1, 5, 7):
-        got = attribution_jacobian(attribution, cnn, images, target, chunk_size=chunk)
+        got = attribution_jacobian(attribution, cnn, images, target, chunk_size=chunk,
+                                   strategy="replicate")
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
     loop = attribution_jacobian(attribution, cnn, images, target, strategy="loop")
     torch.testing.assert_close(loop, ref, rtol=1e-12, atol=1e-14)
@@ -73,18 +75,40 @@ def test_chunking_and_strategy_do_not_change_results(method, cnn, images):
 def test_batching_does_not_change_results(cnn, images):
     attribution = get_method("integrated_gradients", steps=3)
     target = torch.tensor([0, 1, 2, 0])
-    whole = attribution_jacobian(attribution, cnn, images, target, chunk_size=8)
-    for n in range(4):
-        alone = attribution_jacobian(attribution, cnn, images[n : n + 1], target[n : n + 1],
-                                     chunk_size=11)
-        torch.testing.assert_close(alone[0], whole[n], rtol=1e-12, atol=1e-14)
+    for strategy in ("loop", "replicate"):
+        whole = attribution_jacobian(attribution, cnn, images, target, chunk_size=8,
+                                     strategy=strategy)
+        for n in range(4):
+            alone = attribution_jacobian(attribution, cnn, images[n : n + 1],
+                                         target[n : n + 1], chunk_size=11, strategy=strategy)
+            torch.testing.assert_close(alone[0], whole[n], rtol=1e-12, atol=1e-14)
 
 
-def test_progress_reports_every_row(cnn, images):
+def test_progress_reports_rows_done(cnn, images):
     seen = []
     attribution_jacobian(get_method("saliency"), cnn, images[:1], torch.tensor([0]),
-                         chunk_size=10, progress=lambda done, total: seen.append((done, total)))
+                         chunk_size=10, strategy="replicate",
+                         progress=lambda done, total: seen.append((done, total)))
     assert seen == [(10, 36), (20, 36), (30, 36), (36, 36)]
+    seen.clear()
+    attribution_jacobian(get_method("saliency"), cnn, images[:1], torch.tensor([0]),
+                         strategy="loop", progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (36, 36)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+@pytest.mark.parametrize("method", ["input_x_gradient", "integrated_gradients"])
+@pytest.mark.parametrize("strategy", ["loop", "replicate"])
+def test_rows_of_zero_input_factor_are_exact(method, strategy, cnn, images):
+    """Where u_i = x_i - b_i = 0 the row is G_i e_i: filled without a pass, still exact."""
+    x = images.clone()
+    x[:, :, :3, :] = 0.0  # a black band, as digits have black borders
+    target = torch.tensor([2, 0, 1, 1])
+    attribution = get_method(method, steps=3)
+    jac = attribution_jacobian(attribution, cnn, x, target, strategy=strategy, chunk_size=4)
+    for n in range(4):
+        ref = _reference(method, cnn, x[n : n + 1], target[n : n + 1], steps=3)
+        torch.testing.assert_close(jac[n], ref, rtol=1e-9, atol=1e-12)
 
 
 def test_relu_saliency_jacobian_is_zero():

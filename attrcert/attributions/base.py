@@ -41,9 +41,12 @@ def target_gradient(model: Model, x: Tensor, target: Tensor, *, create_graph: bo
 
 
 class Attribution(ABC):
-    """A gradient attribution ``g^y(x)``.
+    """A gradient attribution ``g^y(x)``, written in product form ``g = u * G``.
 
-    Subclasses set :attr:`name` and implement :meth:`attribute`.
+    Subclasses set :attr:`name` and implement :meth:`parts`, which returns ``(u, G)``
+    with ``u`` either ``None`` (``g = G``, as for saliency) or an input factor whose
+    Jacobian is the identity (``u = x - b``): then ``dg_i/dx_j = delta_ij G_i + u_i dG_i/dx_j``,
+    so every row of ``J`` with ``u_i = 0`` is ``G_i e_i`` exactly, with no backward pass.
     :attr:`complete` says whether ``sum_i g_i(x) = f_y(x) - f_y(baseline)`` holds
     (the completeness axiom that Proposition 1 assumes), up to quadrature error.
     """
@@ -52,14 +55,22 @@ class Attribution(ABC):
     complete: bool = False
 
     @abstractmethod
+    def parts(
+        self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False
+    ) -> tuple[Tensor | None, Tensor]:
+        """``(u, G)`` with ``g = u * G`` (``u`` None: ``g = G``), each shaped like ``x``.
+
+        ``x`` is ``(N, C, H, W)``, ``target`` ``(N,)`` long. With ``create_graph=True`` the
+        result stays in the autograd graph of ``x`` (``x`` is used as is when it requires
+        grad), so ``g`` can be differentiated again.
+        """
+
     def attribute(
         self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False
     ) -> Tensor:
-        """Return ``g`` shaped like ``x`` (``(N, C, H, W)``); ``target`` is ``(N,)`` long.
-
-        With ``create_graph=True`` the result stays in the autograd graph of ``x``
-        (``x`` is used as is when it requires grad), so ``g`` can be differentiated again.
-        """
+        """``g`` shaped like ``x``, in ``x``'s graph when ``create_graph`` (see :meth:`parts`)."""
+        u, big_g = self.parts(model, x, target, create_graph=create_graph)
+        return big_g if u is None else u * big_g
 
     def __call__(
         self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False

@@ -15,8 +15,8 @@ class InputXGradient(Attribution):
 
     name = "input_x_gradient"
 
-    def attribute(
+    def parts(
         self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         x = as_differentiable(x)
-        return x * target_gradient(model, x, target, create_graph=create_graph)
+        return x, target_gradient(model, x, target, create_graph=create_graph)

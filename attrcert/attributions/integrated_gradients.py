@@ -42,9 +42,9 @@ class IntegratedGradients(Attribution):
             return torch.zeros_like(x)
         return self.baseline.to(dtype=x.dtype, device=x.device).expand_as(x)
 
-    def attribute(
+    def parts(
         self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         x = as_differentiable(x)
         n = x.shape[0]
         base = self.baseline_for(x)
@@ -56,7 +56,7 @@ class IntegratedGradients(Attribution):
             path = path.detach().requires_grad_(True)
         grads = target_gradient(model, path, target.repeat(self.steps), create_graph=create_graph)
         mean_grad = (weights.view(shape) * grads.view(self.steps, *x.shape)).sum(0)
-        return (x - base) * mean_grad
+        return x - base, mean_grad
 
     def __repr__(self) -> str:
         return f"IntegratedGradients(steps={self.steps})"

@@ -16,7 +16,8 @@ class Saliency(Attribution):
 
     name = "saliency"
 
-    def attribute(
+    def parts(
         self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False
-    ) -> Tensor:
-        return target_gradient(model, as_differentiable(x), target, create_graph=create_graph)
+    ) -> tuple[None, Tensor]:
+        return None, target_gradient(model, as_differentiable(x), target,
+                                     create_graph=create_graph)
