@@ -7,6 +7,7 @@ does the costly part (the attribution Jacobian and its spectrum) once per batch.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -55,6 +56,28 @@ class Analysis:
     completeness_gap: Tensor | None
 
 
+def resolve_device(device: torch.device | str | None, model: Model, x: Tensor) -> torch.device:
+    """``None``: where the model's parameters are (else ``x``); ``"auto"``: CUDA, then MPS,
+    then CPU; anything else as ``torch.device`` understands it."""
+    if device is None:
+        param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) \
+            else None
+        return param.device if param is not None else x.device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") \
+            from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
 def prepare(
     model: Model,
     x: Tensor,
@@ -62,7 +85,11 @@ def prepare(
     dtype: torch.dtype | str | None,
     device: torch.device | str | None,
 ) -> tuple[Model, Tensor]:
-    """Move ``model`` and ``x`` to ``device`` / ``dtype`` and put an ``nn.Module`` in eval mode."""
+    """``model`` and ``x`` on ``device`` in ``dtype`` (default: the model's), model in eval mode.
+
+    An ``nn.Module`` that needs another dtype or device is copied first: the caller's model
+    is left where it was (only switched to eval mode, which the bounds need).
+    """
     if not isinstance(x, Tensor):
         raise OptionError("x must be a torch.Tensor of shape (N, C, H, W)")
     if x.ndim < 2:
@@ -70,20 +97,23 @@ def prepare(
     if not x.is_floating_point():
         x = x.float()
     if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype)  # type: ignore[assignment]
-        if dtype is None:
-            raise OptionError("dtype must be float32 or float64")
+        named = {"float32": torch.float32, "float64": torch.float64}
+        if dtype not in named:
+            raise OptionError(f"dtype {dtype!r} is not supported: use float32 or float64")
+        dtype = named[dtype]
+    target_device = resolve_device(device, model, x)
     if isinstance(model, torch.nn.Module):
         try:
             model.eval()
         except NotImplementedError:  # torch.export modules refuse .eval(); exported in eval mode
             pass
-        if dtype is not None or device is not None:
-            model = model.to(device=device, dtype=dtype)
+        param = next(iter(model.parameters()), None)
+        if param is not None and (param.device != target_device
+                                  or (dtype is not None and param.dtype != dtype)):
+            model = copy.deepcopy(model).to(device=target_device, dtype=dtype)
         if dtype is None:
-            param = next(iter(model.parameters()), None)
             dtype = param.dtype if param is not None else x.dtype
-    x = x.detach().to(device=device, dtype=dtype or x.dtype)
+    x = x.detach().to(device=target_device, dtype=dtype or x.dtype)
     if not torch.isfinite(x).all():
         raise OptionError("the inputs contain NaN or infinite values")
     return model, x
@@ -122,8 +152,8 @@ def analyse(
         predicted=logits.argmax(1),
         logits=logits.double().cpu(),
         attr=g.reshape(n, -1).double().cpu(),
-        spectrum=spectrum.__class__(*(t.cpu() for t in (spectrum.xi_max, spectrum.v_max,
-                                                          spectrum.abs_sum_gram))),
+        spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
+                          spectrum.abs_sum_gram.cpu()),
         label_grads=label_grads.double().cpu(),
         completeness_gap=gap,
     )

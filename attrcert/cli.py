@@ -28,7 +28,7 @@ app = typer.Typer(
     help="Upper bounds on how far a gradient attribution can move within an eps-ball "
     "(Wang & Kong, CVPR 2023). The bounds assume a locally linear attribution.",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class Method(str, Enum):

@@ -270,3 +270,18 @@ def test_batching_and_chunking_do_not_change_records(cnn, images):
         for key in ("xi_max", "T_e", "T_e_prime", "T_c", "label_radius", "attr_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-10)
         assert a["index"] == b["index"]
+
+
+def test_label_gradient_through_the_attribution_agrees_under_completeness():
+    """On a linear model IG is exactly complete: grad sum_i g^j_i = grad f_j for every j."""
+    gen = torch.Generator().manual_seed(9)
+    model = Linear(torch.randn(3, 4, generator=gen, dtype=torch.float64),
+                   torch.randn(3, generator=gen, dtype=torch.float64))
+    x = torch.rand(5, 1, 2, 2, generator=gen, dtype=torch.float64)
+    plain = certify(model, x, eps=0.3, steps=3)
+    through = certify(model, x, eps=0.3, steps=3, label_gradient="attribution")
+    for a, b in zip(plain, through, strict=True):
+        assert a["label_radius"] == pytest.approx(b["label_radius"], rel=1e-12)
+        assert a["label_preserved"] == b["label_preserved"]
+    with pytest.raises(OptionError, match="label_gradient"):
+        certify(model, x, eps=0.3, label_gradient="hessian")

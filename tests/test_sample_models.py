@@ -87,3 +87,20 @@ def test_max_eps_on_sample(digits):
     (rec,) = max_eps(model, images.tensor[:1], omega=5.0, metric="angle", steps=8)
     again = certify(model, images.tensor[:1], eps=rec["eps_max"], steps=8)[0]
     assert again["T_c_deg"] == pytest.approx(5.0, rel=1e-6)
+
+
+def test_float64_and_device_options(digits):
+    images, _ = digits
+    model = load_model(SAMPLES / "digits_softplus.pt2")
+    x = images.tensor[:1]
+    single = certify(model, x, eps=0.1, steps=4, method="input_x_gradient")[0]
+    double = certify(model, x, eps=0.1, steps=4, method="input_x_gradient", dtype="float64",
+                     device="auto")[0]
+    assert double["xi_max"] == pytest.approx(single["xi_max"], rel=1e-4)
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    from attrcert.errors import OptionError
+
+    with pytest.raises(OptionError, match="device"):
+        certify(model, x, eps=0.1, device="tpu")
+    with pytest.raises(OptionError, match="dtype"):
+        certify(model, x, eps=0.1, dtype="float16")
