@@ -1,6 +1,6 @@
 """``python -m attrcert``: the same as the ``attrcert`` command."""
 
-from .cli import app
+from .cli import main
 
 if __name__ == "__main__":
-    app(prog_name="attrcert")
+    main()

@@ -56,6 +56,9 @@ class Analysis:
     completeness_gap: Tensor | None
 
 
+OnBatch = Callable[[list[Record], Analysis], None]
+
+
 def resolve_device(device: torch.device | str | None, model: Model, x: Tensor) -> torch.device:
     """``None``: where the model's parameters are (else ``x``); ``"auto"``: CUDA, then MPS,
     then CPU; anything else as ``torch.device`` understands it."""
@@ -110,7 +113,10 @@ def prepare(
         param = next(iter(model.parameters()), None)
         if param is not None and (param.device != target_device
                                   or (dtype is not None and param.dtype != dtype)):
-            model = copy.deepcopy(model).to(device=target_device, dtype=dtype)
+            with warnings.catch_warnings():  # torch.export modules warn on deepcopy
+                warnings.simplefilter("ignore", FutureWarning)
+                model = copy.deepcopy(model)
+            model = model.to(device=target_device, dtype=dtype)
         if dtype is None:
             dtype = param.dtype if param is not None else x.dtype
     x = x.detach().to(device=target_device, dtype=dtype or x.dtype)
@@ -281,6 +287,7 @@ def certify(
     device: torch.device | str | None = None,
     label_gradient: str = "completeness",
     progress: Progress | None = None,
+    on_batch: OnBatch | None = None,
 ) -> list[Record]:
     """Upper bounds on ``||g(x + delta) - g(x)||`` over ``||delta||_p <= eps``, per sample.
 
@@ -310,6 +317,8 @@ def certify(
         dtype, device: where to compute (default: the model's).
         label_gradient: ``"completeness"`` (``a = grad f_y' - grad f_y``) or ``"attribution"``.
         progress: called with ``(rows_done, d)`` while Jacobians are built.
+        on_batch: called with each batch's records and its :class:`Analysis` (``g``,
+            ``v_max``) as soon as the batch is done (streaming output, progress).
     """
     pert = Perturbation(parse_norm(norm), eps)
     model, x, attribution, targets, nonsmooth, notes = _setup(
@@ -325,6 +334,8 @@ def certify(
             rec["index"] = sl.start + offset
             rec["seconds"] = elapsed
         records.extend(batch_records)
+        if on_batch is not None:
+            on_batch(batch_records, a)
     return records
 
 
@@ -411,6 +422,7 @@ def max_eps(
     device: torch.device | str | None = None,
     bisection_steps: int = 30,
     progress: Progress | None = None,
+    on_batch: OnBatch | None = None,
 ) -> list[Record]:
     """The largest eps whose bound stays within a tolerance ``omega`` (Appendix E, SPEC §3).
 
@@ -467,6 +479,8 @@ def max_eps(
             })
             batch.append(rec)
         records.extend(batch)
+        if on_batch is not None:
+            on_batch(batch, a)
     return records
 
 

@@ -1,34 +1,76 @@
-"""The command line: ``attrcert bound`` and ``attrcert max-eps`` (SPEC §7). No math here."""
+"""The command line (SPEC §7): ``bound``, ``max-eps`` and ``inspect``. No math here.
+
+Exit status: 0 all fine; 1 a ``--fail-*`` / ``--require-*`` gate failed; 2 bad usage or
+bad input (one line on stderr, no traceback); 130 interrupted.
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from rich import box
 from rich.console import Console
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from . import __version__
-from .certify import certify, max_eps
-from .errors import AttrcertError
-from .loading import load_images, load_labels, load_model
-from .results import Record, summarize
-from .smoothness import NonSmoothModelWarning
+from .certify import Analysis, certify, max_eps
+from .errors import AttrcertError, InputError, OptionError
+from .loading import (
+    Images,
+    first_image_size,
+    infer_input_channels,
+    load_images,
+    load_labels,
+    load_model,
+    sniff_model,
+    with_normalization,
+)
+from .results import (
+    OUTPUT_SUFFIXES,
+    JsonlAppender,
+    Record,
+    document,
+    dumps_strict,
+    summarize,
+    write_document,
+)
+from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
+
+try:  # typer < 0.20 uses click itself; later releases vendor it as TyperException
+    from click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - depends on the installed typer
+    _ClickException = typer.exceptions.TyperException  # type: ignore[misc,assignment]
+USAGE_ERRORS: tuple[type[Exception], ...] = (_ClickException,
+                                             typer.exceptions.TyperException)
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Upper bounds on how far a gradient attribution can move within an eps-ball "
-    "(Wang & Kong, CVPR 2023). The bounds assume a locally linear attribution.",
+    rich_markup_mode=None,
+    help="Upper bounds on how far a gradient attribution can move when the input is "
+    "perturbed within an eps-ball (Wang & Kong, CVPR 2023). The bounds assume a locally "
+    "linear attribution: they are estimates, not guarantees, for non-smooth models.",
 )
-err = Console(stderr=True, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 class Method(str, Enum):
@@ -48,47 +90,291 @@ class Metric(str, Enum):
     angle = "angle"
 
 
-ModelArg = Annotated[Path, typer.Argument(help="torch.export .pt2 or TorchScript model file.")]
-ImagesArg = Annotated[Path, typer.Argument(help="Folder of PNG/JPEG images or a tensor file.")]
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class LabelGradient(str, Enum):
+    completeness = "completeness"
+    attribution = "attribution"
+
+
+# --- shared options --------------------------------------------------------------------------
+
+ModelArg = Annotated[Path, typer.Argument(
+    help="Model: torch.export .pt2, TorchScript .pt, or weights (safetensors / state dict) "
+    "with --arch.", show_default=False)]
+ImagesArg = Annotated[Path, typer.Argument(
+    help="Images: a folder of PNG/JPEG (sorted by name) or one tensor file (.pt, .npy, "
+    ".safetensors) of shape (N, C, H, W) or (C, H, W), values in [0, 1].",
+    show_default=False)]
 NormOpt = Annotated[str, typer.Option(help="Norm of the perturbation: 2, inf, or any p >= 1.")]
 MethodOpt = Annotated[Method, typer.Option(help="Attribution method.")]
-StepsOpt = Annotated[int, typer.Option(help="Integrated-gradients steps m.")]
-LabelsOpt = Annotated[Path | None, typer.Option(help="CSV name,label: targets instead of "
-                                                     "the predictions.")]
-ChunkOpt = Annotated[int | None, typer.Option(help="Jacobian rows per autograd pass.")]
-BatchOpt = Annotated[int | None, typer.Option(help="Samples per batch.")]
-FormatOpt = Annotated[Format, typer.Option(help="table for people, json for machines.")]
+StepsOpt = Annotated[int, typer.Option(min=1, help="Integrated-gradients steps m (Eq. 40).")]
+BaselineOpt = Annotated[str, typer.Option(
+    help="Integrated-gradients baseline: zero, or a tensor file of one image.")]
+LabelsOpt = Annotated[Path | None, typer.Option(
+    help="CSV with columns name,label: target classes instead of the predictions.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, "
+                                             "cuda:N or mps.")]
+DTypeOpt = Annotated[DType, typer.Option(help="Computation precision.")]
+ChunkOpt = Annotated[int | None, typer.Option(
+    min=1, help="Jacobian rows per autograd pass (memory cap; GPU strategy).")]
+BatchOpt = Annotated[int | None, typer.Option(
+    min=1, help="Samples per batch (default: 1 on CPU, 16 on GPU).")]
+OutputOpt = Annotated[Path | None, typer.Option(
+    help="Also write the results to FILE.json, FILE.jsonl (a record per line as each "
+    "sample finishes) or FILE.csv.")]
+FormatOpt = Annotated[Format, typer.Option(
+    help="table for people; json prints one JSON document on stdout and nothing else.")]
+SaveAttrOpt = Annotated[Path | None, typer.Option(
+    help="Save each sample's attribution g and worst-case direction v_max to "
+    "FILE.safetensors.")]
+MeanOpt = Annotated[str | None, typer.Option(
+    help="Per-channel mean, e.g. 0.485,0.456,0.406: folded into the model so eps stays in "
+    "pixel units.")]
+StdOpt = Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")]
+SizeOpt = Annotated[tuple[int, int] | None, typer.Option(
+    help="Resize images to H W.", show_default=False)]
+ArchOpt = Annotated[str | None, typer.Option(
+    help="module:factory (or file.py:factory) building the model for a weights file.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow a pickled model: loading it RUNS CODE from the file.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+LabelGradOpt = Annotated[LabelGradient, typer.Option(
+    help="Proposition 1's a_y': from class gradients (completeness, SPEC §4) or through the "
+    "attribution (one second-order pass per class).")]
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"attrcert {__version__}")
-        raise typer.Exit()
+@dataclass
+class Common:
+    """The options every command shares, gathered once."""
+
+    model: Path
+    images: Path
+    method: Method = Method.integrated_gradients
+    steps: int = 50
+    baseline: str = "zero"
+    labels: Path | None = None
+    device: str = "auto"
+    dtype: DType = DType.float32
+    chunk_size: int | None = None
+    batch_size: int | None = None
+    output: Path | None = None
+    format: Format = Format.table
+    save_attributions: Path | None = None
+    mean: str | None = None
+    std: str | None = None
+    size: tuple[int, int] | None = None
+    arch: str | None = None
+    trust_pickle: bool = False
+    quiet: bool = False
+    extra_config: dict[str, Any] = field(default_factory=dict)
 
 
-@app.callback()
-def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-) -> None:
-    """attrcert: certify how far gradient attributions can move."""
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    images: Images
+    target: torch.Tensor | None
+    baseline: torch.Tensor | None
+    nonsmooth: list[str]
 
 
-def _run(func, model_path: Path, images_path: Path, labels: Path | None,
-         **kwargs: Any) -> list[Record]:
-    model = load_model(model_path)
-    images = load_images(images_path)
-    target = load_labels(labels, images.sources) if labels else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NonSmoothModelWarning)
-        records = func(model, images.tensor, target=target, **kwargs)
-    for w in caught:
-        if issubclass(w.category, NonSmoothModelWarning):
-            err.print(f"[yellow]warning:[/yellow] {w.message}")
-    for rec in records:
-        rec["source"] = images.sources[rec["index"]]
-    return records
+def _floats(text: str | None, name: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise OptionError(f"--{name} {text!r}: give numbers separated by commas") from None
+    if not values:
+        raise OptionError(f"--{name} is empty: give one number per channel")
+    return values
 
+
+def _check_output_paths(opts: Common) -> None:
+    if opts.output is not None:
+        if opts.output.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise OptionError(f"--output {opts.output}: use a .json, .jsonl or .csv file")
+        _check_writable(opts.output, "--output")
+    if opts.save_attributions is not None:
+        if opts.save_attributions.suffix.lower() != ".safetensors":
+            raise OptionError("--save-attributions needs a .safetensors file name")
+        _check_writable(opts.save_attributions, "--save-attributions")
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OptionError(f"{flag} {path} is a folder: give a file name")
+    if not parent.is_dir():
+        raise OptionError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OptionError(f"{flag} {path} is not writable")
+
+
+def _folder_channels(model: torch.nn.Module, images: Path,
+                     size: tuple[int, int] | None) -> int | None:
+    """For a folder of images, the channel count the model accepts (1 or 3, by a trial
+    forward at the images' size); ``None`` for tensor files, which keep their own."""
+    if not images.is_dir():
+        return None
+    height, width = size or first_image_size(images)
+    channels = infer_input_channels(model, height, width)
+    if channels is None:
+        raise InputError(f"the model accepts neither 1- nor 3-channel images of "
+                         f"{height}x{width}: pass --size H W or a tensor file")
+    return channels
+
+
+def _load(opts: Common) -> Loaded:
+    """Model, images, labels and baseline, checked against each other."""
+    _check_output_paths(opts)
+    model = load_model(opts.model, arch=opts.arch, trust_pickle=opts.trust_pickle)
+    mean, std = _floats(opts.mean, "mean"), _floats(opts.std, "std")
+    if (mean is None) != (std is None):
+        raise OptionError("give --mean and --std together")
+    if mean is not None and std is not None:
+        model = with_normalization(model, mean, std)
+    channels = _folder_channels(model, opts.images, opts.size)
+    images = load_images(opts.images, channels=channels, size=opts.size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = model(images.tensor[:1])
+        except Exception as exc:  # the model's own error: say which shape it was given
+            raise InputError(f"the model fails on images of shape "
+                             f"{tuple(images.tensor.shape[1:])}: {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise InputError(f"the model returned shape {tuple(out.shape)} for one image: "
+                         "attrcert needs logits of shape (N, k)")
+    target = (load_labels(opts.labels, images.sources, num_classes=int(out.shape[1]))
+              if opts.labels else None)
+    baseline = None
+    if opts.baseline != "zero":
+        if opts.method is not Method.integrated_gradients:
+            raise OptionError("--baseline applies only to --method integrated_gradients")
+        base = load_images(Path(opts.baseline), size=opts.size, channels=channels).tensor
+        if base.shape[0] != 1 or base.shape[1:] != images.tensor.shape[1:]:
+            raise InputError(f"--baseline {opts.baseline} has shape {tuple(base.shape)}: "
+                             f"need one image of shape {tuple(images.tensor.shape[1:])}")
+        baseline = base[0]
+    nonsmooth = find_nonsmooth(model, images.tensor[:1])
+    return Loaded(model, images, target, baseline, nonsmooth)
+
+
+def _config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
+    return {
+        "command": command,
+        "attrcert": __version__,
+        "torch": torch.__version__,
+        "model": str(opts.model),
+        "model_format": sniff_model(opts.model),
+        "images": str(opts.images),
+        "samples": len(loaded.images.sources),
+        "input_shape": list(loaded.images.tensor.shape[1:]),
+        "method": opts.method.value,
+        "steps": opts.steps if opts.method is Method.integrated_gradients else None,
+        "baseline": opts.baseline if opts.method is Method.integrated_gradients else None,
+        "labels": str(opts.labels) if opts.labels else None,
+        "mean": _floats(opts.mean, "mean"),
+        "std": _floats(opts.std, "std"),
+        "device": opts.device,
+        "dtype": opts.dtype.value,
+        **opts.extra_config,
+        "smooth": not loaded.nonsmooth,
+        "nonsmooth_ops": loaded.nonsmooth,
+        "assumption": "locally linear attribution on the ball (SPEC §6)",
+        "attack_checked": False,
+    }
+
+
+class Reporter:
+    """Progress bar with ETA on stderr (only on a terminal, not with --quiet), streaming
+    of finished samples to JSONL, and collection of g / v_max for --save-attributions."""
+
+    def __init__(self, opts: Common, loaded: Loaded, label: str) -> None:
+        self.opts, self.loaded = opts, loaded
+        self.n = loaded.images.tensor.shape[0]
+        self.progress: Progress | None = None
+        if not opts.quiet and err.is_terminal:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=err, transient=True)
+            self.samples = self.progress.add_task(label, total=self.n)
+            self.rows = self.progress.add_task("  Jacobian rows", total=1)
+        self.appender = (JsonlAppender(opts.output) if opts.output is not None
+                         and opts.output.suffix.lower() == ".jsonl" else None)
+        if self.appender is not None:
+            opts.output.write_text("")  # a fresh file for this run
+        self.attrs: list[torch.Tensor] = []
+        self.directions: list[torch.Tensor] = []
+
+    def __enter__(self) -> Reporter:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.appender is not None:
+            self.appender.close()
+
+    def rows_done(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.rows, completed=done, total=total)
+
+    def batch_done(self, records: list[Record], analysis: Analysis) -> None:
+        for rec in records:
+            rec["source"] = self.loaded.images.sources[rec["index"]]
+            if self.appender is not None:
+                self.appender.append(rec)
+        if self.opts.save_attributions is not None:
+            self.attrs.append(analysis.attr.float())
+            self.directions.append(analysis.spectrum.v_max.float())
+        if self.progress is not None:
+            self.progress.advance(self.samples, len(records))
+
+    def save_attributions(self, config: dict[str, Any]) -> None:
+        if self.opts.save_attributions is None:
+            return
+        from safetensors.torch import save_file
+
+        shape = (-1, *self.loaded.images.tensor.shape[1:])
+        save_file({"attributions": torch.cat(self.attrs).reshape(shape).contiguous(),
+                   "v_max": torch.cat(self.directions).reshape(shape).contiguous()},
+                  str(self.opts.save_attributions),
+                  metadata={"sources": dumps_strict(self.loaded.images.sources),
+                            "config": dumps_strict(config)})
+
+
+def _run(opts: Common, command: str, func: Callable[..., list[Record]],
+         **kwargs: Any) -> tuple[dict[str, Any], list[Record]]:
+    loaded = _load(opts)
+    config = _config(opts, command, loaded)
+    if loaded.nonsmooth:
+        err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
+    label = "certifying" if command == "bound" else "solving eps_max"
+    with Reporter(opts, loaded, label) as reporter, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
+        records = func(
+            loaded.model, loaded.images.tensor, method=opts.method.value, steps=opts.steps,
+            baseline=loaded.baseline, target=loaded.target, chunk_size=opts.chunk_size,
+            batch_size=opts.batch_size, dtype=opts.dtype.value,
+            device=opts.device, progress=reporter.rows_done, on_batch=reporter.batch_done,
+            **kwargs)
+    reporter.save_attributions(config)
+    if opts.output is not None and opts.output.suffix.lower() != ".jsonl":
+        write_document(opts.output, config, records)
+    return config, records
+
+
+# --- output ---------------------------------------------------------------------------------
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -100,98 +386,295 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _emit(fmt: Format, config: dict[str, Any], records: list[Record],
-          columns: list[tuple[str, str]], title: str) -> None:
-    summary = summarize(records)
-    if fmt is Format.json:
-        json.dump({"config": config, "samples": records, "summary": summary}, sys.stdout,
-                  allow_nan=False, indent=2)
-        sys.stdout.write("\n")
+def _stdout_console() -> Console:
+    """The terminal as it is; 120 columns when piped, so that tables keep whole numbers."""
+    out = Console(highlight=False, soft_wrap=True)
+    return out if out.is_terminal else Console(width=120, highlight=False, soft_wrap=True)
+
+
+def _emit(opts: Common, config: dict[str, Any], records: list[Record],
+          columns: Sequence[tuple[str, str]], title: str,
+          summary_keys: Sequence[tuple[str, str]], footer: str) -> None:
+    if opts.format is Format.json:
+        sys.stdout.write(dumps_strict(document(config, records), indent=2) + "\n")
         return
+    out = _stdout_console()
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for key, header in columns:
         table.add_column(header, justify="left" if key == "source" else "right", no_wrap=True)
     for rec in records:
         table.add_row(*(_fmt(rec.get(key)) for key, _ in columns))
-    out = Console()
-    if not out.is_terminal:  # piped or captured: no terminal to fit, keep columns whole
-        out = Console(width=120)
     out.print(table)
-    means = ", ".join(f"{header} {summary[key]['mean']:.3g}" for key, header in columns
-                      if isinstance(summary.get(key), dict))
-    out.print(f"{len(records)} samples; mean {means}.", highlight=False)
-    out.print("Bounds assume a locally linear attribution (SPEC §6); no attack checked them.",
-              highlight=False)
+    summary = summarize(records)
+    stats = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("", "mean", "median", "max"):
+        stats.add_column(header, justify="right")
+    for key, header in summary_keys:
+        if isinstance(summary.get(key), dict):
+            s = summary[key]
+            stats.add_row(header, _fmt(s["mean"], 4), _fmt(s["median"], 4), _fmt(s["max"], 4))
+    lines = [f"{summary['samples']} samples"]
+    if "vacuous_cosine" in summary:
+        lines.append(f"vacuous cosine bounds: {summary['vacuous_cosine']}")
+    if "label_preserved_fraction" in summary:
+        lines.append(f"label preserved (Prop. 1): {100 * summary['label_preserved_fraction']:.0f}%")
+    out.print(Panel(stats, title="summary", subtitle="; ".join(lines), expand=False))
+    out.print(footer)
 
 
-def _fail(exc: AttrcertError) -> None:
-    err.print(f"error: {exc}", markup=False, highlight=False)
-    raise typer.Exit(2)
+def _gate(failures: list[str], what: str) -> str | None:
+    if not failures:
+        return None
+    shown = ", ".join(failures[:8]) + (f" and {len(failures) - 8} more" if len(failures) > 8
+                                       else "")
+    return f"gate failed: {what} for {len(failures)} sample(s): {shown}"
+
+
+def _finish(messages: list[str | None]) -> None:
+    failed = [m for m in messages if m]
+    for message in failed:
+        err.print(message)
+    if failed:
+        raise typer.Exit(1)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"attrcert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """attrcert: certify how far gradient attributions can move."""
 
 
 @app.command()
 def bound(
     model: ModelArg,
     images: ImagesArg,
-    eps: Annotated[float, typer.Option(help="Radius of the perturbation ball (pixel units).")]
-    = 0.1,
+    eps: Annotated[float, typer.Option(help="Radius of the perturbation ball, in pixel units "
+                                            "of the images as loaded ([0, 1]).")] = 0.1,
     norm: NormOpt = "2",
     method: MethodOpt = Method.integrated_gradients,
     steps: StepsOpt = 50,
+    baseline: BaselineOpt = "zero",
     labels: LabelsOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = DType.float32,
     chunk_size: ChunkOpt = None,
     batch_size: BatchOpt = None,
+    output: OutputOpt = None,
     format: FormatOpt = Format.table,
+    save_attributions: SaveAttrOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    size: SizeOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustOpt = False,
+    label_gradient: LabelGradOpt = LabelGradient.completeness,
+    fail_above_te: Annotated[float | None, typer.Option(
+        help="Exit 1 if any sample's T_e exceeds this.")] = None,
+    fail_above_tc_deg: Annotated[float | None, typer.Option(
+        help="Exit 1 if any sample's cosine bound exceeds this many degrees.")] = None,
+    require_label_preserved: Annotated[bool, typer.Option(
+        help="Exit 1 if Proposition 1 cannot show the label is preserved for every "
+        "sample.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Bound the attribution deviation of every image.
+    """Bound how far each image's attribution can move within the eps-ball.
 
     Example: attrcert bound sample_models/digits_softplus.pt2 sample_models/digits --eps 0.1
     """
-    try:
-        records = _run(certify, model, images, labels, eps=eps, norm=norm,
-                       method=method.value, steps=steps, chunk_size=chunk_size,
-                       batch_size=batch_size)
-    except AttrcertError as exc:
-        _fail(exc)
-    config = {"command": "bound", "model": str(model), "images": str(images), "eps": eps,
-              "norm": norm, "method": method.value, "steps": steps}
+    opts = Common(model=model, images=images, method=method, steps=steps, baseline=baseline,
+                   labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
+                   batch_size=batch_size, output=output, format=format,
+                   save_attributions=save_attributions, mean=mean, std=std, size=size,
+                   arch=arch, trust_pickle=trust_pickle, quiet=quiet,
+                   extra_config={"eps": eps, "norm": norm,
+                                 "label_gradient": label_gradient.value})
+    config, records = _run(opts, "bound", certify, eps=eps, norm=norm,
+                           label_gradient=label_gradient.value)
     columns = [("source", "source"), ("predicted", "pred"), ("target", "y"),
                ("attr_norm", "||g||"), ("xi_max", "xi_max"), ("T_e", "T_e"),
                ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg"),
                ("label_preserved", "Prop.1"), ("label_radius", "radius")]
-    _emit(format, config, records, columns, f"attribution bounds, l{norm} eps={eps}")
+    summary_keys = [("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c (deg)"),
+                    ("xi_max", "xi_max"), ("attr_norm", "||g||"),
+                    ("label_radius", "label radius")]
+    which = "Theorem 1" if norm in {"2", "2.0"} else "Theorem 2 (l-inf) / Corollary 1 (lp)"
+    _emit(opts, config, records, columns, f"attribution bounds, l{norm} ball, eps = {eps}",
+          summary_keys,
+          f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
+          "linear attribution (SPEC §6); no attack checked them.")
+    _finish([
+        _gate([f"{r['source']} ({_fmt(r['T_e'])})" for r in records
+               if fail_above_te is not None and (r["T_e"] or 0) > fail_above_te],
+              f"T_e > {fail_above_te}"),
+        _gate([f"{r['source']} ({_fmt(r['T_c_deg'])})" for r in records
+               if fail_above_tc_deg is not None
+               and (r["T_c_deg"] is None or r["T_c_deg"] > fail_above_tc_deg)],
+              f"T_c > {fail_above_tc_deg} degrees"),
+        _gate([r["source"] for r in records
+               if require_label_preserved and not r["label_preserved"]],
+              "label not shown to be preserved (Proposition 1)"),
+    ])
 
 
 @app.command("max-eps")
 def max_eps_command(
     model: ModelArg,
     images: ImagesArg,
-    omega: Annotated[float, typer.Option(help="Tolerance on the attribution deviation.")],
-    metric: Annotated[Metric, typer.Option(help="euclidean, cosine distance, or angle "
-                                                "in degrees.")] = Metric.euclidean,
+    omega: Annotated[float, typer.Option(
+        help="Tolerance: a distance (euclidean), a cosine distance in (0, 1], or degrees "
+        "in (0, 90] (angle).", show_default=False)],
+    metric: Annotated[Metric, typer.Option(help="What omega bounds.")] = Metric.euclidean,
     norm: NormOpt = "2",
-    modified: Annotated[bool, typer.Option(help="Use T'_e (l2 only), solved by "
-                                                "bisection.")] = False,
+    modified: Annotated[bool, typer.Option(
+        help="Use T'_e = c(eps) xi_max eps (l2 only), solved by bisection.")] = False,
     method: MethodOpt = Method.integrated_gradients,
     steps: StepsOpt = 50,
+    baseline: BaselineOpt = "zero",
     labels: LabelsOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = DType.float32,
     chunk_size: ChunkOpt = None,
     batch_size: BatchOpt = None,
+    output: OutputOpt = None,
+    format: FormatOpt = Format.table,
+    save_attributions: SaveAttrOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    size: SizeOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustOpt = False,
+    require_eps_above: Annotated[float | None, typer.Option(
+        help="Exit 1 if any sample's eps_max is below this.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The largest eps whose bound stays within --omega, for each image (Appendix E).
+
+    Example: attrcert max-eps sample_models/digits_softplus.pt2 sample_models/digits
+    --omega 5 --metric angle
+    """
+    opts = Common(model=model, images=images, method=method, steps=steps, baseline=baseline,
+                   labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
+                   batch_size=batch_size, output=output, format=format,
+                   save_attributions=save_attributions, mean=mean, std=std, size=size,
+                   arch=arch, trust_pickle=trust_pickle, quiet=quiet,
+                   extra_config={"omega": omega, "metric": metric.value, "norm": norm,
+                                 "modified": modified})
+    config, records = _run(opts, "max-eps", max_eps, omega=omega, metric=metric.value,
+                           norm=norm, modified=modified)
+    columns = [("source", "source"), ("predicted", "pred"), ("target", "y"),
+               ("attr_norm", "||g||"), ("xi_max", "xi_max"), ("eps_max_linear", "eps (T_e)"),
+               ("eps_max", "eps_max")]
+    unit = {"euclidean": "", "cosine": " (cosine distance)", "angle": " degrees"}[metric.value]
+    _emit(opts, config, records, columns,
+          f"largest eps with {'T_e_prime' if modified else 'T_e'} within {omega}{unit}, "
+          f"l{norm} ball", [("eps_max", "eps_max"), ("xi_max", "xi_max")],
+          "eps_max: Appendix E (Eq. 50, and Eq. 52 as corrected in SPEC §5); assumes a "
+          "locally linear attribution; '-' means no eps exceeds the tolerance.")
+    _finish([_gate([f"{r['source']} ({_fmt(r['eps_max'])})" for r in records
+                    if require_eps_above is not None and r["eps_max"] is not None
+                    and r["eps_max"] < require_eps_above],
+                   f"eps_max < {require_eps_above}")])
+
+
+@app.command()
+def inspect(
+    model: ModelArg,
+    images: Annotated[Path | None, typer.Argument(
+        help="Optional images, to know the input shape of a TorchScript model.",
+        show_default=False)] = None,
+    size: SizeOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustOpt = False,
     format: FormatOpt = Format.table,
 ) -> None:
-    """The largest eps whose bound stays within --omega, per image.
+    """Describe a model: format, input shape, classes, and the smoothness report.
 
-    Example: attrcert max-eps sample_models/digits_softplus.pt2 sample_models/digits --omega 0.1
+    Example: attrcert inspect sample_models/digits_relu_maxpool.pt2
     """
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    shape = _input_shape(net, images, size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        example = torch.zeros(1, *shape)
+        out = net(example)
+    ops = find_nonsmooth(net, example)
+    info = {
+        "model": str(model),
+        "format": sniff_model(model),
+        "input_shape": list(shape),
+        "classes": int(out.shape[-1]),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "smooth": not ops,
+        "nonsmooth_ops": ops,
+    }
+    if format is Format.json:
+        sys.stdout.write(dumps_strict(info, indent=2) + "\n")
+        return
+    out_console = _stdout_console()
+    for key, value in info.items():
+        if key == "nonsmooth_ops":
+            value = ", ".join(value) or "none"
+        out_console.print(f"{key:>14}: {value}")
+    if ops:
+        out_console.print(f"warning: {nonsmooth_message(ops)}")
+    else:
+        out_console.print("no non-smooth operations found: the bounds' smoothness assumption "
+                          "can hold (local linearity still depends on eps)")
+
+
+def _input_shape(net: torch.nn.Module, images: Path | None,
+                 size: tuple[int, int] | None) -> tuple[int, ...]:
+    if images is not None:
+        channels = _folder_channels(net, images, size)
+        return tuple(load_images(images, channels=channels, size=size).tensor.shape[1:])
+    for node in getattr(getattr(net, "graph", None), "nodes", []):
+        val = node.meta.get("val") if hasattr(node, "meta") else None
+        if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.ndim == 4:
+            return tuple(int(s) for s in val.shape[1:])
+    if size is not None:
+        channels = infer_input_channels(net, *size)
+        if channels is not None:
+            return (channels, *size)
+    raise OptionError("cannot tell this model's input shape: pass IMAGES or --size H W")
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI: usage and input errors become one line on stderr and exit status 2."""
     try:
-        records = _run(max_eps, model, images, labels, omega=omega, metric=metric.value,
-                       norm=norm, modified=modified, method=method.value, steps=steps,
-                       chunk_size=chunk_size, batch_size=batch_size)
+        code = app(args=list(argv) if argv is not None else None, prog_name="attrcert",
+                   standalone_mode=False)
+    except USAGE_ERRORS as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        err.print(f"error: {exc.format_message()}{hint}")  # type: ignore[attr-defined]
+        sys.exit(2)
+    except typer.Abort:
+        err.print("interrupted")
+        sys.exit(130)
     except AttrcertError as exc:
-        _fail(exc)
-    config = {"command": "max-eps", "model": str(model), "images": str(images),
-              "omega": omega, "metric": metric.value, "norm": norm, "modified": modified,
-              "method": method.value, "steps": steps}
-    columns = [("source", "source"), ("predicted", "pred"), ("attr_norm", "||g||"),
-               ("xi_max", "xi_max"), ("eps_max", "eps_max")]
-    _emit(format, config, records, columns, f"largest eps for {metric.value} <= {omega}")
+        err.print(f"error: {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # a bug or an incompatible model: still one line, no traceback
+        if os.environ.get("ATTRCERT_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"error: unexpected {exc.__class__.__name__}: {first} "
+                  "(set ATTRCERT_DEBUG=1 for the traceback)")
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+

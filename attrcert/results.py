@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import os
 import statistics
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 Record = dict[str, Any]
@@ -44,3 +48,69 @@ def summarize(records: Sequence[Record], keys: Iterable[str] = SUMMARY_KEYS) -> 
     if flags:
         out["label_preserved_fraction"] = sum(flags) / len(flags)
     return out
+
+
+# --- writers -----------------------------------------------------------------------------
+
+OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
+
+
+def document(config: dict[str, Any], records: Sequence[Record]) -> dict[str, Any]:
+    """The JSON document of SPEC §7: ``{"config", "samples", "summary"}``."""
+    return {"config": config, "samples": list(records), "summary": summarize(records)}
+
+
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """JSON text that strict parsers accept: raises on NaN or infinity instead of writing them."""
+    return json.dumps(obj, allow_nan=False, **kwargs)
+
+
+def csv_value(value: Any) -> str:
+    """One CSV cell: lists joined with ``;``, ``None`` empty, booleans ``true``/``false``."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(v) for v in value)
+    return str(value)
+
+
+def write_document(path: Path, config: dict[str, Any], records: Sequence[Record]) -> None:
+    """Write ``records`` to ``path`` as ``.json`` (the document), ``.jsonl`` (a record per
+    line) or ``.csv`` (a row per record, the union of keys as header)."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        path.write_text(dumps_strict(document(config, records), indent=2) + "\n")
+    elif suffix == ".jsonl":
+        with path.open("w") as fh:
+            for rec in records:
+                fh.write(dumps_strict(rec) + "\n")
+    elif suffix == ".csv":
+        keys: list[str] = []
+        for rec in records:
+            keys.extend(k for k in rec if k not in keys)
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(keys)
+            for rec in records:
+                writer.writerow([csv_value(rec.get(k)) for k in keys])
+    else:
+        raise ValueError(f"unsupported output suffix {suffix!r}: use {', '.join(OUTPUT_SUFFIXES)}")
+
+
+class JsonlAppender:
+    """Appends one record per line as each sample finishes, flushed and fsynced, so an
+    interrupted run keeps every finished sample."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("a")
+
+    def append(self, record: Record) -> None:
+        self._fh.write(dumps_strict(record) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
