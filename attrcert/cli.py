@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import torch
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -29,6 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .certify import Analysis, certify, max_eps
@@ -44,6 +45,7 @@ from .loading import (
     with_normalization,
 )
 from .results import (
+    ASSUMPTION,
     OUTPUT_SUFFIXES,
     JsonlAppender,
     Record,
@@ -287,7 +289,7 @@ def _config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         **opts.extra_config,
         "smooth": not loaded.nonsmooth,
         "nonsmooth_ops": loaded.nonsmooth,
-        "assumption": "locally linear attribution on the ball (SPEC §6)",
+        "assumption": ASSUMPTION,
         "attack_checked": False,
     }
 
@@ -330,8 +332,12 @@ class Reporter:
             self.progress.update(self.rows, completed=done, total=total)
 
     def batch_done(self, records: list[Record], analysis: Analysis) -> None:
-        for rec in records:
+        for rec in records:  # "source" right after "index", for people reading JSON
+            fields = list(rec.items())
+            rec.clear()
+            rec["index"] = dict(fields)["index"]
             rec["source"] = self.loaded.images.sources[rec["index"]]
+            rec.update(fields)
             if self.appender is not None:
                 self.appender.append(rec)
         if self.opts.save_attributions is not None:
@@ -418,7 +424,10 @@ def _emit(opts: Common, config: dict[str, Any], records: list[Record],
         lines.append(f"vacuous cosine bounds: {summary['vacuous_cosine']}")
     if "label_preserved_fraction" in summary:
         lines.append(f"label preserved (Prop. 1): {100 * summary['label_preserved_fraction']:.0f}%")
-    out.print(Panel(stats, title="summary", subtitle="; ".join(lines), expand=False))
+    wrong = sum(1 for r in records if r["target"] != r["predicted"])
+    if wrong:
+        lines.append(f"target != prediction: {wrong} (label radius 0)")
+    out.print(Panel(Group(stats, Text("\n".join(lines))), title="summary", expand=False))
     out.print(footer)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 Record = dict[str, Any]
 
 #: The assumption every bound of the paper rests on (SPEC §6), stated in each record.
-ASSUMPTION = "locally linear attribution on the ball (first-order Taylor; SPEC §6)"
+ASSUMPTION = "locally linear attribution on the ball (first-order Taylor expansion, SPEC 6)"
 
 
 def finite_or_none(value: float | None) -> float | None:
