@@ -211,3 +211,46 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
     proc = cli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"attrcert {__version__}"
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript", "safetensors+arch", "state_dict+arch"])
+def test_every_loader_format_through_the_cli(two, tmp_path, fmt):
+    arch = ["--arch", f"{SAMPLES / 'digits_arch.py'}:softplus_cnn"]
+    if fmt == "export":
+        args = [MODEL]
+    elif fmt == "torchscript":
+        args = [str(SAMPLES / "digits_softplus.pt")]
+    elif fmt == "safetensors+arch":
+        args = [str(SAMPLES / "digits_softplus.safetensors"), *arch]
+    else:
+        from safetensors.torch import load_file as load_st
+
+        path = tmp_path / "weights.pt"
+        torch.save(load_st(str(SAMPLES / "digits_softplus.safetensors")), path)
+        args = [str(path), *arch]
+    result = invoke("bound", args[0], two, *args[1:], "--method", "saliency", "--format",
+                    "json", "--quiet")
+    assert result.exit_code == 0, result.output
+    ref = certify(load_model(MODEL), torch.load(two), eps=0.1, method="saliency")
+    got = strict_json(result.stdout)["samples"]
+    assert got[0]["T_e"] == pytest.approx(ref[0]["T_e"], rel=1e-5)
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_that_would_run_code_is_refused(two, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "model.pt"
+    torch.save({"state": _Evil(marker)}, evil)
+    proc = cli("bound", str(evil), two, "--quiet")
+    assert proc.returncode == 2
+    assert "--trust-pickle" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    proc = cli("bound", MODEL, str(evil), "--quiet")  # the same file given as images
+    assert proc.returncode == 2 and not marker.exists()
