@@ -5,6 +5,7 @@ Attribution Deviations", CVPR 2023. The bounds assume a locally linear attributi
 on the perturbation ball; see the README and SPEC §6.
 """
 
+from .attack import attack, linearity_gap
 from .attributions import METHODS, attribute
 from .certify import certify, max_eps
 from .errors import AttrcertError
@@ -20,9 +21,11 @@ __all__ = [
     "NonSmoothModelWarning",
     "Perturbation",
     "__version__",
+    "attack",
     "attribute",
     "attribution_jacobian",
     "certify",
     "find_nonsmooth",
+    "linearity_gap",
     "max_eps",
 ]

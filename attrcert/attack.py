@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -143,11 +144,16 @@ class AttributionAttack(ABC):
         eps: the radius of the ball ``||delta||_p <= eps`` (pixel units), ``> 0``.
         steps: ascent steps per restart (each one double-backward pass of the attribution).
         restarts: random starts; the best iterate over all of them is kept per sample.
-        step_size: the initial step length in the attack's norm; ``None``:
-            ``5 * eps / steps``, so that the cosine schedule travels ``2.5 * eps`` in all
-            (the rule of Madry et al.).
-        schedule: ``"cosine"`` (``alpha_t = alpha (1 + cos(pi t / steps)) / 2``),
-            ``"step"`` (halved at 50 % and 75 % of the steps) or ``"constant"``.
+        step_size: the initial step length ``alpha`` in the attack's norm (l2: the length of
+            the step; l-inf: the size of each sign step); ``None``: ``8 * eps``. Steps that
+            long make the projected iteration nearly ``delta <- eps G / ||G||_2``, a power
+            iteration on ``J^T J`` in the linear regime (l-inf: ``delta <- eps sign(G)``),
+            which measured strongest: on the sample CNNs (IG, 40 steps, eps 0.1 and 0.5,
+            both objectives) 8 eps reached 0.98 of the best of six settings on average
+            (eps to 8 eps, three schedules), and Madry's ``2.5 eps / steps`` 0.63-0.99.
+        schedule: ``"constant"`` (default), ``"cosine"`` (``alpha_t = alpha (1 + cos(pi t /
+            steps)) / 2``) or ``"step"`` (``alpha`` halved at 50 % and again at 75 % of the
+            steps).
         label_constraint: keep ``argmax f(x + delta) = argmax f(x)`` (Eq. 1): a step that
             changes a sample's prediction is undone and its step size halved.
         clamp: ``(low, high)`` bounds for ``x + delta`` (e.g. ``(0, 1)``), or ``None``.
@@ -167,7 +173,7 @@ class AttributionAttack(ABC):
         steps: int = 40,
         restarts: int = 1,
         step_size: float | None = None,
-        schedule: str = "cosine",
+        schedule: str = "constant",
         label_constraint: bool = True,
         clamp: tuple[float, float] | None = None,
         seed: int = 0,
@@ -188,8 +194,7 @@ class AttributionAttack(ABC):
         self.eps = eps
         self.steps = int(steps)
         self.restarts = int(restarts)
-        self.step_size = float(step_size) if step_size is not None \
-            else 5.0 * eps / max(1, self.steps)
+        self.step_size = float(step_size) if step_size is not None else 8.0 * eps
         self.schedule = schedule
         self.label_constraint = label_constraint
         self.clamp = clamp
@@ -404,7 +409,7 @@ class PGD(_DistanceObjective, AttributionAttack):
     name = "pgd"
 
     def __init__(self, eps: float, norm: float | str = 2, *, objective: str = "euclidean",
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(eps, **kwargs)
         self.p = parse_norm(norm)
         self._check_objective(objective)
@@ -447,7 +452,7 @@ class PGDL2(PGD):
 
     name = "pgd_l2"
 
-    def __init__(self, eps: float, *, objective: str = "euclidean", **kwargs) -> None:
+    def __init__(self, eps: float, *, objective: str = "euclidean", **kwargs: Any) -> None:
         super().__init__(eps, 2, objective=objective, **kwargs)
 
     def direction(self, grad: Tensor) -> Tensor:
@@ -466,7 +471,7 @@ class PGDLinf(PGD):
 
     name = "pgd_linf"
 
-    def __init__(self, eps: float, *, objective: str = "euclidean", **kwargs) -> None:
+    def __init__(self, eps: float, *, objective: str = "euclidean", **kwargs: Any) -> None:
         super().__init__(eps, math.inf, objective=objective, **kwargs)
 
     def random_start(self, x: Tensor, generator: torch.Generator) -> Tensor:
@@ -504,7 +509,7 @@ class IFIA(PGDLinf):
     name = "ifia"
 
     def __init__(self, eps: float, *, objective: str = "topk", k: int | None = None,
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         AttributionAttack.__init__(self, eps, **kwargs)
         self.p = math.inf
         if objective not in IFIA_OBJECTIVES:
@@ -570,26 +575,32 @@ def attack(
     eps, p = perturbation.eps, perturbation.norm
     common = {"steps": steps, "restarts": restarts, "label_constraint": label_constraint,
               "clamp": clamp}
+    n_runs = 0
+
+    def seeded() -> dict:
+        nonlocal n_runs
+        n_runs += 1
+        return {**common, "seed": seed + n_runs - 1}
+
     attacks: dict[str, AttributionAttack] = {}
     for name in OBJECTIVES:
         if perturbation.is_l2:
-            attacks[f"pgd_{name}"] = PGDL2(eps, objective=name, **common)
+            attacks[f"pgd_{name}"] = PGDL2(eps, objective=name, **seeded())
         elif perturbation.is_linf:
-            attacks[f"pgd_{name}"] = PGDLinf(eps, objective=name, **common)
+            attacks[f"pgd_{name}"] = PGDLinf(eps, objective=name, **seeded())
         else:
-            attacks[f"pgd_{name}"] = PGD(eps, p, objective=name, **common)
+            attacks[f"pgd_{name}"] = PGD(eps, p, objective=name, **seeded())
     if perturbation.is_linf and include_ifia:
-        attacks["ifia_topk"] = IFIA(eps, objective="topk", **common)
+        attacks["ifia_topk"] = IFIA(eps, objective="topk", **seeded())
         if x.ndim == 4:
-            attacks["ifia_center_of_mass"] = IFIA(eps, objective="center_of_mass", **common)
+            attacks["ifia_center_of_mass"] = IFIA(eps, objective="center_of_mass", **seeded())
     target = resolve_target(model, x.detach(), target)
     runs: dict[str, AttackResult] = {}
-    for i, (name, atk) in enumerate(attacks.items()):
-        atk.seed = seed + i
+    for name, atk in attacks.items():
         runs[name] = atk(model, x, attribution, target)
     results = list(runs.values())
     key = "deviation" if objective == "euclidean" else "cosine_distance"
-    best = results[0]
+    best = replace(results[0], runs={})
     for res in results[1:]:
         best = _select(getattr(res, key) > getattr(best, key), res, best)
     best.deviation = torch.stack([r.deviation for r in results]).amax(0)

@@ -224,7 +224,13 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
 
 
-def _setup(model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size):
+def _setup(
+    model: Model, x: Tensor, method: str, steps: int, baseline: Tensor | None,
+    target: int | Tensor | list[int] | None, dtype: torch.dtype | str | None,
+    device: torch.device | str | None, chunk_size: int | None, batch_size: int | None,
+) -> tuple[Model, Tensor, Attribution, Tensor, list[str], list[str]]:
+    """Checked options, the model and inputs where they compute, the attribution, the
+    targets, and the smoothness findings (warned once) shared by every record."""
     _coerce_batching(chunk_size, batch_size)
     model, x = prepare(model, x, dtype=dtype, device=device)
     if baseline is not None:
@@ -252,7 +258,8 @@ def _num_classes(model: Model, x: Tensor) -> int:
     return int(out.shape[1])
 
 
-def _common_fields(a: Analysis, i: int, method: str, p: float, nonsmooth, notes) -> Record:
+def _common_fields(a: Analysis, i: int, method: str, p: float, nonsmooth: list[str],
+                   notes: list[str]) -> Record:
     return {
         "index": i,
         "target": int(a.target[i]),
@@ -286,6 +293,10 @@ def certify(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     label_gradient: str = "completeness",
+    verify: bool = False,
+    attack_steps: int = 40,
+    attack_restarts: int = 1,
+    seed: int = 0,
     progress: Progress | None = None,
     on_batch: OnBatch | None = None,
 ) -> list[Record]:
@@ -316,11 +327,20 @@ def certify(
             :func:`default_batch_size`).
         dtype, device: where to compute (default: the model's).
         label_gradient: ``"completeness"`` (``a = grad f_y' - grad f_y``) or ``"attribution"``.
+        verify: also attack each attribution (:func:`attrcert.attack.attack`, PGD on the
+            Euclidean and cosine objectives, plus IFIA for l-inf; ``attack_steps`` steps,
+            ``attack_restarts`` restarts, seeded by ``seed``) and add ``T_e_hat``,
+            ``T_c_hat``, ``T_c_hat_deg``, ``violation`` (``T_e_hat > T_e_prime`` for l2,
+            ``> T_e`` otherwise), ``violation_cosine``, ``verified`` and the linearity gaps
+            ``eta_vmax`` / ``eta_attack`` (Appendix B.1); ``attack_checked`` becomes true.
         progress: called with ``(rows_done, d)`` while Jacobians are built.
         on_batch: called with each batch's records and its :class:`Analysis` (``g``,
             ``v_max``) as soon as the batch is done (streaming output, progress).
     """
     pert = Perturbation(parse_norm(norm), eps)
+    for name, value in (("attack_steps", attack_steps), ("attack_restarts", attack_restarts)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise OptionError(f"{name} = {value!r} must be an integer >= 1")
     model, x, attribution, targets, nonsmooth, notes = _setup(
         model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size)
     records: list[Record] = []
@@ -329,6 +349,9 @@ def certify(
         a = analyse(model, x[sl], attribution, targets[sl], chunk_size=chunk_size,
                     label_gradient=label_gradient, progress=progress)
         batch_records = _certify_batch(model, a, attribution, pert, method, nonsmooth, notes)
+        if verify:
+            _verify_batch(model, a, attribution, pert, batch_records,
+                          steps=attack_steps, restarts=attack_restarts, seed=seed + sl.start)
         elapsed = (time.perf_counter() - start) / len(batch_records)
         for offset, rec in enumerate(batch_records):
             rec["index"] = sl.start + offset
@@ -388,6 +411,52 @@ def _certify_batch(
         rec.update(_label_fields(a, i, pert, deltas[:, i], kept_pred[:, i]))
         records.append(rec)
     return records
+
+
+def _verify_batch(
+    model: Model, a: Analysis, attribution: Attribution, pert: Perturbation,
+    records: list[Record], *, steps: int, restarts: int, seed: int,
+) -> None:
+    """Attack the attributions of one batch and record whether any bound was exceeded.
+
+    The Euclidean bound checked is ``T_e_prime`` for l2 (Eq. 11, the tight estimate) and
+    ``T_e`` otherwise; the cosine bound likewise (a vacuous cosine bound cannot be exceeded).
+    ``eta`` is Appendix B.1's ``||g(x + delta) - g(x) - J delta||_2`` along ``+eps`` times
+    the worst-case direction and along the attack's ``delta``.
+    """
+    from .attack import attack, linearity_gap
+
+    found = attack(model, a.x, attribution=attribution, target=a.target, perturbation=pert,
+                   steps=steps, restarts=restarts, seed=seed)
+    unit = worst_case_directions(a.spectrum.v_max, pert.norm).to(a.x.dtype).to(a.x.device)
+    eta_v = linearity_gap(model, a.x, attribution, a.target, pert.eps * unit.view_as(a.x))
+    eta_a = linearity_gap(model, a.x, attribution, a.target, found.delta)
+    for i, rec in enumerate(records):
+        t_hat = float(found.deviation[i])
+        c_hat = float(found.cosine_distance[i])
+        bound = rec["T_e_prime"] if rec["T_e_prime"] is not None else rec["T_e"]
+        cos_bound, cos_vacuous = ((rec["T_c_prime"], rec["vacuous_prime"])
+                                  if rec["T_c_prime"] is not None
+                                  else (rec["T_c"], rec["vacuous"]))
+        violation = bound is not None and t_hat > bound
+        violation_cos = (not cos_vacuous and cos_bound is not None and c_hat > cos_bound)
+        rec.update({
+            "T_e_hat": finite_or_none(t_hat),
+            "T_c_hat": finite_or_none(c_hat),
+            "T_c_hat_deg": finite_or_none(float(found.angle_deg[i])),
+            "attack_label_kept": bool(found.label_kept[i]),
+            "violation": violation,
+            "violation_cosine": violation_cos,
+            "verified": not (violation or violation_cos),
+            "eta_vmax": finite_or_none(float(eta_v[i])),
+            "eta_attack": finite_or_none(float(eta_a[i])),
+            "attack_checked": True,
+        })
+        if violation or violation_cos:
+            rec["warnings"].append(
+                "an attack exceeded the bound: the attribution is not locally linear on this "
+                "ball; use a smaller eps or a smoother model, and do not report this bound "
+                "as a certificate")
 
 
 def _label_fields(a: Analysis, i: int, pert: Perturbation, deltas: Tensor,

@@ -6,6 +6,7 @@ bad input (one line on stderr, no traceback); 130 interrupted.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -44,6 +45,7 @@ from .loading import (
     sniff_model,
     with_normalization,
 )
+from .perturbation import parse_norm
 from .results import (
     ASSUMPTION,
     OUTPUT_SUFFIXES,
@@ -424,6 +426,10 @@ def _emit(opts: Common, config: dict[str, Any], records: list[Record],
         lines.append(f"vacuous cosine bounds: {summary['vacuous_cosine']}")
     if "label_preserved_fraction" in summary:
         lines.append(f"label preserved (Prop. 1): {100 * summary['label_preserved_fraction']:.0f}%")
+    if "violations" in summary:
+        lines.append(f"attack exceeded the Euclidean bound: {summary['violations']} "
+                     f"({100 * summary['violation_fraction']:.0f}%); the cosine bound: "
+                     f"{summary['cosine_violations']}")
     wrong = sum(1 for r in records if r["target"] != r["predicted"])
     if wrong:
         lines.append(f"target != prediction: {wrong} (label radius 0)")
@@ -463,12 +469,71 @@ def main_callback(
     """attrcert: certify how far gradient attributions can move."""
 
 
+EpsOpt = Annotated[float, typer.Option(help="Radius of the perturbation ball, in pixel units "
+                                             "of the images as loaded ([0, 1]).")]
+AttackStepsOpt = Annotated[int, typer.Option(min=1, help="Steps of each attack run.")]
+RestartsOpt = Annotated[int, typer.Option(min=1, help="Random restarts of each attack run.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the attacks' random starts.")]
+RequireVerifiedOpt = Annotated[bool, typer.Option(
+    help="Exit 1 if the attack exceeded a bound on any sample.")]
+LABEL_COLUMNS = [("label_preserved", "Prop.1"), ("label_radius", "radius")]
+ATTACK_COLUMNS = [("T_e_hat", "T_e^"), ("attack_ratio", "T_e^/bound"),
+                  ("T_c_hat_deg", "T_c^ deg"), ("eta_attack", "eta"), ("verdict", "attack")]
+
+
+def _attack_fields(records: list[Record]) -> None:
+    """Table-only helpers: the attacked deviation over the bound it was checked against."""
+    for r in records:
+        if r.get("attack_checked"):
+            bound = r["T_e_prime"] if r["T_e_prime"] is not None else r["T_e"]
+            r["attack_ratio"] = r["T_e_hat"] / bound if bound else None
+            r["verdict"] = "VIOLATED" if not r["verified"] else "held"
+
+
+def _certify_command(opts: Common, command: str, *, eps: float, norm: str,
+                     label_gradient: LabelGradient, verify: bool, attack_steps: int,
+                     restarts: int, seed: int) -> list[Record]:
+    opts.extra_config.update({"eps": eps, "norm": norm, "label_gradient": label_gradient.value})
+    if verify:
+        opts.extra_config.update({"attack_steps": attack_steps, "attack_restarts": restarts,
+                                  "seed": seed})
+    config, records = _run(opts, command, certify, eps=eps, norm=norm,
+                           label_gradient=label_gradient.value, verify=verify,
+                           attack_steps=attack_steps, attack_restarts=restarts, seed=seed)
+    config["attack_checked"] = verify
+    base = [("source", "source"), ("predicted", "pred"), ("target", "y"),
+            *([] if verify else [("attr_norm", "||g||"), ("xi_max", "xi_max")]),
+            ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg")]
+    summary_keys = [("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c (deg)"),
+                    ("xi_max", "xi_max"), ("attr_norm", "||g||"),
+                    ("label_radius", "label radius")]
+    if verify:
+        summary_keys = [("T_e_hat", "T_e^ (attack)"), *summary_keys[:3],
+                        ("T_c_hat_deg", "T_c^ (deg, attack)"), ("eta_vmax", "eta (v_max)"),
+                        ("eta_attack", "eta (attack)")]
+    if opts.format is Format.table:
+        _attack_fields(records)
+    which = "Theorem 1" if parse_norm(norm) == 2 else \
+        "Theorem 2 (l-inf) / Corollary 1 (lp)"
+    checked = ("an attack (PGD" + (", IFIA" if parse_norm(norm) == math.inf else "")
+               + ") checked them: 'VIOLATED' means it beat the bound" if verify
+               else "no attack checked them (add --verify)")
+    _emit(opts, config, records,
+          base + (ATTACK_COLUMNS if verify else LABEL_COLUMNS),
+          f"attribution bounds, l{norm} ball, eps = {eps}", summary_keys,
+          f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
+          f"linear attribution (SPEC §6); {checked}.")
+    for r in records:
+        r.pop("attack_ratio", None)
+        r.pop("verdict", None)
+    return records
+
+
 @app.command()
 def bound(
     model: ModelArg,
     images: ImagesArg,
-    eps: Annotated[float, typer.Option(help="Radius of the perturbation ball, in pixel units "
-                                            "of the images as loaded ([0, 1]).")] = 0.1,
+    eps: EpsOpt = 0.1,
     norm: NormOpt = "2",
     method: MethodOpt = Method.integrated_gradients,
     steps: StepsOpt = 50,
@@ -487,6 +552,11 @@ def bound(
     arch: ArchOpt = None,
     trust_pickle: TrustOpt = False,
     label_gradient: LabelGradOpt = LabelGradient.completeness,
+    verify: Annotated[bool, typer.Option(
+        help="Also attack each attribution and mark bounds the attack exceeded.")] = False,
+    attack_steps: AttackStepsOpt = 40,
+    restarts: RestartsOpt = 1,
+    seed: SeedOpt = 0,
     fail_above_te: Annotated[float | None, typer.Option(
         help="Exit 1 if any sample's T_e exceeds this.")] = None,
     fail_above_tc_deg: Annotated[float | None, typer.Option(
@@ -494,33 +564,23 @@ def bound(
     require_label_preserved: Annotated[bool, typer.Option(
         help="Exit 1 if Proposition 1 cannot show the label is preserved for every "
         "sample.")] = False,
+    require_verified: RequireVerifiedOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Bound how far each image's attribution can move within the eps-ball.
 
     Example: attrcert bound sample_models/digits_softplus.pt2 sample_models/digits --eps 0.1
     """
+    if require_verified and not verify:
+        raise OptionError("--require-verified needs --verify (the attack that checks)")
     opts = Common(model=model, images=images, method=method, steps=steps, baseline=baseline,
-                   labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
-                   batch_size=batch_size, output=output, format=format,
-                   save_attributions=save_attributions, mean=mean, std=std, size=size,
-                   arch=arch, trust_pickle=trust_pickle, quiet=quiet,
-                   extra_config={"eps": eps, "norm": norm,
-                                 "label_gradient": label_gradient.value})
-    config, records = _run(opts, "bound", certify, eps=eps, norm=norm,
-                           label_gradient=label_gradient.value)
-    columns = [("source", "source"), ("predicted", "pred"), ("target", "y"),
-               ("attr_norm", "||g||"), ("xi_max", "xi_max"), ("T_e", "T_e"),
-               ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg"),
-               ("label_preserved", "Prop.1"), ("label_radius", "radius")]
-    summary_keys = [("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c (deg)"),
-                    ("xi_max", "xi_max"), ("attr_norm", "||g||"),
-                    ("label_radius", "label radius")]
-    which = "Theorem 1" if norm in {"2", "2.0"} else "Theorem 2 (l-inf) / Corollary 1 (lp)"
-    _emit(opts, config, records, columns, f"attribution bounds, l{norm} ball, eps = {eps}",
-          summary_keys,
-          f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
-          "linear attribution (SPEC §6); no attack checked them.")
+                  labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
+                  batch_size=batch_size, output=output, format=format,
+                  save_attributions=save_attributions, mean=mean, std=std, size=size,
+                  arch=arch, trust_pickle=trust_pickle, quiet=quiet)
+    records = _certify_command(opts, "bound", eps=eps, norm=norm,
+                               label_gradient=label_gradient, verify=verify,
+                               attack_steps=attack_steps, restarts=restarts, seed=seed)
     _finish([
         _gate([f"{r['source']} ({_fmt(r['T_e'])})" for r in records
                if fail_above_te is not None and (r["T_e"] or 0) > fail_above_te],
@@ -532,7 +592,61 @@ def bound(
         _gate([r["source"] for r in records
                if require_label_preserved and not r["label_preserved"]],
               "label not shown to be preserved (Proposition 1)"),
+        _verified_gate(records, require_verified),
     ])
+
+
+def _verified_gate(records: list[Record], required: bool) -> str | None:
+    return _gate([f"{r['source']} (T_e^ {_fmt(r['T_e_hat'])})" for r in records
+                  if required and not r.get("verified", True)],
+                 "an attack exceeded the bound")
+
+
+@app.command()
+def attack(
+    model: ModelArg,
+    images: ImagesArg,
+    eps: EpsOpt = 0.1,
+    norm: NormOpt = "2",
+    method: MethodOpt = Method.integrated_gradients,
+    steps: StepsOpt = 50,
+    baseline: BaselineOpt = "zero",
+    labels: LabelsOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = DType.float32,
+    chunk_size: ChunkOpt = None,
+    batch_size: BatchOpt = None,
+    output: OutputOpt = None,
+    format: FormatOpt = Format.table,
+    save_attributions: SaveAttrOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    size: SizeOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustOpt = False,
+    attack_steps: AttackStepsOpt = 40,
+    restarts: RestartsOpt = 1,
+    seed: SeedOpt = 0,
+    require_verified: RequireVerifiedOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Attack each attribution inside the eps-ball and compare with the bounds.
+
+    PGD on the Euclidean and on the cosine distance (l2, l-inf, lp), plus IFIA for l-inf,
+    keeping the predicted label. Reports T_e^ and T_c^ (what the attack reached) next to
+    T_e, T'_e and T_c, the linearity gap eta (Appendix B.1) and every violation.
+
+    Example: attrcert attack sample_models/digits_relu_maxpool.pt2 sample_models/digits
+    """
+    opts = Common(model=model, images=images, method=method, steps=steps, baseline=baseline,
+                  labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
+                  batch_size=batch_size, output=output, format=format,
+                  save_attributions=save_attributions, mean=mean, std=std, size=size,
+                  arch=arch, trust_pickle=trust_pickle, quiet=quiet)
+    records = _certify_command(opts, "attack", eps=eps, norm=norm,
+                               label_gradient=LabelGradient.completeness, verify=True,
+                               attack_steps=attack_steps, restarts=restarts, seed=seed)
+    _finish([_verified_gate(records, require_verified)])
 
 
 @app.command("max-eps")

@@ -26,12 +26,14 @@ def finite_or_none(value: float | None) -> float | None:
 
 
 SUMMARY_KEYS = ("xi_max", "T_e", "T_e_prime", "T_c_deg", "T_c_prime_deg", "label_radius",
-                "eps_max", "attr_norm", "seconds")
+                "eps_max", "attr_norm", "T_e_hat", "T_c_hat_deg", "eta_vmax", "eta_attack",
+                "seconds")
 
 
 def summarize(records: Sequence[Record], keys: Iterable[str] = SUMMARY_KEYS) -> dict[str, Any]:
     """Mean / median / max of each numeric key over the samples (the paper's tables report means),
-    the count of vacuous cosine bounds and the share of samples whose label is preserved."""
+    the count of vacuous cosine bounds, the share of samples whose label is preserved and,
+    when an attack checked the bounds, how many it exceeded."""
     out: dict[str, Any] = {"samples": len(records)}
     for key in keys:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float))
@@ -47,6 +49,11 @@ def summarize(records: Sequence[Record], keys: Iterable[str] = SUMMARY_KEYS) -> 
     flags = [r["label_preserved"] for r in records if r.get("label_preserved") is not None]
     if flags:
         out["label_preserved_fraction"] = sum(flags) / len(flags)
+    checked = [r for r in records if r.get("attack_checked")]
+    if checked:  # as the paper's Tables 9-10: the share of samples outside the bound
+        out["violations"] = sum(1 for r in checked if r["violation"])
+        out["violation_fraction"] = out["violations"] / len(checked)
+        out["cosine_violations"] = sum(1 for r in checked if r["violation_cosine"])
     return out
 
 
