@@ -288,11 +288,11 @@ def _config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "std": _floats(opts.std, "std"),
         "device": opts.device,
         "dtype": opts.dtype.value,
-        **opts.extra_config,
         "smooth": not loaded.nonsmooth,
         "nonsmooth_ops": loaded.nonsmooth,
         "assumption": ASSUMPTION,
         "attack_checked": False,
+        **opts.extra_config,
     }
 
 
@@ -495,12 +495,11 @@ def _certify_command(opts: Common, command: str, *, eps: float, norm: str,
                      restarts: int, seed: int) -> list[Record]:
     opts.extra_config.update({"eps": eps, "norm": norm, "label_gradient": label_gradient.value})
     if verify:
-        opts.extra_config.update({"attack_steps": attack_steps, "attack_restarts": restarts,
-                                  "seed": seed})
+        opts.extra_config.update({"attack_checked": True, "attack_steps": attack_steps,
+                                  "attack_restarts": restarts, "seed": seed})
     config, records = _run(opts, command, certify, eps=eps, norm=norm,
                            label_gradient=label_gradient.value, verify=verify,
                            attack_steps=attack_steps, attack_restarts=restarts, seed=seed)
-    config["attack_checked"] = verify
     base = [("source", "source"), ("predicted", "pred"), ("target", "y"),
             *([] if verify else [("attr_norm", "||g||"), ("xi_max", "xi_max")]),
             ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg")]

@@ -10,7 +10,8 @@ Two ways of running the passes (``benchmarks/bench_jacobian.py`` measures them a
 
 - ``"loop"``: the attribution is built once with ``create_graph=True``; each row is one
   backward pass through the retained graph. Fastest on CPU (2 cores, the sample CNN,
-  IG m = 50: 2.7 s per sample against 4.2 s for ``"replicate"``), memory one graph.
+  IG m = 50: 1.7 s per sample against 2.4 s for ``"replicate"``, BENCHMARKS.md), memory
+  one graph.
 - ``"replicate"``: ``chunk_size`` copies of each sample go through the attribution at
   once, copy ``r`` seeded with its own row; one double-backward pass yields ``chunk_size``
   rows for every sample. Memory grows with ``chunk_size``; large passes suit GPUs.
