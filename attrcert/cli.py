@@ -37,6 +37,7 @@ from .certify import Analysis, certify, max_eps
 from .errors import AttrcertError, InputError, OptionError
 from .loading import (
     Images,
+    UntrustedPickleWarning,
     first_image_size,
     infer_input_channels,
     load_images,
@@ -233,10 +234,20 @@ def _folder_channels(model: torch.nn.Module, images: Path,
     return channels
 
 
+def _load_model(path: Path, arch: str | None, trust_pickle: bool) -> torch.nn.Module:
+    """:func:`load_model`, with its warnings (``--trust-pickle``) as one line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UntrustedPickleWarning)
+        model = load_model(path, arch=arch, trust_pickle=trust_pickle)
+    for w in caught:
+        err.print(f"warning: {w.message}")
+    return model
+
+
 def _load(opts: Common) -> Loaded:
     """Model, images, labels and baseline, checked against each other."""
     _check_output_paths(opts)
-    model = load_model(opts.model, arch=opts.arch, trust_pickle=opts.trust_pickle)
+    model = _load_model(opts.model, opts.arch, opts.trust_pickle)
     mean, std = _floats(opts.mean, "mean"), _floats(opts.std, "std")
     if (mean is None) != (std is None):
         raise OptionError("give --mean and --std together")
@@ -723,7 +734,7 @@ def inspect(
 
     Example: attrcert inspect sample_models/digits_relu_maxpool.pt2
     """
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    net = _load_model(model, arch, trust_pickle)
     shape = _input_shape(net, images, size)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -254,3 +254,16 @@ def test_pickle_that_would_run_code_is_refused(two, tmp_path):
     assert not marker.exists()
     proc = cli("bound", MODEL, str(evil), "--quiet")  # the same file given as images
     assert proc.returncode == 2 and not marker.exists()
+
+
+def test_trusted_pickle_loads_with_a_one_line_warning(two, tmp_path):
+    whole = tmp_path / "whole.pt"
+    torch.save(load_model(SAMPLES / "digits_softplus.safetensors",
+                          arch=f"{SAMPLES / 'digits_arch.py'}:softplus_cnn"), whole)
+    refused = cli("inspect", str(whole), two)
+    assert refused.returncode == 2 and "--trust-pickle" in refused.stderr
+    proc = cli("inspect", str(whole), two, "--trust-pickle", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert strict_json(proc.stdout)["classes"] == 10
+    assert proc.stderr.strip().splitlines() == [
+        f"warning: unpickling {whole} with --trust-pickle: this runs code from the file"]
