@@ -510,7 +510,7 @@ def max_eps(
     ``eps_max_linear`` (the unmodified value) and ``T_e_method``.
     """
     p = parse_norm(norm)
-    _check_tolerance(omega, metric)
+    check_tolerance(omega, metric)
     if modified and p != 2.0:
         raise OptionError("modified (T'_e) is defined for the l2 norm only: use norm=2")
     model, x, attribution, targets, nonsmooth, notes = _setup(
@@ -553,7 +553,8 @@ def max_eps(
     return records
 
 
-def _check_tolerance(omega: float, metric: str) -> None:
+def check_tolerance(omega: float, metric: str) -> None:
+    """Raise :class:`OptionError` unless ``omega`` is a valid tolerance for ``metric``."""
     if metric not in bounds.METRICS:
         raise OptionError(f"unknown metric {metric!r}: use one of {', '.join(bounds.METRICS)}")
     omega = float(omega)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .certify import Analysis, certify, max_eps
+from .certify import Analysis, certify, check_tolerance, max_eps
 from .errors import AttrcertError, InputError, OptionError
 from .loading import (
     Images,
@@ -46,14 +47,17 @@ from .loading import (
     sniff_model,
     with_normalization,
 )
-from .perturbation import parse_norm
+from .perturbation import Perturbation, parse_norm
 from .results import (
     ASSUMPTION,
     OUTPUT_SUFFIXES,
     JsonlAppender,
     Record,
+    ResumeError,
+    config_hash,
     document,
     dumps_strict,
+    finished_records,
     summarize,
     write_document,
 )
@@ -201,13 +205,13 @@ def _floats(text: str | None, name: str) -> list[float] | None:
 
 def _check_output_paths(opts: Common) -> None:
     if opts.output is not None:
+        _check_writable(opts.output, "--output")
         if opts.output.suffix.lower() not in OUTPUT_SUFFIXES:
             raise OptionError(f"--output {opts.output}: use a .json, .jsonl or .csv file")
-        _check_writable(opts.output, "--output")
     if opts.save_attributions is not None:
+        _check_writable(opts.save_attributions, "--save-attributions")
         if opts.save_attributions.suffix.lower() != ".safetensors":
             raise OptionError("--save-attributions needs a .safetensors file name")
-        _check_writable(opts.save_attributions, "--save-attributions")
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -311,23 +315,22 @@ class Reporter:
     """Progress bar with ETA on stderr (only on a terminal, not with --quiet), streaming
     of finished samples to JSONL, and collection of g / v_max for --save-attributions."""
 
-    def __init__(self, opts: Common, loaded: Loaded, label: str) -> None:
-        self.opts, self.loaded = opts, loaded
-        self.n = loaded.images.tensor.shape[0]
+    def __init__(self, opts: Common, loaded: Loaded, label: str, todo: list[int],
+                 digest: str) -> None:
+        self.opts, self.loaded, self.todo, self.digest = opts, loaded, todo, digest
         self.progress: Progress | None = None
         if not opts.quiet and err.is_terminal:
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 console=err, transient=True)
-            self.samples = self.progress.add_task(label, total=self.n)
+            self.samples = self.progress.add_task(label, total=len(todo))
             self.rows = self.progress.add_task("  Jacobian rows", total=1)
-        self.appender = (JsonlAppender(opts.output) if opts.output is not None
-                         and opts.output.suffix.lower() == ".jsonl" else None)
-        if self.appender is not None:
-            opts.output.write_text("")  # a fresh file for this run
+        self.appender = JsonlAppender(opts.output) if _jsonl(opts) else None
         self.attrs: list[torch.Tensor] = []
         self.directions: list[torch.Tensor] = []
+        self.finished = 0
+        self.stop_requested = False
 
     def __enter__(self) -> Reporter:
         if self.progress is not None:
@@ -345,19 +348,29 @@ class Reporter:
             self.progress.update(self.rows, completed=done, total=total)
 
     def batch_done(self, records: list[Record], analysis: Analysis) -> None:
-        for rec in records:  # "source" right after "index", for people reading JSON
-            fields = list(rec.items())
+        for rec in records:  # the index among all images, "source" right after it
+            fields = [(k, v) for k, v in rec.items() if k != "index"]
+            index = self.todo[rec["index"]]
             rec.clear()
-            rec["index"] = dict(fields)["index"]
-            rec["source"] = self.loaded.images.sources[rec["index"]]
+            rec.update(index=index, source=self.loaded.images.sources[index],
+                       config_hash=self.digest)
             rec.update(fields)
             if self.appender is not None:
                 self.appender.append(rec)
+        self.finished += len(records)
         if self.opts.save_attributions is not None:
             self.attrs.append(analysis.attr.float())
             self.directions.append(analysis.spectrum.v_max.float())
         if self.progress is not None:
             self.progress.advance(self.samples, len(records))
+        if self.stop_requested:
+            raise Interrupted(self.finished)
+
+    def request_stop(self, signum: int, frame: object) -> None:
+        """First Ctrl-C: finish the sample in flight, then stop; a second one aborts."""
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        err.print("stopping after the current sample (Ctrl-C again to abort now)")
 
     def save_attributions(self, config: dict[str, Any]) -> None:
         if self.opts.save_attributions is None:
@@ -372,23 +385,62 @@ class Reporter:
                             "config": dumps_strict(config)})
 
 
+class Interrupted(Exception):
+    """Ctrl-C was pressed; ``finished`` samples were completed before stopping (and are in
+    ``output`` when that is a JSONL file)."""
+
+    def __init__(self, finished: int, output: Path | None = None) -> None:
+        super().__init__(finished)
+        self.finished, self.output = finished, output
+
+
+def _jsonl(opts: Common) -> bool:
+    return opts.output is not None and opts.output.suffix.lower() == ".jsonl"
+
+
 def _run(opts: Common, command: str, func: Callable[..., list[Record]],
          **kwargs: Any) -> tuple[dict[str, Any], list[Record]]:
+    """Load, resume from ``--output FILE.jsonl`` if it holds finished samples of the same
+    configuration, certify the rest (each appended and fsynced as it finishes), write."""
     loaded = _load(opts)
     config = _config(opts, command, loaded)
+    digest = config_hash(config, loaded.images.sources)
+    n = len(loaded.images.sources)
+    try:
+        done = finished_records(opts.output, digest) if _jsonl(opts) else {}
+    except ResumeError as exc:
+        raise InputError(str(exc)) from None
+    todo = [i for i in range(n) if i not in done]
+    if done:
+        if opts.save_attributions is not None:
+            raise OptionError(f"{opts.output} already holds {len(done)} samples and "
+                              "--save-attributions needs all of them: delete it to start over")
+        err.print(f"resuming: {len(done)} of {n} samples already in {opts.output}")
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
-    label = "certifying" if command == "bound" else "solving eps_max"
-    with Reporter(opts, loaded, label) as reporter, warnings.catch_warnings():
+    label = "certifying" if command in {"bound", "attack"} else "solving eps_max"
+    new: list[Record] = []
+    with Reporter(opts, loaded, label, todo, digest) as reporter, warnings.catch_warnings():
         warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
-        records = func(
-            loaded.model, loaded.images.tensor, method=opts.method.value, steps=opts.steps,
-            baseline=loaded.baseline, target=loaded.target, chunk_size=opts.chunk_size,
-            batch_size=opts.batch_size, dtype=opts.dtype.value,
-            device=opts.device, progress=reporter.rows_done, on_batch=reporter.batch_done,
-            **kwargs)
+        previous_handler = signal.signal(signal.SIGINT, reporter.request_stop)
+        try:
+            if todo:
+                target = loaded.target[todo] if loaded.target is not None else None
+                new = func(
+                    loaded.model, loaded.images.tensor[todo], method=opts.method.value,
+                    steps=opts.steps, baseline=loaded.baseline, target=target,
+                    chunk_size=opts.chunk_size, batch_size=opts.batch_size,
+                    dtype=opts.dtype.value, device=opts.device, progress=reporter.rows_done,
+                    on_batch=reporter.batch_done, **kwargs)
+        except Interrupted as exc:
+            exc.finished += len(done)
+            exc.output = opts.output
+            raise
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+    records = sorted([*done.values(), *new], key=lambda r: r["index"])
     reporter.save_attributions(config)
-    if opts.output is not None and opts.output.suffix.lower() != ".jsonl":
+    if opts.output is not None and not _jsonl(opts):
         write_document(opts.output, config, records)
     return config, records
 
@@ -504,6 +556,7 @@ def _attack_fields(records: list[Record]) -> None:
 def _certify_command(opts: Common, command: str, *, eps: float, norm: str,
                      label_gradient: LabelGradient, verify: bool, attack_steps: int,
                      restarts: int, seed: int) -> list[Record]:
+    Perturbation(parse_norm(norm), eps)  # checks eps and p before anything is loaded
     opts.extra_config.update({"eps": eps, "norm": norm, "label_gradient": label_gradient.value})
     if verify:
         opts.extra_config.update({"attack_checked": True, "attack_steps": attack_steps,
@@ -702,6 +755,9 @@ def max_eps_command(
                    arch=arch, trust_pickle=trust_pickle, quiet=quiet,
                    extra_config={"omega": omega, "metric": metric.value, "norm": norm,
                                  "modified": modified})
+    check_tolerance(omega, metric.value)
+    if modified and parse_norm(norm) != 2:
+        raise OptionError("--modified (T'_e) is defined for the l2 norm only: use --norm 2")
     config, records = _run(opts, "max-eps", max_eps, omega=omega, metric=metric.value,
                            norm=norm, modified=modified)
     columns = [("source", "source"), ("predicted", "pred"), ("target", "y"),
@@ -793,6 +849,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         err.print(f"error: {exc.format_message()}{hint}")  # type: ignore[attr-defined]
         sys.exit(2)
+    except Interrupted as exc:
+        where = exc.output
+        if where is not None and where.suffix.lower() == ".jsonl":
+            err.print(f"interrupted: {exc.finished} finished samples are in {where}; run the "
+                      "same command again to resume")
+        else:
+            err.print(f"interrupted after {exc.finished} samples, which were not saved: "
+                      "use --output FILE.jsonl to keep finished samples and resume")
+        sys.exit(130)
     except typer.Abort:
         err.print("interrupted")
         sys.exit(130)

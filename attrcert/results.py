@@ -121,3 +121,50 @@ class JsonlAppender:
 
     def close(self) -> None:
         self._fh.close()
+
+
+# --- resuming interrupted runs ----------------------------------------------------------------
+
+def config_hash(config: dict[str, Any], sources: Sequence[str]) -> str:
+    """A short digest of everything that determines the records (settings, versions, inputs):
+    records carry it, so a rerun only reuses records of the same configuration."""
+    import hashlib
+
+    text = dumps_strict({"config": config, "sources": list(sources)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ResumeError(ValueError):
+    """A JSONL file that cannot be resumed (another configuration, or not attrcert's)."""
+
+
+def finished_records(path: Path, digest: str) -> dict[int, Record]:
+    """The records of ``path`` (a JSONL file of an earlier run) by index, for resuming.
+
+    A last line cut short by a crash is dropped, and the file is rewritten without it so
+    that appending continues on a clean line. Raises :class:`ResumeError` if a record was
+    made with another configuration.
+    """
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines(keepends=True)
+    records: dict[int, Record] = {}
+    kept: list[str] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the sample in flight when the run was killed
+                break
+            raise ResumeError(f"{path} line {number} is not JSON: delete the file to "
+                              "start over") from None
+        if not isinstance(rec, dict) or "index" not in rec:
+            raise ResumeError(f"{path} line {number} is not an attrcert record")
+        if rec.get("config_hash") != digest:
+            raise ResumeError(f"{path} holds results of another configuration: use "
+                              "another --output file or delete it")
+        records[int(rec["index"])] = rec
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines) or (lines and not lines[-1].endswith("\n")):
+        path.write_text("".join(kept))
+    return records
