@@ -57,12 +57,17 @@ class EuclideanBound:
     slope_min: float
 
 
-def euclidean_bound(xi_max: float, abs_sum_gram: float, d: int, p: float) -> EuclideanBound:
-    """The ``T_e`` of SPEC §2 for the lp ball, per unit eps (``T_e = slope * eps``)."""
+def euclidean_bound(xi_max: float, abs_sum_gram: float | None, d: int,
+                    p: float) -> EuclideanBound:
+    """The ``T_e`` of SPEC §2 for the lp ball, per unit eps (``T_e = slope * eps``).
+
+    For l-inf without Theorem 2's constant (``abs_sum_gram`` None: not computed, as on the
+    matrix-free path), Corollary 1 as ``p -> inf`` (``sqrt(d) xi_max``) is used instead.
+    """
     if p == 2.0:
         s = euclidean_bound_l2(xi_max, 1.0)
         return EuclideanBound(s, "theorem1", s)
-    if math.isinf(p):
+    if math.isinf(p) and abs_sum_gram is not None:
         s = euclidean_bound_linf(abs_sum_gram, 1.0)
         return EuclideanBound(s, "theorem2", min(s, euclidean_bound_lp(xi_max, 1.0, d, p)))
     s = euclidean_bound_lp(xi_max, 1.0, d, p)

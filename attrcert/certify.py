@@ -25,7 +25,7 @@ from .jacobian import attribution_jacobian
 from .perturbation import NormLike, Perturbation, norm_label, parse_norm
 from .results import ASSUMPTION, Record, finite_or_none
 from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
-from .spectral import Spectrum, spectrum_full
+from .spectral import Spectrum, spectrum_full, spectrum_iterative
 
 LABEL_GRADIENTS = ("completeness", "attribution")
 Progress = Callable[[int, int], None]
@@ -133,17 +133,35 @@ def analyse(
     *,
     chunk_size: int | None = None,
     label_gradient: str = "completeness",
+    spectral: str = "full",
+    tol: float = 1e-4,
+    seed: int = 0,
     progress: Progress | None = None,
 ) -> Analysis:
-    """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch."""
+    """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
+
+    ``spectral="full"`` forms every ``J`` (:mod:`attrcert.jacobian`) and gets ``xi_max``,
+    ``v_max`` and Theorem 2's ``sum |P_ij|``; ``"iterative"`` gets ``xi_max`` and ``v_max``
+    matrix-free (:func:`attrcert.spectral.spectrum_iterative`, relative tolerance ``tol``)
+    and no ``sum |P_ij|``; every sample starts the solver from the same ``seed``ed
+    vector, so neither batching nor resuming a run on a subset changes its result.
+    """
     n = x.shape[0]
     with torch.no_grad():
         logits = model(x)
     g = attribution(model, x, target)
-    jac = attribution_jacobian(attribution, model, x, target, chunk_size=chunk_size,
-                               progress=progress)
-    spectrum = spectrum_full(jac)
-    del jac
+    if spectral == "iterative":
+        parts = [spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
+                                    tol=tol, seed=seed) for i in range(n)]
+        spectrum = Spectrum(torch.cat([s.xi_max for s in parts]),
+                            torch.cat([s.v_max for s in parts]))
+        if progress is not None:
+            progress(x[0].numel(), x[0].numel())
+    else:
+        jac = attribution_jacobian(attribution, model, x, target, chunk_size=chunk_size,
+                                   progress=progress)
+        spectrum = spectrum_full(jac)
+        del jac
     label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient)
     gap = None
     if attribution.complete:
@@ -159,7 +177,8 @@ def analyse(
         logits=logits.double().cpu(),
         attr=g.reshape(n, -1).double().cpu(),
         spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
-                          spectrum.abs_sum_gram.cpu()),
+                          None if spectrum.abs_sum_gram is None
+                          else spectrum.abs_sum_gram.cpu()),
         label_grads=label_grads.double().cpu(),
         completeness_gap=gap,
     )
@@ -184,6 +203,30 @@ def _label_gradients(
     else:
         raise OptionError(f"unknown label_gradient {how!r}: use {' or '.join(LABEL_GRADIENTS)}")
     return grads.reshape(k, n, -1).transpose(0, 1).detach()
+
+
+SPECTRAL = ("auto", "full", "iterative")
+#: ``spectral="auto"`` forms J up to this d for l-inf, where Theorem 2 needs every entry of
+#: ``P = J^T J``; above it, and for every other norm, the matrix-free path (BENCHMARKS.md).
+AUTO_FULL_MAX_D_LINF = 4096
+
+
+def resolve_spectral(spectral: str, d: int, p: float) -> str:
+    """``"full"`` or ``"iterative"`` for ``spectral`` (see :data:`AUTO_FULL_MAX_D_LINF`)."""
+    if spectral not in SPECTRAL:
+        raise OptionError(f"unknown spectral {spectral!r}: use one of {', '.join(SPECTRAL)}")
+    if spectral != "auto":
+        return spectral
+    return "full" if math.isinf(p) and d <= AUTO_FULL_MAX_D_LINF else "iterative"
+
+
+def _check_tol(tol: float) -> None:
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise OptionError(f"tol = {tol!r} must lie in (0, 1)")
+
+
+def _abs_sum_gram(a: Analysis, i: int) -> float | None:
+    return None if a.spectrum.abs_sum_gram is None else float(a.spectrum.abs_sum_gram[i])
 
 
 def worst_case_directions(v_max: Tensor, p: float) -> Tensor:
@@ -293,6 +336,8 @@ def certify(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     label_gradient: str = "completeness",
+    spectral: str = "auto",
+    tol: float = 1e-4,
     verify: bool = False,
     attack_steps: int = 40,
     attack_restarts: int = 1,
@@ -327,6 +372,9 @@ def certify(
             :func:`default_batch_size`).
         dtype, device: where to compute (default: the model's).
         label_gradient: ``"completeness"`` (``a = grad f_y' - grad f_y``) or ``"attribution"``.
+        spectral: ``"full"`` (form each ``J``), ``"iterative"`` (matrix-free ``xi_max`` and
+            ``v_max``, relative tolerance ``tol``; l-inf then uses Corollary 1) or
+            ``"auto"`` (:func:`resolve_spectral`). Records say which in ``spectral``.
         verify: also attack each attribution (:func:`attrcert.attack.attack`, PGD on the
             Euclidean and cosine objectives, plus IFIA for l-inf; ``attack_steps`` steps,
             ``attack_restarts`` restarts, seeded by ``seed``) and add ``T_e_hat``,
@@ -343,15 +391,20 @@ def certify(
             raise OptionError(f"{name} = {value!r} must be an integer >= 1")
     model, x, attribution, targets, nonsmooth, notes = _setup(
         model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size)
+    how = resolve_spectral(spectral, x[0].numel(), pert.norm)
+    _check_tol(tol)
     records: list[Record] = []
     for sl in _batches(x.shape[0], batch_size or default_batch_size(x.device)):
         start = time.perf_counter()
         a = analyse(model, x[sl], attribution, targets[sl], chunk_size=chunk_size,
-                    label_gradient=label_gradient, progress=progress)
+                    label_gradient=label_gradient, spectral=how, tol=tol,
+                    progress=progress)
         batch_records = _certify_batch(model, a, attribution, pert, method, nonsmooth, notes)
+        for rec in batch_records:
+            rec["spectral"] = how
         if verify:
             _verify_batch(model, a, attribution, pert, batch_records,
-                          steps=attack_steps, restarts=attack_restarts, seed=seed + sl.start)
+                          steps=attack_steps, restarts=attack_restarts, seed=seed)
         elapsed = (time.perf_counter() - start) / len(batch_records)
         for offset, rec in enumerate(batch_records):
             rec["index"] = sl.start + offset
@@ -379,7 +432,7 @@ def _certify_batch(
     for i in range(n):
         xi = float(a.spectrum.xi_max[i])
         attr_norm = float(a.attr[i].norm())
-        te = bounds.euclidean_bound(xi, float(a.spectrum.abs_sum_gram[i]), d, p)
+        te = bounds.euclidean_bound(xi, _abs_sum_gram(a, i), d, p)
         t_e = te.slope * eps
         cos = bounds.cosine_bound(t_e, attr_norm)
         rec = _common_fields(a, i, method, p, nonsmooth, notes)
@@ -490,6 +543,8 @@ def max_eps(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     bisection_steps: int = 30,
+    spectral: str = "auto",
+    tol: float = 1e-4,
     progress: Progress | None = None,
     on_batch: OnBatch | None = None,
 ) -> list[Record]:
@@ -515,16 +570,17 @@ def max_eps(
         raise OptionError("modified (T'_e) is defined for the l2 norm only: use norm=2")
     model, x, attribution, targets, nonsmooth, notes = _setup(
         model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size)
+    how = resolve_spectral(spectral, x[0].numel(), p)
+    _check_tol(tol)
     records: list[Record] = []
     for sl in _batches(x.shape[0], batch_size or default_batch_size(x.device)):
         start = time.perf_counter()
         a = analyse(model, x[sl], attribution, targets[sl], chunk_size=chunk_size,
-                    progress=progress)
+                    spectral=how, tol=tol, progress=progress)
         n, d = a.attr.shape
         tolerances, slopes, methods, batch = [], [], [], []
         for i in range(n):
-            te = bounds.euclidean_bound(float(a.spectrum.xi_max[i]),
-                                        float(a.spectrum.abs_sum_gram[i]), d, p)
+            te = bounds.euclidean_bound(float(a.spectrum.xi_max[i]), _abs_sum_gram(a, i), d, p)
             tol = bounds.euclidean_tolerance(omega, metric, float(a.attr[i].norm()))
             tolerances.append(tol)
             slopes.append(te.slope)
@@ -544,6 +600,7 @@ def max_eps(
                 "eps_max_linear": finite_or_none(linear[i]),
                 "eps_max_unbounded": found[i] is None,
                 "T_e_method": methods[i],
+                "spectral": how,
                 "seconds": elapsed,
             })
             batch.append(rec)

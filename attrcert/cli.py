@@ -151,6 +151,22 @@ ArchOpt = Annotated[str | None, typer.Option(
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow a pickled model: loading it RUNS CODE from the file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+class Spectral(str, Enum):
+    auto = "auto"
+    full = "full"
+    iterative = "iterative"
+
+
+SpectralOpt = Annotated[Spectral, typer.Option(
+    help="full: form each Jacobian (needed for Theorem 2's l-inf bound); iterative: "
+    "xi_max and v_max matrix-free (l-inf then uses Corollary 1); auto: iterative except "
+    "l-inf up to d = 4096.")]
+TolOpt = Annotated[float, typer.Option(help="Relative tolerance of the iterative solver.")]
+ThreadsOpt = Annotated[int, typer.Option(
+    min=1, help="CPU threads for torch. 1 is fastest for small models on these 2-core "
+    "machines (BENCHMARKS.md); raise it for large ones.")]
 LabelGradOpt = Annotated[LabelGradient, typer.Option(
     help="Proposition 1's a_y': from class gradients (completeness, SPEC §4) or through the "
     "attribution (one second-order pass per class).")]
@@ -179,6 +195,9 @@ class Common:
     arch: str | None = None
     trust_pickle: bool = False
     quiet: bool = False
+    spectral: Spectral = Spectral.auto
+    tol: float = 1e-4
+    threads: int = 1
     extra_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -303,6 +322,8 @@ def _config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "std": _floats(opts.std, "std"),
         "device": opts.device,
         "dtype": opts.dtype.value,
+        "spectral": opts.spectral.value,
+        "tol": opts.tol,
         "smooth": not loaded.nonsmooth,
         "nonsmooth_ops": loaded.nonsmooth,
         "assumption": ASSUMPTION,
@@ -402,6 +423,7 @@ def _run(opts: Common, command: str, func: Callable[..., list[Record]],
          **kwargs: Any) -> tuple[dict[str, Any], list[Record]]:
     """Load, resume from ``--output FILE.jsonl`` if it holds finished samples of the same
     configuration, certify the rest (each appended and fsynced as it finishes), write."""
+    torch.set_num_threads(opts.threads)
     loaded = _load(opts)
     config = _config(opts, command, loaded)
     digest = config_hash(config, loaded.images.sources)
@@ -430,7 +452,8 @@ def _run(opts: Common, command: str, func: Callable[..., list[Record]],
                     loaded.model, loaded.images.tensor[todo], method=opts.method.value,
                     steps=opts.steps, baseline=loaded.baseline, target=target,
                     chunk_size=opts.chunk_size, batch_size=opts.batch_size,
-                    dtype=opts.dtype.value, device=opts.device, progress=reporter.rows_done,
+                    dtype=opts.dtype.value, device=opts.device, spectral=opts.spectral.value,
+                    tol=opts.tol, progress=reporter.rows_done,
                     on_batch=reporter.batch_done, **kwargs)
         except Interrupted as exc:
             exc.finished += len(done)
@@ -614,6 +637,9 @@ def bound(
     size: SizeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustOpt = False,
+    spectral: SpectralOpt = Spectral.auto,
+    tol: TolOpt = 1e-4,
+    threads: ThreadsOpt = 1,
     label_gradient: LabelGradOpt = LabelGradient.completeness,
     verify: Annotated[bool, typer.Option(
         help="Also attack each attribution and mark bounds the attack exceeded.")] = False,
@@ -640,7 +666,8 @@ def bound(
                   labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
                   batch_size=batch_size, output=output, format=format,
                   save_attributions=save_attributions, mean=mean, std=std, size=size,
-                  arch=arch, trust_pickle=trust_pickle, quiet=quiet)
+                  arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
+                  tol=tol, threads=threads)
     records = _certify_command(opts, "bound", eps=eps, norm=norm,
                                label_gradient=label_gradient, verify=verify,
                                attack_steps=attack_steps, restarts=restarts, seed=seed)
@@ -687,6 +714,9 @@ def attack(
     size: SizeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustOpt = False,
+    spectral: SpectralOpt = Spectral.auto,
+    tol: TolOpt = 1e-4,
+    threads: ThreadsOpt = 1,
     attack_steps: AttackStepsOpt = 40,
     restarts: RestartsOpt = 1,
     seed: SeedOpt = 0,
@@ -705,7 +735,8 @@ def attack(
                   labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
                   batch_size=batch_size, output=output, format=format,
                   save_attributions=save_attributions, mean=mean, std=std, size=size,
-                  arch=arch, trust_pickle=trust_pickle, quiet=quiet)
+                  arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
+                  tol=tol, threads=threads)
     records = _certify_command(opts, "attack", eps=eps, norm=norm,
                                label_gradient=LabelGradient.completeness, verify=True,
                                attack_steps=attack_steps, restarts=restarts, seed=seed)
@@ -739,6 +770,9 @@ def max_eps_command(
     size: SizeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustOpt = False,
+    spectral: SpectralOpt = Spectral.auto,
+    tol: TolOpt = 1e-4,
+    threads: ThreadsOpt = 1,
     require_eps_above: Annotated[float | None, typer.Option(
         help="Exit 1 if any sample's eps_max is below this.")] = None,
     quiet: QuietOpt = False,
@@ -752,7 +786,8 @@ def max_eps_command(
                    labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
                    batch_size=batch_size, output=output, format=format,
                    save_attributions=save_attributions, mean=mean, std=std, size=size,
-                   arch=arch, trust_pickle=trust_pickle, quiet=quiet,
+                   arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
+                   tol=tol, threads=threads,
                    extra_config={"omega": omega, "metric": metric.value, "norm": norm,
                                  "modified": modified})
     check_tolerance(omega, metric.value)

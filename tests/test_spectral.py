@@ -1,0 +1,180 @@
+"""Matrix-free spectra (``spectrum_iterative``) and the blocked l-inf constant
+(``abs_sum_gram_blocked``) against the full Jacobian path and closed forms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.sparse.linalg import ArpackNoConvergence
+from torch import nn
+
+from attrcert import spectral
+from attrcert.attributions import get_method
+from attrcert.jacobian import attribution_jacobian
+from attrcert.loading import load_model
+from attrcert.spectral import (
+    JacobianProducts,
+    abs_sum_gram_blocked,
+    spectrum_full,
+    spectrum_iterative,
+)
+
+from .models import make_quadratic
+
+METHODS = ["saliency", "input_x_gradient", "integrated_gradients"]
+SOLVERS = ["lanczos", "arpack", "propack"]
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+
+
+def _agree(it, full, rtol: float = 1e-3, cos: float = 0.999) -> None:
+    rel = (it.xi_max - full.xi_max).abs() / full.xi_max
+    assert bool((rel <= rtol).all()), f"xi_max {it.xi_max} vs {full.xi_max}"
+    overlap = (it.v_max * full.v_max).sum(1).abs()
+    assert bool((overlap >= cos).all()), f"|<v_iter, v_full>| = {overlap}"
+    ones = torch.ones(it.v_max.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(it.v_max.norm(dim=1), ones)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("method", METHODS)
+def test_iterative_matches_full_on_cnn(method, solver, cnn, images):
+    attribution = get_method(method, steps=4)
+    x, target = images[:2], torch.tensor([1, 2])
+    full = spectrum_full(attribution_jacobian(attribution, cnn, x, target))
+    it = spectrum_iterative(attribution, cnn, x, target, solver=solver)
+    _agree(it, full, rtol=1e-6, cos=0.999999)
+    assert it.abs_sum_gram is None and full.products is None
+    assert it.products is not None and bool((it.products > 0).all())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # LOBPCG may stop short of tol^2
+def test_lobpcg_is_within_1e_3(cnn, images):
+    attribution = get_method("integrated_gradients", steps=4)
+    x, target = images[:2], torch.tensor([1, 2])
+    full = spectrum_full(attribution_jacobian(attribution, cnn, x, target))
+    _agree(spectrum_iterative(attribution, cnn, x, target, solver="lobpcg"), full)
+
+
+@pytest.fixture(scope="module")
+def sample_ig():
+    """The sample model (float32), one digit, IG m = 8, and its full spectrum."""
+    model = load_model(SAMPLES / "digits_softplus.pt2")
+    x = torch.load(SAMPLES / "digits.pt", weights_only=True)[:1]
+    target = model(x).argmax(1)
+    attribution = get_method("integrated_gradients", steps=8)
+    full = spectrum_full(attribution_jacobian(attribution, model, x, target))
+    return attribution, model, x, target, full
+
+
+@pytest.mark.parametrize("solver", ["arpack", "lanczos"])
+def test_iterative_matches_full_on_sample_model(solver, sample_ig):
+    attribution, model, x, target, full = sample_ig
+    _agree(spectrum_iterative(attribution, model, x, target, solver=solver), full)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_closed_form_quadratic_saliency(solver):
+    """Saliency of ``1/2 z^T A z + b^T z`` has ``J = A`` (symmetric): ``xi_max = max |eig A|``."""
+    model = make_quadratic(k=2, shape=(1, 3, 4), seed=3)
+    x = torch.rand(1, 1, 3, 4, dtype=torch.float64)
+    it = spectrum_iterative(get_method("saliency"), model, x, torch.tensor([1]), solver=solver)
+    evals, evecs = torch.linalg.eigh(model.a[1])
+    k = int(evals.abs().argmax())
+    torch.testing.assert_close(it.xi_max[0], evals[k].abs(), rtol=1e-8, atol=0)
+    assert abs(float(it.v_max[0] @ evecs[:, k])) > 1 - 1e-8
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_zero_jacobian(solver):
+    """Saliency of a linear model does not depend on ``x``: ``xi_max = 0``, ``v_max = e_1``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).double().eval()
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    target = torch.tensor([0, 2])
+    it = spectrum_iterative(get_method("saliency"), model, x, target, solver=solver)
+    assert it.xi_max.tolist() == [0.0, 0.0]
+    e1 = torch.zeros(2, 36, dtype=torch.float64)
+    e1[:, 0] = 1.0
+    torch.testing.assert_close(it.v_max, e1, rtol=0, atol=0)
+    blocked = abs_sum_gram_blocked(get_method("saliency"), model, x, target, chunk_size=7)
+    assert blocked.tolist() == [0.0, 0.0]
+    # input x gradient of the same model: J = diag(w_y), xi_max = max |w_y|
+    ixg = spectrum_iterative(get_method("input_x_gradient"), model, x, target, solver=solver)
+    w = model[1].weight.detach()[target]
+    torch.testing.assert_close(ixg.xi_max, w.abs().amax(1), rtol=1e-8, atol=0)
+
+
+def test_tiny_input_is_solved_densely():
+    model = make_quadratic(k=2, shape=(1, 1, 2), seed=1)
+    x = torch.rand(1, 1, 1, 2, dtype=torch.float64)
+    target = torch.tensor([0])
+    for method in METHODS:
+        attribution = get_method(method, steps=3)
+        full = spectrum_full(attribution_jacobian(attribution, model, x, target))
+        _agree(spectrum_iterative(attribution, model, x, target), full, rtol=1e-10)
+
+
+def test_seed_makes_it_deterministic(cnn, images):
+    attribution = get_method("integrated_gradients", steps=3)
+    target = torch.tensor([0, 1])
+    a = spectrum_iterative(attribution, cnn, images[:2], target, seed=5)
+    b = spectrum_iterative(attribution, cnn, images[:2], target, seed=5)
+    assert torch.equal(a.xi_max, b.xi_max) and torch.equal(a.v_max, b.v_max)
+
+
+def test_products_apply_the_jacobian(cnn, images):
+    """``J v`` and ``J^T u`` from :class:`JacobianProducts` equal the full ``J`` applied."""
+    attribution = get_method("integrated_gradients", steps=4)
+    x, target = images[1:2], torch.tensor([2])
+    jac = attribution_jacobian(attribution, cnn, x, target)[0]
+    ops = JacobianProducts(attribution, cnn, x, target)
+    v = torch.randn(1, 36, dtype=torch.float64)
+    torch.testing.assert_close(ops.matvec(v)[0], jac @ v[0], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(ops.rmatvec(v)[0], jac.T @ v[0], rtol=1e-10, atol=1e-14)
+    assert ops.count == 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_abs_sum_gram_blocked_equals_full(method, cnn, images):
+    attribution = get_method(method, steps=3)
+    x, target = images[:2], torch.tensor([2, 0])
+    full = spectrum_full(attribution_jacobian(attribution, cnn, x, target)).abs_sum_gram
+    assert full is not None
+    for chunk in (1, 5, 36, 100):
+        got = abs_sum_gram_blocked(attribution, cnn, x, target, chunk_size=chunk)
+        torch.testing.assert_close(got, full, rtol=1e-10, atol=0)
+
+
+def test_abs_sum_gram_blocked_on_sample_model():
+    model = load_model(SAMPLES / "digits_softplus.pt2")
+    x = torch.load(SAMPLES / "digits.pt", weights_only=True)[:1]
+    target = model(x).argmax(1)
+    attribution = get_method("input_x_gradient")
+    full = spectrum_full(attribution_jacobian(attribution, model, x, target)).abs_sum_gram
+    got = abs_sum_gram_blocked(attribution, model, x, target, chunk_size=64)
+    torch.testing.assert_close(got, full, rtol=1e-4, atol=0)
+
+
+def test_bad_arguments(cnn, images):
+    attribution = get_method("saliency")
+    target = torch.tensor([0])
+    with pytest.raises(ValueError, match="solver"):
+        spectrum_iterative(attribution, cnn, images[:1], target, solver="dense")
+    with pytest.raises(ValueError, match="chunk_size"):
+        abs_sum_gram_blocked(attribution, cnn, images[:1], target, chunk_size=0)
+
+
+def test_no_convergence_is_an_error(cnn, images, monkeypatch):
+    attribution = get_method("integrated_gradients", steps=3)
+    x, target = images[:1], torch.tensor([0])
+    with pytest.raises(RuntimeError, match="Lanczos did not converge"):
+        spectrum_iterative(attribution, cnn, x, target, tol=1e-12, maxiter=2, solver="lanczos")
+
+    def no_convergence(*args, **kwargs):
+        raise ArpackNoConvergence("no convergence", [], [])
+
+    monkeypatch.setattr(spectral, "svds", no_convergence)
+    with pytest.raises(RuntimeError, match=r"svds \(arpack\) did not converge"):
+        spectrum_iterative(attribution, cnn, x, target, solver="arpack")
