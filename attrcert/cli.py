@@ -165,8 +165,9 @@ SpectralOpt = Annotated[Spectral, typer.Option(
     "l-inf up to d = 4096.")]
 TolOpt = Annotated[float, typer.Option(help="Relative tolerance of the iterative solver.")]
 ThreadsOpt = Annotated[int, typer.Option(
-    min=1, help="CPU threads for torch. 1 is fastest for small models on these 2-core "
-    "machines (BENCHMARKS.md); raise it for large ones.")]
+    min=1, help="CPU threads for torch. 1 costs little for small models and avoids a "
+    "3-5x slowdown when other processes share the cores (BENCHMARKS.md); raise it for "
+    "large models on a quiet machine.")]
 LabelGradOpt = Annotated[LabelGradient, typer.Option(
     help="Proposition 1's a_y': from class gradients (completeness, SPEC §4) or through the "
     "attribution (one second-order pass per class).")]

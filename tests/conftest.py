@@ -8,7 +8,7 @@ from torch import nn
 
 from .models import Quadratic, make_cnn, make_quadratic
 
-torch.set_num_threads(1)  # fastest for these tiny models on 2 cores (BENCHMARKS.md)
+torch.set_num_threads(1)  # robust when CI shares the cores (BENCHMARKS.md)
 
 
 @pytest.fixture
