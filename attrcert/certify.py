@@ -11,8 +11,9 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,14 +22,25 @@ from torch import Tensor
 from . import bounds
 from .attributions import Attribution, Model, get_method, resolve_target, target_gradient
 from .errors import OptionError
-from .jacobian import attribution_jacobian
+from .jacobian import attribution_jacobian, default_chunk_size
+from .memory import (
+    MemoryBudgetError,
+    Plan,
+    activation_bytes,
+    default_budget,
+    format_size,
+    halving,
+    parse_size,
+    plan,
+)
 from .perturbation import NormLike, Perturbation, norm_label, parse_norm
 from .results import ASSUMPTION, Record, finite_or_none
 from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
-from .spectral import Spectrum, spectrum_full, spectrum_iterative
+from .spectral import Spectrum, abs_sum_gram_blocked, spectrum_full, spectrum_iterative
 
 LABEL_GRADIENTS = ("completeness", "attribution")
 Progress = Callable[[int, int], None]
+BatchResult = TypeVar("BatchResult")
 
 
 @dataclass
@@ -137,14 +149,17 @@ def analyse(
     tol: float = 1e-4,
     seed: int = 0,
     progress: Progress | None = None,
+    abs_sum_blocked: bool = False,
 ) -> Analysis:
     """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
 
     ``spectral="full"`` forms every ``J`` (:mod:`attrcert.jacobian`) and gets ``xi_max``,
     ``v_max`` and Theorem 2's ``sum |P_ij|``; ``"iterative"`` gets ``xi_max`` and ``v_max``
     matrix-free (:func:`attrcert.spectral.spectrum_iterative`, relative tolerance ``tol``)
-    and no ``sum |P_ij|``; every sample starts the solver from the same ``seed``ed
-    vector, so neither batching nor resuming a run on a subset changes its result.
+    and, only with ``abs_sum_blocked``, ``sum |P_ij|`` column block by column block
+    (:func:`attrcert.spectral.abs_sum_gram_blocked`, ``chunk_size`` columns per pass);
+    every sample starts the solver from the same ``seed``ed vector, so neither batching nor
+    resuming a run on a subset changes its result.
     """
     n = x.shape[0]
     with torch.no_grad():
@@ -153,8 +168,11 @@ def analyse(
     if spectral == "iterative":
         parts = [spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
                                     tol=tol, seed=seed) for i in range(n)]
+        abs_sum = (abs_sum_gram_blocked(attribution, model, x, target,
+                                        chunk_size=chunk_size or 1)
+                   if abs_sum_blocked else None)
         spectrum = Spectrum(torch.cat([s.xi_max for s in parts]),
-                            torch.cat([s.v_max for s in parts]))
+                            torch.cat([s.v_max for s in parts]), abs_sum)
         if progress is not None:
             progress(x[0].numel(), x[0].numel())
     else:
@@ -220,6 +238,62 @@ def resolve_spectral(spectral: str, d: int, p: float) -> str:
     return "full" if math.isinf(p) and d <= AUTO_FULL_MAX_D_LINF else "iterative"
 
 
+@dataclass(frozen=True)
+class Sizing:
+    """How a run is cut to fit its memory budget (:func:`size_run`).
+
+    Attributes:
+        spectral: ``"full"`` or ``"iterative"``.
+        abs_sum_blocked: Theorem 2's ``sum |P_ij|`` column block by column block (``auto``
+            for l-inf when the full Jacobian does not fit).
+        batch_size: samples per batch.
+        chunk_size: rows (or columns) per replicated pass.
+        plan: the estimates behind them.
+    """
+
+    spectral: str
+    abs_sum_blocked: bool
+    batch_size: int
+    chunk_size: int
+    plan: Plan
+
+
+def size_run(model: Model, x: Tensor, attribution: Attribution, *, spectral: str, p: float,
+             memory_budget: int | str | None, batch_size: int | None,
+             chunk_size: int | None) -> Sizing:
+    """Spectral path, batch size and chunk size for ``memory_budget`` bytes (``None``:
+    :func:`attrcert.memory.default_budget`), from :func:`attrcert.memory.plan`'s estimates.
+
+    Sizes the user gave are kept. ``spectral="auto"`` for l-inf forms ``J`` only where it
+    fits the budget (else ``sum |P_ij|`` blocked, ``O(chunk d)`` memory); ``"full"`` that
+    cannot fit even one sample is refused before any pass runs (a CPU process that
+    outgrows its memory is killed by the system, not warned).
+    """
+    budget = default_budget(x.device) if memory_budget is None else parse_size(memory_budget)
+    d = x[0].numel()
+    how = resolve_spectral(spectral, d, p)
+    def estimate_for(path: str) -> Plan:
+        return plan(budget, d=d, steps=int(getattr(attribution, "steps", 1)),
+                    activation=activation, itemsize=x.element_size(), spectral=path,
+                    default_batch=batch_size or default_batch_size(x.device))
+
+    activation = activation_bytes(model, x)
+    estimate = estimate_for(how)
+    blocked = False
+    if how == "full" and not estimate.full_fits:
+        if spectral != "auto":
+            raise MemoryBudgetError(
+                f"the full Jacobian path needs about {format_size(estimate.full_bytes)} per "
+                f"sample (d = {d}), over the memory budget of {format_size(budget)}: use "
+                "--spectral iterative or a larger --memory-budget")
+        how, blocked = "iterative", True
+        estimate = estimate_for(how)
+    batch = batch_size or estimate.batch_size
+    chunk = chunk_size or min(estimate.chunk_size, default_chunk_size(attribution, x[:batch]))
+    return Sizing(spectral=how, abs_sum_blocked=blocked, batch_size=batch, chunk_size=chunk,
+                  plan=estimate)
+
+
 def _check_tol(tol: float) -> None:
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise OptionError(f"tol = {tol!r} must lie in (0, 1)")
@@ -263,8 +337,22 @@ def default_batch_size(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 16
 
 
-def _batches(n: int, batch_size: int) -> list[slice]:
-    return [slice(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+def _fitted_batches(n: int, batch_size: int, device: torch.device,
+                    work: Callable[[slice], BatchResult]) -> Iterator[BatchResult]:
+    """``work`` on consecutive slices of ``batch_size`` samples, in order. A slice that runs
+    out of memory is retried with half as many samples (:func:`attrcert.memory.halving`),
+    and later slices keep the smaller size; results do not depend on the slicing."""
+    size = [batch_size]
+    start = 0
+    while start < n:
+        def run(b: int, first: int = start) -> tuple[slice, BatchResult]:
+            sl = slice(first, min(n, first + b))
+            return sl, work(sl)
+
+        sl, result = halving(run, size[0], device=device, what="sample per batch",
+                             on_halve=lambda b: size.__setitem__(0, b))
+        yield result
+        start = sl.stop
 
 
 def _setup(
@@ -338,6 +426,7 @@ def certify(
     label_gradient: str = "completeness",
     spectral: str = "auto",
     tol: float = 1e-4,
+    memory_budget: int | str | None = None,
     verify: bool = False,
     attack_steps: int = 40,
     attack_restarts: int = 1,
@@ -369,12 +458,15 @@ def certify(
         target: classes (default: the predictions).
         chunk_size: Jacobian rows per replicated autograd pass (memory cap; see
             :mod:`attrcert.jacobian`); batch_size: samples sharing each pass (default
-            :func:`default_batch_size`).
+            :func:`default_batch_size`). Both default to what fits ``memory_budget``.
         dtype, device: where to compute (default: the model's).
         label_gradient: ``"completeness"`` (``a = grad f_y' - grad f_y``) or ``"attribution"``.
         spectral: ``"full"`` (form each ``J``), ``"iterative"`` (matrix-free ``xi_max`` and
             ``v_max``, relative tolerance ``tol``; l-inf then uses Corollary 1) or
-            ``"auto"`` (:func:`resolve_spectral`). Records say which in ``spectral``.
+            ``"auto"`` (:func:`resolve_spectral`; for l-inf, Theorem 2's constant blocked
+            where ``J`` does not fit ``memory_budget``). Records say which in ``spectral``.
+        memory_budget: bytes (or text such as ``"4GB"``) the passes may use; default half
+            the device's free memory (:func:`size_run`, :mod:`attrcert.memory`).
         verify: also attack each attribution (:func:`attrcert.attack.attack`, PGD on the
             Euclidean and cosine objectives, plus IFIA for l-inf; ``attack_steps`` steps,
             ``attack_restarts`` restarts, seeded by ``seed``) and add ``T_e_hat``,
@@ -391,14 +483,17 @@ def certify(
             raise OptionError(f"{name} = {value!r} must be an integer >= 1")
     model, x, attribution, targets, nonsmooth, notes = _setup(
         model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size)
-    how = resolve_spectral(spectral, x[0].numel(), pert.norm)
     _check_tol(tol)
+    sizing = size_run(model, x, attribution, spectral=spectral, p=pert.norm,
+                      memory_budget=memory_budget, batch_size=batch_size, chunk_size=chunk_size)
+    how = sizing.spectral
     records: list[Record] = []
-    for sl in _batches(x.shape[0], batch_size or default_batch_size(x.device)):
+
+    def work(sl: slice) -> tuple[list[Record], Analysis]:
         start = time.perf_counter()
-        a = analyse(model, x[sl], attribution, targets[sl], chunk_size=chunk_size,
+        a = analyse(model, x[sl], attribution, targets[sl], chunk_size=sizing.chunk_size,
                     label_gradient=label_gradient, spectral=how, tol=tol,
-                    progress=progress)
+                    progress=progress, abs_sum_blocked=sizing.abs_sum_blocked)
         batch_records = _certify_batch(model, a, attribution, pert, method, nonsmooth, notes)
         for rec in batch_records:
             rec["spectral"] = how
@@ -409,6 +504,9 @@ def certify(
         for offset, rec in enumerate(batch_records):
             rec["index"] = sl.start + offset
             rec["seconds"] = elapsed
+        return batch_records, a
+
+    for batch_records, a in _fitted_batches(x.shape[0], sizing.batch_size, x.device, work):
         records.extend(batch_records)
         if on_batch is not None:
             on_batch(batch_records, a)
@@ -545,6 +643,7 @@ def max_eps(
     bisection_steps: int = 30,
     spectral: str = "auto",
     tol: float = 1e-4,
+    memory_budget: int | str | None = None,
     progress: Progress | None = None,
     on_batch: OnBatch | None = None,
 ) -> list[Record]:
@@ -570,19 +669,23 @@ def max_eps(
         raise OptionError("modified (T'_e) is defined for the l2 norm only: use norm=2")
     model, x, attribution, targets, nonsmooth, notes = _setup(
         model, x, method, steps, baseline, target, dtype, device, chunk_size, batch_size)
-    how = resolve_spectral(spectral, x[0].numel(), p)
     _check_tol(tol)
+    sizing = size_run(model, x, attribution, spectral=spectral, p=p,
+                      memory_budget=memory_budget, batch_size=batch_size, chunk_size=chunk_size)
+    how = sizing.spectral
     records: list[Record] = []
-    for sl in _batches(x.shape[0], batch_size or default_batch_size(x.device)):
+
+    def work(sl: slice) -> tuple[list[Record], Analysis]:
         start = time.perf_counter()
-        a = analyse(model, x[sl], attribution, targets[sl], chunk_size=chunk_size,
-                    spectral=how, tol=tol, progress=progress)
+        a = analyse(model, x[sl], attribution, targets[sl], chunk_size=sizing.chunk_size,
+                    spectral=how, tol=tol, progress=progress,
+                    abs_sum_blocked=sizing.abs_sum_blocked)
         n, d = a.attr.shape
         tolerances, slopes, methods, batch = [], [], [], []
         for i in range(n):
             te = bounds.euclidean_bound(float(a.spectrum.xi_max[i]), _abs_sum_gram(a, i), d, p)
-            tol = bounds.euclidean_tolerance(omega, metric, float(a.attr[i].norm()))
-            tolerances.append(tol)
+            tolerances.append(
+                bounds.euclidean_tolerance(omega, metric, float(a.attr[i].norm())))
             slopes.append(te.slope)
             methods.append(te.method)
         linear = [bounds.max_eps_linear(t, s) for t, s in zip(tolerances, slopes, strict=True)]
@@ -604,6 +707,9 @@ def max_eps(
                 "seconds": elapsed,
             })
             batch.append(rec)
+        return batch, a
+
+    for batch, a in _fitted_batches(x.shape[0], sizing.batch_size, x.device, work):
         records.extend(batch)
         if on_batch is not None:
             on_batch(batch, a)

@@ -47,6 +47,7 @@ from .loading import (
     sniff_model,
     with_normalization,
 )
+from .memory import parse_size
 from .perturbation import Perturbation, parse_norm
 from .results import (
     ASSUMPTION,
@@ -164,6 +165,10 @@ SpectralOpt = Annotated[Spectral, typer.Option(
     "xi_max and v_max matrix-free (l-inf then uses Corollary 1); auto: iterative except "
     "l-inf up to d = 4096.")]
 TolOpt = Annotated[float, typer.Option(help="Relative tolerance of the iterative solver.")]
+MemoryOpt = Annotated[str | None, typer.Option(
+    help="Memory the autograd passes may use, e.g. 4GB or 512MiB (default: half of the "
+    "device's free memory). Picks batch and chunk sizes; on a GPU an out-of-memory pass is "
+    "retried with half the size.", show_default=False)]
 ThreadsOpt = Annotated[int, typer.Option(
     min=1, help="CPU threads for torch. 1 costs little for small models and avoids a "
     "3-5x slowdown when other processes share the cores (BENCHMARKS.md); raise it for "
@@ -199,6 +204,7 @@ class Common:
     spectral: Spectral = Spectral.auto
     tol: float = 1e-4
     threads: int = 1
+    memory_budget: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -425,6 +431,8 @@ def _run(opts: Common, command: str, func: Callable[..., list[Record]],
     """Load, resume from ``--output FILE.jsonl`` if it holds finished samples of the same
     configuration, certify the rest (each appended and fsynced as it finishes), write."""
     torch.set_num_threads(opts.threads)
+    if opts.memory_budget is not None:
+        parse_size(opts.memory_budget)  # a bad size fails before anything is loaded
     loaded = _load(opts)
     config = _config(opts, command, loaded)
     digest = config_hash(config, loaded.images.sources)
@@ -454,7 +462,8 @@ def _run(opts: Common, command: str, func: Callable[..., list[Record]],
                     steps=opts.steps, baseline=loaded.baseline, target=target,
                     chunk_size=opts.chunk_size, batch_size=opts.batch_size,
                     dtype=opts.dtype.value, device=opts.device, spectral=opts.spectral.value,
-                    tol=opts.tol, progress=reporter.rows_done,
+                    tol=opts.tol, memory_budget=opts.memory_budget,
+                    progress=reporter.rows_done,
                     on_batch=reporter.batch_done, **kwargs)
         except Interrupted as exc:
             exc.finished += len(done)
@@ -641,6 +650,7 @@ def bound(
     spectral: SpectralOpt = Spectral.auto,
     tol: TolOpt = 1e-4,
     threads: ThreadsOpt = 1,
+    memory_budget: MemoryOpt = None,
     label_gradient: LabelGradOpt = LabelGradient.completeness,
     verify: Annotated[bool, typer.Option(
         help="Also attack each attribution and mark bounds the attack exceeded.")] = False,
@@ -668,7 +678,7 @@ def bound(
                   batch_size=batch_size, output=output, format=format,
                   save_attributions=save_attributions, mean=mean, std=std, size=size,
                   arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
-                  tol=tol, threads=threads)
+                  tol=tol, threads=threads, memory_budget=memory_budget)
     records = _certify_command(opts, "bound", eps=eps, norm=norm,
                                label_gradient=label_gradient, verify=verify,
                                attack_steps=attack_steps, restarts=restarts, seed=seed)
@@ -718,6 +728,7 @@ def attack(
     spectral: SpectralOpt = Spectral.auto,
     tol: TolOpt = 1e-4,
     threads: ThreadsOpt = 1,
+    memory_budget: MemoryOpt = None,
     attack_steps: AttackStepsOpt = 40,
     restarts: RestartsOpt = 1,
     seed: SeedOpt = 0,
@@ -737,7 +748,7 @@ def attack(
                   batch_size=batch_size, output=output, format=format,
                   save_attributions=save_attributions, mean=mean, std=std, size=size,
                   arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
-                  tol=tol, threads=threads)
+                  tol=tol, threads=threads, memory_budget=memory_budget)
     records = _certify_command(opts, "attack", eps=eps, norm=norm,
                                label_gradient=LabelGradient.completeness, verify=True,
                                attack_steps=attack_steps, restarts=restarts, seed=seed)
@@ -774,6 +785,7 @@ def max_eps_command(
     spectral: SpectralOpt = Spectral.auto,
     tol: TolOpt = 1e-4,
     threads: ThreadsOpt = 1,
+    memory_budget: MemoryOpt = None,
     require_eps_above: Annotated[float | None, typer.Option(
         help="Exit 1 if any sample's eps_max is below this.")] = None,
     quiet: QuietOpt = False,
@@ -788,7 +800,7 @@ def max_eps_command(
                    batch_size=batch_size, output=output, format=format,
                    save_attributions=save_attributions, mean=mean, std=std, size=size,
                    arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
-                   tol=tol, threads=threads,
+                   tol=tol, threads=threads, memory_budget=memory_budget,
                    extra_config={"omega": omega, "metric": metric.value, "norm": norm,
                                  "modified": modified})
     check_tolerance(omega, metric.value)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .attributions import Attribution, Model
+from .memory import halving
 
 Progress = Callable[[int, int], None]
 STRATEGIES = ("auto", "loop", "replicate")
@@ -128,11 +129,16 @@ def _rows_replicated(
     chunk_size: int,
     progress: Progress | None,
 ) -> None:
+    """Rows ``rows`` of ``jac``, ``chunk_size`` per pass; a pass that runs out of memory is
+    retried with half as many rows (:func:`attrcert.memory.halving`), and the smaller size
+    is kept for the passes after it."""
     n, d = jac.shape[0], jac.shape[1]
     total = rows.numel()
     skipped = d - total
-    for start in range(0, total, chunk_size):
-        chunk = rows[start : start + chunk_size]
+    size = [chunk_size]
+
+    def one_pass(start: int, r_max: int) -> int:
+        chunk = rows[start : start + r_max]
         r = chunk.numel()
         copies = x.unsqueeze(0).expand(r, *x.shape).reshape(r * n, *x.shape[1:])
         copies = copies.clone().requires_grad_(True)
@@ -142,5 +148,12 @@ def _rows_replicated(
         (grad,) = torch.autograd.grad(g.reshape(r, n, d), copies, grad_outputs=seed,
                                       materialize_grads=True)
         jac[:, chunk, :] = grad.reshape(r, n, d).transpose(0, 1)
-        if progress is not None and start + r < total:
-            progress(skipped + start + r, d)
+        return r
+
+    start = 0
+    while start < total:
+        start += halving(lambda r_max, s=start: one_pass(s, r_max), size[0], device=x.device,
+                         what="Jacobian row per pass",
+                         on_halve=lambda r: size.__setitem__(0, r))
+        if progress is not None and start < total:
+            progress(skipped + start, d)

@@ -34,6 +34,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, svds
 from torch import Tensor
 
 from .attributions import Attribution, Model
+from .memory import halving
 
 SOLVERS = ("arpack", "lanczos", "propack")
 _LANCZOS_MAXITER = 300  # default step limit of the "lanczos" solver
@@ -357,7 +358,8 @@ def abs_sum_gram_blocked(
     ``J[:, I] = J E_I`` (``b`` products ``J v``) and ``P[:, I] = J^T J[:, I]`` (``b``
     products ``J^T u``); only ``sum |P[:, I]|`` is kept. The ``b`` columns of a block go
     through one pass each way, on ``b`` copies of the sample (:class:`JacobianProducts`,
-    the graph built once per sample).
+    the graph built once per sample). A pass that runs out of memory is retried with
+    half the columns (:func:`attrcert.memory.halving`).
 
     Cost per sample: ``2 d`` products (``d`` second-order backward passes, ``d`` backward
     passes), about three times the ``d`` backward passes of the full Jacobian
@@ -372,19 +374,28 @@ def abs_sum_gram_blocked(
     if chunk_size < 1:
         raise ValueError(f"chunk_size = {chunk_size} must be >= 1")
     n, d = x.shape[0], x[0].numel()
-    b = min(chunk_size, d)
+    width_now = [min(chunk_size, d)]  # columns per pass, halved (and kept) on out-of-memory
     out = torch.zeros(n, dtype=torch.float64)
     for i in range(n):
-        ops = JacobianProducts(attribution, model, x[i : i + 1], target[i : i + 1], copies=b)
-        if ops.zero:
-            continue
-        total = torch.zeros((), dtype=torch.float64)
-        for start in range(0, d, b):
-            cols = torch.arange(start, min(start + b, d))
-            basis = torch.zeros(b, d, dtype=x.dtype, device=x.device)
-            basis[torch.arange(cols.numel()), cols] = 1.0
-            p_cols = ops.rmatvec(ops.matvec(basis))[: cols.numel()]
-            total += p_cols.double().abs().sum().cpu()
-        out[i] = total
-        del ops
+        out[i] = halving(lambda b, i=i: _abs_sum_one(attribution, model, x[i : i + 1],
+                                                     target[i : i + 1], b),
+                         width_now[0], device=x.device, what="column per pass",
+                         on_halve=lambda b: width_now.__setitem__(0, b))
     return out
+
+
+def _abs_sum_one(attribution: Attribution, model: Model, x: Tensor, target: Tensor,
+                 b: int) -> float:
+    """``sum |P_ij|`` of one sample, ``b`` columns per pass (the graph holds ``b`` copies)."""
+    d = x[0].numel()
+    ops = JacobianProducts(attribution, model, x, target, copies=b)
+    if ops.zero:
+        return 0.0
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, d, b):
+        cols = torch.arange(start, min(start + b, d), device=x.device)
+        basis = torch.zeros(b, d, dtype=x.dtype, device=x.device)
+        basis[torch.arange(cols.numel(), device=x.device), cols] = 1.0
+        p_cols = ops.rmatvec(ops.matvec(basis))[: cols.numel()]
+        total += p_cols.double().abs().sum()  # accumulated on the device: no sync per block
+    return float(total)
