@@ -168,7 +168,7 @@ def spectrum_iterative(
     tol: float = 1e-4,
     maxiter: int | None = None,
     seed: int = 0,
-    solver: str = "arpack",
+    solver: str = "propack",
 ) -> Spectrum:
     """``xi_max`` and ``v_max`` of every sample's ``J`` without forming ``J``.
 
@@ -177,7 +177,12 @@ def spectrum_iterative(
     attribution graph is built once (:class:`JacobianProducts`); a Krylov solver then
     needs only ``v -> J v`` and ``u -> J^T u``:
 
-    - ``"arpack"`` (default): ``scipy.sparse.linalg.svds(k=1)`` on the float64
+    - ``"propack"`` (default): ``svds(solver="propack")``, Lanczos bidiagonalization with
+      partial re-orthogonalisation; ``maxiter`` is its basis size (default
+      ``min(d, 300)``, allocated up front: ``2 d maxiter`` float64, 722 MB at
+      ``d = 150528``). The fewest products of the three (43/63 against ARPACK's 65/85 at
+      d = 784, 43 against 65 at d = 3072; BENCHMARKS.md), hence the default.
+    - ``"arpack"``: ``scipy.sparse.linalg.svds(k=1)`` on the float64
       ``LinearOperator`` (implicitly restarted Lanczos on ``P``, 20 Lanczos vectors before
       its first check), started from ``P z / ||P z||`` (one power step), plus one
       ``J v`` at the end.
@@ -186,9 +191,6 @@ def spectrum_iterative(
       (two products per step), same stopping rule. Products measured
       (``benchmarks/bench_spectral.py``, IG): 64/76 against ARPACK's 65/85 at d = 784,
       50 against 65 at d = 3072, 92 against 85 at d = 150528.
-    - ``"propack"``: ``svds(solver="propack")``, Lanczos bidiagonalization with partial
-      re-orthogonalisation; ``maxiter`` is its basis size (default ``min(d, 300)``,
-      allocated up front: ``2 d maxiter`` float64).
 
     ``svds``'s ``"lobpcg"`` is not offered: its tolerance is absolute, so on a small-scale
     ``J`` (``xi_max`` ~ 2.5e-4 at d = 3072) it stopped after 11 products 10% low, and
@@ -214,7 +216,7 @@ def spectrum_iterative(
         maxiter: iteration limit: Lanczos steps (``"lanczos"``, default 300), PROPACK's
             basis size (default ``min(d, 300)``), ARPACK restarts (``None``: its default).
         seed: seeds the start vectors (numpy ``default_rng(seed)``, one draw per sample).
-        solver: ``"arpack"``, ``"lanczos"`` or ``"propack"``.
+        solver: ``"propack"`` (default), ``"arpack"`` or ``"lanczos"``.
 
     Returns:
         :class:`Spectrum` with ``abs_sum_gram=None`` (Theorem 2's constant needs all of
