@@ -170,3 +170,15 @@ def test_no_convergence_is_an_error(cnn, images, monkeypatch):
     monkeypatch.setattr(spectral, "svds", no_convergence)
     with pytest.raises(RuntimeError, match=r"svds \(arpack\) did not converge"):
         spectrum_iterative(attribution, cnn, x, target, solver="arpack")
+
+
+def test_auto_picks_the_faster_exact_path_by_size_and_norm():
+    from attrcert.certify import AUTO_FULL_MAX_D, AUTO_FULL_MAX_D_LINF, resolve_spectral
+
+    assert resolve_spectral("auto", AUTO_FULL_MAX_D, 2.0) == "full"
+    assert resolve_spectral("auto", AUTO_FULL_MAX_D + 1, 2.0) == "iterative"
+    assert resolve_spectral("auto", AUTO_FULL_MAX_D + 1, 3.0) == "iterative"
+    assert resolve_spectral("auto", AUTO_FULL_MAX_D_LINF, float("inf")) == "full"
+    assert resolve_spectral("auto", AUTO_FULL_MAX_D_LINF + 1, float("inf")) == "iterative"
+    assert resolve_spectral("full", 10**6, 2.0) == "full"
+    assert resolve_spectral("iterative", 4, float("inf")) == "iterative"
