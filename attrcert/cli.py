@@ -980,7 +980,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         err.print("interrupted")
         sys.exit(130)
     except AttrcertError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}", markup=False)  # messages may hold [brackets]
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -123,9 +123,8 @@ def jacobian_figure(jac: JacobianView, path: Path) -> None:
             ax.text(0.5, 0.5, "J = 0", ha="center", va="center", transform=ax.transAxes)
     else:
         norm = LogNorm(vmin=top * 1e-4, vmax=top)
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad(cmap(0.0))
-        cmap.set_under(cmap(0.0))
+        base = plt.get_cmap("viridis")
+        cmap = base.with_extremes(bad=base(0.0), under=base(0.0))
         k = min(100, a.shape[0])
         for ax, block, title in (
                 (axes[0], a[:k, :k], f"first {k} dimensions"),
