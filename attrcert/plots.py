@@ -52,7 +52,7 @@ def _plane(a: np.ndarray) -> tuple[np.ndarray, str]:
     over channels otherwise (said in the title)."""
     if a.shape[0] == 1:
         return a[0], ""
-    return a.sum(0), f" (sum of {a.shape[0]} channels)"
+    return a.sum(0), f", sum of {a.shape[0]} channels"
 
 
 def _colorbar(fig: plt.Figure, im: object, ax: plt.Axes, label: str) -> None:
@@ -78,14 +78,14 @@ def sample_figure(view: SampleView, eps: float, p: float, method: str, path: Pat
     scale = float(max(np.abs(g).max(), np.abs(g1).max(), 1e-12))
     unit = "logit" if method != "saliency" else "logit per pixel unit"
     im = axes[1].imshow(g, cmap="RdBu_r", vmin=-scale, vmax=scale)
-    axes[1].set_title(f"attribution g(x){note}\n||g|| = {r['attr_norm']:.3g}")
+    axes[1].set_title(f"attribution g(x)\n||g|| = {r['attr_norm']:.3g}{note}")
     _colorbar(fig, im, axes[1], f"g ({unit})")
     u, note_u = _plane(view.direction)
     su = float(max(np.abs(u).max(), 1e-12))
     name = "v_max" if p == 2.0 else ("sign(v_max)" if math.isinf(p) else "v_max/||v_max||_p")
     im = axes[2].imshow(u, cmap="PuOr_r", vmin=-su, vmax=su)
-    axes[2].set_title(f"worst-case direction u = {name}{note_u}\n"
-                      f"(unit l{norm_label(p)} norm; x moves by eps u)")
+    axes[2].set_title(f"worst-case direction u = {name}\n"
+                      f"(unit l{norm_label(p)} norm{note_u})")
     _colorbar(fig, im, axes[2], "u (pixel units per unit eps)")
     im = axes[3].imshow(g1, cmap="RdBu_r", vmin=-scale, vmax=scale)
     moved = float(np.linalg.norm(view.moved - view.attribution))

@@ -28,7 +28,7 @@ import base64
 import html
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,9 @@ def require_matplotlib() -> None:
 
 
 def default_sweep(eps: float, points: int = SWEEP_POINTS) -> list[float]:
-    """``points`` equally spaced radii up to ``eps``: ``eps * k / points``, ``k = 1..points``."""
-    return [eps * k / points for k in range(1, points + 1)]
+    """``points`` equally spaced radii up to ``eps``: ``eps * k / points``, ``k = 1..points``,
+    rounded to 12 significant digits (the last is ``eps`` itself)."""
+    return [float(f"{eps * k / points:.12g}") for k in range(1, points)] + [float(eps)]
 
 
 def parse_sweep(text: str | None, eps: float) -> list[float]:
@@ -222,7 +223,10 @@ def compute_report(
     analyses: list[tuple[int, Analysis]] = []
 
     def keep(batch: list[Record], analysis: Analysis) -> None:
-        analyses.append((batch[0]["index"], analysis))
+        # the sweep needs x, g, the targets and the spectrum; Proposition 1's (n, k, d)
+        # class gradients are dropped (k d floats per sample: large for ImageNet models)
+        analyses.append((batch[0]["index"],
+                         replace(analysis, label_grads=analysis.label_grads[:0])))
         say(f"report: certified and attacked {batch[-1]['index'] + 1} of {n} samples")
 
     say(f"report: certifying and attacking {n} samples at eps = {eps} "
@@ -532,8 +536,9 @@ def _html(data: ReportData, config: dict[str, Any],
 
     shown = len(data.samples)
     n = len(data.records)
-    samples_note = (f"<p>The first {shown} of {n} samples (<code>--figures</code> sets how "
-                    "many).</p>" if shown < n else "")
+    samples_note = ("<p>No per-sample figures (<code>--figures 0</code>).</p>" if shown == 0
+                    else f"<p>The first {shown} of {n} samples (<code>--figures</code> sets "
+                    "how many).</p>" if shown < n else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>attrcert report: {esc(str(config.get('model', '')))}</title>

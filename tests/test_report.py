@@ -208,6 +208,24 @@ def test_non_smooth_model_and_violations_are_named(tmp_path):
         assert "did not exceed" in text
 
 
+def test_rgb_images_and_no_sample_figures(tmp_path):
+    """3-channel inputs: the image is drawn in colour and g summed over channels; with
+    figures=0 the page says there are no per-sample figures."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Softplus(),
+                              torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3)).double().eval()
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    data = compute_report(net, x, eps=0.05, sweep=[0.05], figures=1, **FAST)
+    assert data.samples[0].image.shape == (3, 6, 6)
+    write_report(tmp_path / "one", data, {})
+    with Image.open(tmp_path / "one" / "sample_000.png") as im:
+        assert im.width >= 800
+    data.samples = []
+    text = write_report(tmp_path / "none", data, {}).read_text()
+    assert "No per-sample figures" in text
+    assert not list((tmp_path / "none").glob("sample_*.png"))
+
+
 def test_large_d_skips_the_jacobian_and_says_so(tmp_path):
     model, x = make_quadratic(), quad_inputs(1)
     data = compute_report(model, x, eps=0.1, method="saliency", sweep=[0.1],
