@@ -780,6 +780,7 @@ def report(
     spectral: SpectralOpt = Spectral.auto,
     tol: TolOpt = 1e-4,
     threads: ThreadsOpt = 1,
+    memory_budget: MemoryOpt = None,
     attack_steps: AttackStepsOpt = 40,
     restarts: RestartsOpt = 1,
     seed: SeedOpt = 0,
@@ -804,6 +805,8 @@ def report(
 
     require_matplotlib()
     Perturbation(parse_norm(norm), eps)
+    if memory_budget is not None:
+        parse_size(memory_budget)
     radii = parse_sweep(sweep, eps)
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file: give a folder")
@@ -814,7 +817,7 @@ def report(
                   labels=labels, device=device, dtype=dtype, chunk_size=chunk_size,
                   batch_size=batch_size, mean=mean, std=std, size=size, arch=arch,
                   trust_pickle=trust_pickle, quiet=quiet, spectral=spectral, tol=tol,
-                  threads=threads,
+                  threads=threads, memory_budget=memory_budget,
                   extra_config={"eps": eps, "norm": norm, "label_gradient": "completeness",
                                 "attack_checked": True, "attack_steps": attack_steps,
                                 "attack_restarts": restarts, "seed": seed, "sweep": radii})
@@ -830,7 +833,8 @@ def report(
             sources=loaded.images.sources, method=method.value, steps=steps,
             baseline=loaded.baseline, target=loaded.target, dtype=dtype.value, device=device,
             chunk_size=chunk_size, batch_size=batch_size, spectral=spectral.value, tol=tol,
-            attack_steps=attack_steps, attack_restarts=restarts, seed=seed, sweep=radii,
+            memory_budget=memory_budget, attack_steps=attack_steps, attack_restarts=restarts,
+            seed=seed, sweep=radii,
             figures=figures, jacobian_max_d=jacobian_max_d,
             log=None if quiet else err.print)
     page = write_report(out, data, config)

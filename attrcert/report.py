@@ -193,6 +193,7 @@ def compute_report(
     batch_size: int | None = None,
     spectral: str = "auto",
     tol: float = 1e-4,
+    memory_budget: int | str | None = None,
     attack_steps: int = 40,
     attack_restarts: int = 1,
     seed: int = 0,
@@ -233,7 +234,8 @@ def compute_report(
         f"({attack_steps} attack steps)")
     records = certify(model, x, eps=eps, norm=pert.norm, method=method, steps=steps,
                       baseline=baseline, target=target, chunk_size=chunk_size,
-                      batch_size=batch_size, spectral=spectral, tol=tol, verify=True,
+                      batch_size=batch_size, spectral=spectral, tol=tol,
+                      memory_budget=memory_budget, verify=True,
                       attack_steps=attack_steps, attack_restarts=attack_restarts, seed=seed,
                       on_batch=keep)
     for rec in records:
