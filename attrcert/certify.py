@@ -581,8 +581,8 @@ def max_eps(
         tolerances, slopes, methods, batch = [], [], [], []
         for i in range(n):
             te = bounds.euclidean_bound(float(a.spectrum.xi_max[i]), _abs_sum_gram(a, i), d, p)
-            tol = bounds.euclidean_tolerance(omega, metric, float(a.attr[i].norm()))
-            tolerances.append(tol)
+            allowed = bounds.euclidean_tolerance(omega, metric, float(a.attr[i].norm()))
+            tolerances.append(allowed)  # not `tol`: that is the solver's, for every batch
             slopes.append(te.slope)
             methods.append(te.method)
         linear = [bounds.max_eps_linear(t, s) for t, s in zip(tolerances, slopes, strict=True)]

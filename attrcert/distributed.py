@@ -277,7 +277,7 @@ def combine(results: Sequence[RankResult], world: int) -> tuple[dict[str, Any], 
             message = errors[0]  # the same error everywhere: say it once
         else:
             first = failed[0]
-            others = f" ({len(failed) - 1} more ranks failed)" if len(failed) > 1 else ""
+            others = (f" (and {len(failed) - 1} other rank(s) failed)" if len(failed) > 1 else "")
             message = f"rank {first.rank}: {first.error}{others}"
         raise RankFailed(message, code)
     digests = {r.digest for r in results}
