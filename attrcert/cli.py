@@ -499,7 +499,10 @@ def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
     except ResumeError as exc:
         raise InputError(str(exc)) from None
     mine = range(n) if shard is None else shard.indices(n)
-    done = {i: done[i] for i in mine if i in done}
+    foreign = sorted(set(done) - set(mine))
+    if foreign:
+        raise InputError(f"{local.output} holds sample {foreign[0]}, which is not in shard "
+                         f"{shard.label if shard else ''}: use another --output file per shard")
     todo = [i for i in mine if i not in done]
     if shard is not None and _jsonl(local):
         write_sidecar(local.output, config, digest, shard)

@@ -197,6 +197,10 @@ def rank_device(device: str, shard: Shard | None) -> str:
     if shard is None or not shard.torchrun:
         return device
     if device in ("auto", "cuda") and torch.cuda.is_available():
+        if shard.local_rank >= torch.cuda.device_count():
+            raise OptionError(f"LOCAL_RANK {shard.local_rank} but this node has "
+                              f"{torch.cuda.device_count()} GPUs: start at most that many "
+                              "processes per node, or pass --device cpu")
         return f"cuda:{shard.local_rank}"
     return device
 

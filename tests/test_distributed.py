@@ -201,6 +201,15 @@ def test_merge_refuses_what_does_not_fit(tensor_file, tmp_path, capsys):
         return path
 
     a0, a1 = shard(0, 2, "a0"), shard(1, 2, "a1")
+    kept = a0.read_text()
+    code, _, err = run_main(["bound", MODEL, str(tensor_file), *FAST, "--shard", "0/2",
+                             "--output", str(a0)], capsys)  # a shard resumes like any run
+    assert code == 0 and "resuming: 4 of 4 samples already in" in err, err
+    assert a0.read_text() == kept
+    code, _, err = run_main(["bound", MODEL, str(tensor_file), *FAST, "--shard", "0/3",
+                             "--output", str(a0)], capsys)
+    assert code == 2 and "not in shard 0/3" in err, err
+    assert a0.read_text() == kept
     b1 = shard(1, 2, "b1", "--eps", "0.2")
     out = str(tmp_path / "m.json")
 
