@@ -473,9 +473,14 @@ def _run(opts: Common, command: str, func: Callable[..., list[Record]],
             shard, device,
             lambda: _run_shard(opts, command, func, shard, device, **kwargs), Interrupted)
     except RankFailed as exc:
-        err.print(f"error: {exc.message}" if exc.exit_code != 130 else
-                  "interrupted: finished samples are in the per-rank files "
-                  "(--output); run the same command again to resume")
+        if exc.exit_code != 130:
+            err.print(f"error: {exc.message}")
+        elif opts.output is not None:
+            err.print(f"interrupted: finished samples are in the per-rank files beside "
+                      f"{opts.output}; run the same command again to resume")
+        else:
+            err.print("interrupted: finished samples were not saved: use --output FILE to "
+                      "keep them and resume")
         raise typer.Exit(exc.exit_code) from None
     if shard.index == 0 and opts.output is not None:
         write_document(opts.output, config, records)

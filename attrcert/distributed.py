@@ -248,7 +248,14 @@ def run_torchrun(shard: Shard, device: str,
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(shard.local_rank)
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=GATHER_TIMEOUT)
+    try:
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo",
+                                timeout=GATHER_TIMEOUT)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise OptionError(f"WORLD_SIZE={shard.count} but torch.distributed cannot start "
+                          f"({first}): start attrcert with torchrun, or unset WORLD_SIZE")\
+            from None
     try:
         mine = RankResult(shard.index)
         try:

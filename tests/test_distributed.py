@@ -248,11 +248,15 @@ def test_merge_refuses_what_does_not_fit(tensor_file, tmp_path, capsys):
     (["--shard", "0/2", "--output", "{tmp}/s.jsonl"], {"WORLD_SIZE": "2", "RANK": "0"},
      "torchrun"),
     (["--shard", "8/9", "--output", "{tmp}/s.jsonl"], {}, "only 8 images"),
+    ([], {"WORLD_SIZE": "2", "RANK": "0"}, "start attrcert with torchrun"),
+    ([], {"WORLD_SIZE": "2", "RANK": "2"}, "start attrcert with torchrun"),
     (["--shard", "0/2", "--output", "{tmp}/s.jsonl", "--save-attributions", "{tmp}/a.safetensors"],
      {}, "--save-attributions"),
 ])
 def test_shard_option_errors_are_one_line(extra, env, word, tensor_file, tmp_path, capsys,
                                           monkeypatch):
+    for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     argv = ["bound", MODEL, str(tensor_file), *FAST,
