@@ -267,6 +267,10 @@ def run_torchrun(shard: Shard, device: str,
             mine.error, mine.exit_code = "interrupted", 130
             mine.finished = int(getattr(exc, "finished", 0))
         except Exception as exc:  # still one line on rank 0, and no rank left waiting
+            if os.environ.get("ATTRCERT_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
             mine.error = (f"unexpected {exc.__class__.__name__}: {first} "
                           "(set ATTRCERT_DEBUG=1 for the traceback)")
