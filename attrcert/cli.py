@@ -12,7 +12,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +35,19 @@ from rich.text import Text
 
 from . import __version__
 from .certify import Analysis, certify, check_tolerance, max_eps
+from .distributed import (
+    RankFailed,
+    Shard,
+    load_shard_images,
+    merge_shards,
+    rank_device,
+    rank_file,
+    run_torchrun,
+    secondary_rank,
+    select_shard,
+    shard_image_size,
+    write_sidecar,
+)
 from .errors import AttrcertError, InputError, OptionError
 from .loading import (
     Images,
@@ -152,6 +165,10 @@ ArchOpt = Annotated[str | None, typer.Option(
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow a pickled model: loading it RUNS CODE from the file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ShardOpt = Annotated[str | None, typer.Option(
+    help="I/N: certify only shard I of N (the images i with i % N == I) into --output "
+    "FILE.jsonl, for job arrays; join the shards with 'attrcert merge'. Under torchrun each "
+    "rank takes its shard by itself.", show_default=False)]
 
 
 class Spectral(str, Enum):
@@ -206,6 +223,7 @@ class Common:
     threads: int = 1
     memory_budget: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
+    shard: str | None = None
 
 
 @dataclass
@@ -215,6 +233,9 @@ class Loaded:
     target: torch.Tensor | None
     baseline: torch.Tensor | None
     nonsmooth: list[str]
+    #: With a shard (``--shard``, torchrun): the indices among all images of the rows of
+    #: ``images.tensor``, which holds only the shard; ``images.sources`` still names all.
+    rows: list[int] | None = None
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:
@@ -251,12 +272,14 @@ def _check_writable(path: Path, flag: str) -> None:
 
 
 def _folder_channels(model: torch.nn.Module, images: Path,
-                     size: tuple[int, int] | None) -> int | None:
+                     size: tuple[int, int] | None, shard: Shard | None = None) -> int | None:
     """For a folder of images, the channel count the model accepts (1 or 3, by a trial
-    forward at the images' size); ``None`` for tensor files, which keep their own."""
+    forward at the images' size, read from the shard's first image with a shard);
+    ``None`` for tensor files, which keep their own."""
     if not images.is_dir():
         return None
-    height, width = size or first_image_size(images)
+    height, width = size or (first_image_size(images) if shard is None
+                             else shard_image_size(images, shard))
     channels = infer_input_channels(model, height, width)
     if channels is None:
         raise InputError(f"the model accepts neither 1- nor 3-channel images of "
@@ -274,8 +297,9 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool) -> torch.nn.Mo
     return model
 
 
-def _load(opts: Common) -> Loaded:
-    """Model, images, labels and baseline, checked against each other."""
+def _load(opts: Common, shard: Shard | None = None) -> Loaded:
+    """Model, images, labels and baseline, checked against each other; with ``shard``,
+    only the shard's images (:func:`attrcert.distributed.load_shard_images`)."""
     _check_output_paths(opts)
     model = _load_model(opts.model, opts.arch, opts.trust_pickle)
     mean, std = _floats(opts.mean, "mean"), _floats(opts.std, "std")
@@ -283,8 +307,12 @@ def _load(opts: Common) -> Loaded:
         raise OptionError("give --mean and --std together")
     if mean is not None and std is not None:
         model = with_normalization(model, mean, std)
-    channels = _folder_channels(model, opts.images, opts.size)
-    images = load_images(opts.images, channels=channels, size=opts.size)
+    channels = _folder_channels(model, opts.images, opts.size, shard)
+    rows = None
+    if shard is None:
+        images = load_images(opts.images, channels=channels, size=opts.size)
+    else:
+        images, rows = load_shard_images(opts.images, shard, channels=channels, size=opts.size)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -308,7 +336,7 @@ def _load(opts: Common) -> Loaded:
                              f"need one image of shape {tuple(images.tensor.shape[1:])}")
         baseline = base[0]
     nonsmooth = find_nonsmooth(model, images.tensor[:1])
-    return Loaded(model, images, target, baseline, nonsmooth)
+    return Loaded(model, images, target, baseline, nonsmooth, rows)
 
 
 def _config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
@@ -429,53 +457,108 @@ def _jsonl(opts: Common) -> bool:
 def _run(opts: Common, command: str, func: Callable[..., list[Record]],
          **kwargs: Any) -> tuple[dict[str, Any], list[Record]]:
     """Load, resume from ``--output FILE.jsonl`` if it holds finished samples of the same
-    configuration, certify the rest (each appended and fsynced as it finishes), write."""
+    configuration, certify the rest (each appended and fsynced as it finishes), write.
+
+    With ``--shard I/N`` only that shard (into its ``--output FILE.jsonl``); under torchrun
+    each rank its shard, gathered on every rank, rank 0 writing ``--output``
+    (:mod:`attrcert.distributed`)."""
     torch.set_num_threads(opts.threads)
     if opts.memory_budget is not None:
         parse_size(opts.memory_budget)  # a bad size fails before anything is loaded
-    loaded = _load(opts)
+    shard = select_shard(opts.shard)
+    if shard is not None and opts.save_attributions is not None:
+        raise OptionError("--save-attributions does not work with --shard or torchrun yet: "
+                          "run without them to save attributions")
+    if shard is not None and not shard.torchrun and not _jsonl(opts):
+        raise OptionError("--shard needs --output FILE.jsonl: the shard file that "
+                          "'attrcert merge' joins")
+    if shard is None or not shard.torchrun:
+        config, _, records = _run_shard(opts, command, func, shard, opts.device, **kwargs)
+        return config, records
+    device = rank_device(opts.device, shard)
+    try:
+        config, records = run_torchrun(
+            shard, device,
+            lambda: _run_shard(opts, command, func, shard, device, **kwargs), Interrupted)
+    except RankFailed as exc:
+        if exc.exit_code != 130:
+            err.print(f"error: {exc.message}")
+        elif opts.output is not None:
+            err.print(f"interrupted: finished samples are in the per-rank files beside "
+                      f"{opts.output}; run the same command again to resume")
+        else:
+            err.print("interrupted: finished samples were not saved: use --output FILE to "
+                      "keep them and resume")
+        raise typer.Exit(exc.exit_code) from None
+    if shard.index == 0 and opts.output is not None:
+        write_document(opts.output, config, records)
+    return config, records
+
+
+def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
+               shard: Shard | None, device: str,
+               **kwargs: Any) -> tuple[dict[str, Any], str, list[Record]]:
+    """:func:`_run` for one process: all images, or one shard of them (its records only).
+    Returns the configuration, its hash and the records."""
+    loaded = _load(opts, shard)
     config = _config(opts, command, loaded)
     digest = config_hash(config, loaded.images.sources)
     n = len(loaded.images.sources)
+    local = opts  # where this process streams its records: torchrun ranks, a file each
+    if shard is not None and shard.torchrun and opts.output is not None:
+        local = replace(opts, output=rank_file(opts.output, shard))
     try:
-        done = finished_records(opts.output, digest) if _jsonl(opts) else {}
+        done = finished_records(local.output, digest) if _jsonl(local) else {}
     except ResumeError as exc:
         raise InputError(str(exc)) from None
-    todo = [i for i in range(n) if i not in done]
+    mine = range(n) if shard is None else shard.indices(n)
+    foreign = sorted(set(done) - set(mine))
+    if foreign:
+        raise InputError(f"{local.output} holds sample {foreign[0]}, which is not in shard "
+                         f"{shard.label if shard else ''}: use another --output file per shard")
+    todo = [i for i in mine if i not in done]
+    if shard is not None and _jsonl(local):
+        write_sidecar(local.output, config, digest, shard)
+    if shard is not None and not shard.torchrun:
+        config = {**config, "shard": shard.label}  # after hashing: the hash is the whole run's
     if done:
         if opts.save_attributions is not None:
             raise OptionError(f"{opts.output} already holds {len(done)} samples and "
                               "--save-attributions needs all of them: delete it to start over")
-        err.print(f"resuming: {len(done)} of {n} samples already in {opts.output}")
+        err.print(f"resuming: {len(done)} of {len(mine)} samples already in {local.output}")
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
     label = "certifying" if command in {"bound", "attack"} else "solving eps_max"
     new: list[Record] = []
-    with Reporter(opts, loaded, label, todo, digest) as reporter, warnings.catch_warnings():
+    rows = todo  # the rows of loaded.images.tensor to certify
+    if loaded.rows is not None:
+        position = {index: row for row, index in enumerate(loaded.rows)}
+        rows = [position[i] for i in todo]
+    with Reporter(local, loaded, label, todo, digest) as reporter, warnings.catch_warnings():
         warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
         previous_handler = signal.signal(signal.SIGINT, reporter.request_stop)
         try:
             if todo:
                 target = loaded.target[todo] if loaded.target is not None else None
                 new = func(
-                    loaded.model, loaded.images.tensor[todo], method=opts.method.value,
+                    loaded.model, loaded.images.tensor[rows], method=opts.method.value,
                     steps=opts.steps, baseline=loaded.baseline, target=target,
                     chunk_size=opts.chunk_size, batch_size=opts.batch_size,
-                    dtype=opts.dtype.value, device=opts.device, spectral=opts.spectral.value,
+                    dtype=opts.dtype.value, device=device, spectral=opts.spectral.value,
                     tol=opts.tol, memory_budget=opts.memory_budget,
                     progress=reporter.rows_done,
                     on_batch=reporter.batch_done, **kwargs)
         except Interrupted as exc:
             exc.finished += len(done)
-            exc.output = opts.output
+            exc.output = local.output
             raise
         finally:
             signal.signal(signal.SIGINT, previous_handler)
     records = sorted([*done.values(), *new], key=lambda r: r["index"])
     reporter.save_attributions(config)
-    if opts.output is not None and not _jsonl(opts):
-        write_document(opts.output, config, records)
-    return config, records
+    if local.output is not None and not _jsonl(local):
+        write_document(local.output, config, records)
+    return config, digest, records
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -499,6 +582,8 @@ def _stdout_console() -> Console:
 def _emit(opts: Common, config: dict[str, Any], records: list[Record],
           columns: Sequence[tuple[str, str]], title: str,
           summary_keys: Sequence[tuple[str, str]], footer: str) -> None:
+    if secondary_rank():  # torchrun: rank 0 prints the whole run
+        return
     if opts.format is Format.json:
         sys.stdout.write(dumps_strict(document(config, records), indent=2) + "\n")
         return
@@ -666,6 +751,7 @@ def bound(
         "sample.")] = False,
     require_verified: RequireVerifiedOpt = False,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
 ) -> None:
     """Bound how far each image's attribution can move within the eps-ball.
 
@@ -678,7 +764,7 @@ def bound(
                   batch_size=batch_size, output=output, format=format,
                   save_attributions=save_attributions, mean=mean, std=std, size=size,
                   arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
-                  tol=tol, threads=threads, memory_budget=memory_budget)
+                  tol=tol, threads=threads, memory_budget=memory_budget, shard=shard)
     records = _certify_command(opts, "bound", eps=eps, norm=norm,
                                label_gradient=label_gradient, verify=verify,
                                attack_steps=attack_steps, restarts=restarts, seed=seed)
@@ -734,6 +820,7 @@ def attack(
     seed: SeedOpt = 0,
     require_verified: RequireVerifiedOpt = False,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
 ) -> None:
     """Attack each attribution inside the eps-ball and compare with the bounds.
 
@@ -748,7 +835,7 @@ def attack(
                   batch_size=batch_size, output=output, format=format,
                   save_attributions=save_attributions, mean=mean, std=std, size=size,
                   arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
-                  tol=tol, threads=threads, memory_budget=memory_budget)
+                  tol=tol, threads=threads, memory_budget=memory_budget, shard=shard)
     records = _certify_command(opts, "attack", eps=eps, norm=norm,
                                label_gradient=LabelGradient.completeness, verify=True,
                                attack_steps=attack_steps, restarts=restarts, seed=seed)
@@ -875,6 +962,7 @@ def max_eps_command(
     require_eps_above: Annotated[float | None, typer.Option(
         help="Exit 1 if any sample's eps_max is below this.")] = None,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
 ) -> None:
     """The largest eps whose bound stays within --omega, for each image (Appendix E).
 
@@ -886,7 +974,7 @@ def max_eps_command(
                    batch_size=batch_size, output=output, format=format,
                    save_attributions=save_attributions, mean=mean, std=std, size=size,
                    arch=arch, trust_pickle=trust_pickle, quiet=quiet, spectral=spectral,
-                   tol=tol, threads=threads, memory_budget=memory_budget,
+                   tol=tol, threads=threads, memory_budget=memory_budget, shard=shard,
                    extra_config={"omega": omega, "metric": metric.value, "norm": norm,
                                  "modified": modified})
     check_tolerance(omega, metric.value)
@@ -955,6 +1043,31 @@ def inspect(
                           "can hold (local linearity still depends on eps)")
 
 
+@app.command()
+def merge(
+    out: Annotated[Path, typer.Argument(
+        help="The merged results: FILE.json, FILE.jsonl or FILE.csv, as --output.",
+        show_default=False)],
+    files: Annotated[list[Path], typer.Argument(
+        help="The shard files (FILE.jsonl, each with its FILE.config.json) of one run.",
+        show_default=False)],
+) -> None:
+    """Join the shard files of a '--shard I/N' job array (or torchrun's per-rank files).
+
+    Refuses (exit 2) shards of different configurations and any sample missing or repeated.
+
+    Example: attrcert merge results.json shard-*.jsonl
+    """
+    _check_writable(out, "OUT")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise OptionError(f"OUT {out}: use a .json, .jsonl or .csv file")
+    if any(out.resolve() == f.resolve() for f in files):
+        raise OptionError(f"OUT {out} is one of the shard files: write the merge elsewhere")
+    config, records = merge_shards(files)
+    write_document(out, config, records)
+    err.print(f"merged {len(records)} samples from {len(files)} shard files into {out}")
+
+
 def _input_shape(net: torch.nn.Module, images: Path | None,
                  size: tuple[int, int] | None) -> tuple[int, ...]:
     if images is not None:
@@ -975,6 +1088,8 @@ def _input_shape(net: torch.nn.Module, images: Path | None,
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI: usage and input errors become one line on stderr and exit status 2."""
+    if secondary_rank():  # torchrun: rank 0 reports for all ranks (their errors included)
+        err.quiet = True
     try:
         code = app(args=list(argv) if argv is not None else None, prog_name="attrcert",
                    standalone_mode=False)
