@@ -277,6 +277,10 @@ def run_torchrun(shard: Shard, device: str,
             mine.exit_code = 2
         results: list[RankResult | None] = [None] * shard.count
         dist.all_gather_object(results, mine)
+        # every rank has every result before any rank tears its connections down (without
+        # this, a rank that left early could abort a slower one still receiving, seen once
+        # on a loaded 2-core machine as "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return combine([r for r in results if r is not None], shard.count)
