@@ -1,0 +1,668 @@
+"""Sound mode: proved upper bounds on the attribution deviation, with no linearity assumption.
+
+``T_e`` and ``T'_e`` (SPEC §2) assume that ``g`` is locally linear on the ball; an attack can
+beat them once eps leaves that regime (SPEC §6). This module bounds
+``sup_{||delta||_p <= eps} ||g(x + delta) - g(x)||_2`` for real, for networks that are a chain
+of affine maps (Linear, Conv2d, AvgPool2d, Flatten/reshape, BatchNorm in eval mode, adding
+or scaling by constants) and twice-differentiable elementwise activations (Tanh, Sigmoid,
+Softplus, SiLU, GELU), in float64 with outward rounding (:mod:`attrcert.intervals`).
+
+Write the network as ``z_1 = A_0 x + b_0``, ``a_k = sigma_k(z_k)``,
+``z_{k+1} = A_k a_k + b_k``, ``f = A_K a_K + b_K``; ``u_k = d f_y / d a_k`` and
+``J_k = d z_k / d x`` (``n_k x d``). Then (backpropagation and its derivative)::
+
+    G = grad f_y = A_0^T D_1 A_1^T D_2 ... A_K^T e_y,      D_k = diag(sigma_k'(z_k))
+    H = Hess f_y = sum_k J_k^T diag(u_k * sigma_k''(z_k)) J_k,
+    J_{k+1} = A_k D_k J_k,  J_1 = A_0.
+
+Two bounds, each proved; the record reports the smaller as ``T_e_sound``:
+
+- ``interval``: enclose every ``z_k`` over the ball (the first layer exactly,
+  ``z_1 = A_0 x + b_0 +- eps ||row(A_0)||_q``, ``q`` the dual norm; deeper layers by interval
+  propagation intersected with the mean-value form ``z_k(x) +- eps ||row([J_k])||_q``), then
+  ``sigma_k'`` over those intervals, then the product above backwards in interval arithmetic:
+  ``g_lo <= g(x') <= g_hi`` for every ``x'`` in the ball, and with ``[gx_lo, gx_hi]`` the same
+  enclosure at ``eps = 0``,
+  ``||g(x') - g(x)||_2 <= || max(g_hi - gx_lo, gx_hi - g_lo) ||_2``.
+- ``mean_value``: ``g(x') - g(x) = M delta`` with ``M = int_0^1 J_g(x + t delta) dt``, which lies
+  in any interval matrix ``[Mc - R, Mc + R]`` enclosing the attribution Jacobian ``J_g`` on the
+  ball (built from the formula for ``H`` with ``[J_k]``, ``[u_k]`` and ``[sigma_k'']``). For any
+  matrix ``C`` (we try ``C = Mc`` and ``C = J_g(x)``) with ``R' = max(|Mc - R - C|, |Mc + R - C|)``,
+  ``||M delta||_2 <= ||C delta||_2 + ||R' |delta| ||_2``, so for the l2 ball
+  ``T <= eps (sigma_max(C) + sigma_max(R'))`` and for the l-inf ball
+  ``T <= eps (min(sqrt(sum_ij |(C^T C)_ij|), sqrt(d) sigma_max(C)) + ||R' 1||_2)`` (Theorem 2 and
+  Corollary 1 applied to ``C``). With ``C = J_g(x)``, ``R' = O(eps)`` and the bound tends to
+  ``T_e`` (Theorem 1 / Theorem 2) as ``eps -> 0``. ``sigma_max`` is LAPACK's, widened by
+  ``1e-10 ||.||_F`` to cover its backward error. Not available when a Softplus
+  pre-activation interval straddles torch's threshold (the derivative jumps there).
+
+Attributions (SPEC §1): saliency ``g = G``; input x gradient ``g = x * G``,
+``J_g = diag(G) + diag(x) H`` with ``x'_i in [x_i - eps, x_i + eps]``; integrated gradients
+``g = (x - b) * (1/m) sum_a G(z_a)``, ``z_a = b + (a/m)(x - b)``, whose ``a``-th point moves within
+the ball of radius ``(a/m) eps``, ``J_g = diag(mean_a G(z_a)) + diag(x - b) sum_a (a/m^2) H(z_a)``.
+
+Norms: l2 and l-inf; for ``1 <= p < 2`` the l2 ball of the same radius contains the lp ball,
+for ``p > 2`` the l-inf ball does, and their bounds are used. The label constraint of Eq. 1
+is ignored (the sup over the whole ball bounds the constrained one).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import bounds
+from .attributions import Attribution, InputXGradient, IntegratedGradients, Saliency
+from .errors import InputError, OptionError
+from .intervals import (
+    SUM_REL,
+    TINY,
+    Activation,
+    activation,
+    intersect,
+    mul,
+    mul_cr,
+    to_cr,
+    to_lohi,
+)
+from .perturbation import Perturbation
+from .results import Record, finite_or_none
+
+MAX_D = 4096  # the mean-value bound forms d x d matrices; above this only ``interval`` runs
+SUPPORTED = ("Linear", "Conv2d", "AvgPool2d", "Flatten", "BatchNorm (eval)", "Tanh",
+             "Sigmoid", "Softplus", "SiLU", "GELU")
+NOT_SMOOTH = {
+    "relu": "ReLU", "relu_": "ReLU", "max_pool2d": "max-pooling",
+    "max_pool2d_with_indices": "max-pooling", "leaky_relu": "LeakyReLU",
+    "hardtanh": "Hardtanh", "elu": "ELU", "relu6": "ReLU6", "hardswish": "Hardswish",
+    "hardsigmoid": "Hardsigmoid", "abs": "abs", "maximum": "maximum", "clamp": "clamp",
+}
+
+
+# --- the network as a chain -------------------------------------------------------------
+
+@dataclass
+class Affine:
+    """``t -> A t + bias`` on batches ``(B, *in_shape)``; ``lin`` is ``A t``, ``lin_abs``
+    is ``|A| t`` (the same operation with its weights replaced by their absolute values)."""
+
+    name: str
+    lin: Callable[[Tensor], Tensor]
+    lin_abs: Callable[[Tensor], Tensor]
+    bias: Tensor | None
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+
+@dataclass
+class Layer:
+    """One step of the chain: an affine map or an elementwise activation."""
+
+    affine: Affine | None = None
+    act: Activation | None = None
+
+
+def _fetch(gm: torch.nn.Module, target: str) -> object:
+    obj: object = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _op_name(target: object) -> str:
+    name = getattr(target, "__name__", str(target))
+    return name.split(".")[0]
+
+
+def _reshape(shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
+    def f(t: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], *shape)
+    return f
+
+
+def _refuse(op: str) -> InputError:
+    if op in NOT_SMOOTH:
+        return InputError(
+            f"--sound cannot bound a model with {NOT_SMOOTH[op]} (aten.{op}): it is not twice "
+            "differentiable, so the attribution has no bounded Jacobian; use a model built "
+            f"from {', '.join(SUPPORTED)}")
+    return InputError(f"--sound does not support the operation aten.{op} in this model: "
+                      f"supported are {', '.join(SUPPORTED)} in a chain")
+
+
+def _graph_module(model: torch.nn.Module, example: Tensor) -> torch.fx.GraphModule:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InputError("--sound cannot analyse a TorchScript model: use the torch.export "
+                         "(.pt2) archive or the weights with --arch")
+    if isinstance(model, torch.fx.GraphModule) and any(
+            n.op == "call_function" for n in model.graph.nodes):
+        return model
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, (example,)).module()
+    except Exception as exc:  # export failures are long; keep the first line
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise InputError(f"--sound needs a model that torch.export can trace: {first}") \
+            from None
+
+
+def extract_chain(model: torch.nn.Module, example: Tensor) -> list[Layer]:
+    """The model as a chain of :class:`Layer` in float64, read from its torch.export graph.
+
+    Raises :class:`InputError` naming the first operation that is not supported (ReLU and
+    max-pooling: not twice differentiable), or when the graph branches.
+    """
+    gm = _graph_module(model, example)
+    consts: dict[str, object] = {}
+    chain_node: str | None = None
+    layers: list[Layer] = []
+    dt = torch.float64
+
+    def val(a: object) -> object:
+        if isinstance(a, torch.fx.Node):
+            return consts[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(val(b) for b in a)
+        return a
+
+    def f64(t: object) -> Tensor | None:
+        return None if t is None else torch.as_tensor(t).detach().to(dt)
+
+    def uses_chain(a: object) -> bool:
+        if isinstance(a, torch.fx.Node):
+            return a.name == chain_node
+        if isinstance(a, (list, tuple)):
+            return any(uses_chain(b) for b in a)
+        return False
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if chain_node is not None:
+                raise InputError("--sound needs a model with one input tensor")
+            chain_node = node.name
+            continue
+        if node.op == "get_attr":
+            consts[node.name] = _fetch(gm, node.target)
+            continue
+        if node.op == "call_module":  # torch.export's input guards
+            continue
+        if node.op == "output":
+            out = node.args[0]
+            out = out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
+            if not (isinstance(out, torch.fx.Node) and out.name == chain_node):
+                raise InputError("--sound needs a model whose output is its last layer")
+            break
+        args, kwargs = node.args, node.kwargs
+        if not uses_chain(list(args) + list(kwargs.values())):
+            consts[node.name] = node.target(*val(args), **val(kwargs))  # constant folding
+            continue
+        op = _op_name(node.target)
+        if node.target is operator.getitem:
+            if args[1] != 0:
+                raise _refuse("getitem")
+            chain_node = node.name
+            continue
+        if len(node.users) > 1:
+            raise InputError(f"--sound needs a chain of layers, but aten.{op} feeds "
+                             f"{len(node.users)} operations (a branch or skip connection)")
+        first = args[0]
+        if op in ("tanh", "sigmoid", "silu", "gelu", "softplus"):
+            if not uses_chain(first):
+                raise _refuse(op)
+            if op == "softplus":
+                beta = float(val(args[1]) if len(args) > 1 else kwargs.get("beta", 1.0))
+                thr = float(val(args[2]) if len(args) > 2 else kwargs.get("threshold", 20.0))
+                layers.append(Layer(act=activation("softplus", beta, thr)))
+            elif op == "gelu":
+                approx = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
+                if approx != "none":
+                    raise InputError("--sound supports exact GELU only, not "
+                                     f"GELU(approximate={approx!r})")
+                layers.append(Layer(act=activation("gelu")))
+            else:
+                layers.append(Layer(act=activation(op)))
+            chain_node = node.name
+            continue
+        layers.append(Layer(affine=_affine(op, node, args, kwargs, val, f64, uses_chain)))
+        chain_node = node.name
+    _infer_shapes(layers, example)
+    return layers
+
+
+def _affine(op: str, node: torch.fx.Node, args: tuple, kwargs: dict,
+            val: Callable[[object], object], f64: Callable[[object], Tensor | None],
+            uses_chain: Callable[[object], bool]) -> Affine:
+    """The affine map of one graph node whose first tensor argument is the chain."""
+    name = f"aten.{op}"
+    if op in ("conv2d", "convolution"):
+        if not uses_chain(args[0]) or any(uses_chain(a) for a in args[1:]):
+            raise _refuse(op)
+        w = f64(val(args[1]))
+        b = f64(val(args[2])) if len(args) > 2 else None
+        if op == "convolution":
+            stride, padding, dilation, transposed, _, groups = (val(a) for a in args[3:9])
+            if transposed:
+                raise _refuse("conv_transpose")
+        else:
+            rest = [val(a) for a in args[3:]]
+            stride, padding, dilation, groups = (rest + [1, 0, 1, 1][len(rest):])[:4]
+        if isinstance(padding, str):
+            raise _refuse(f"conv2d(padding={padding!r})")
+        wa = w.abs()
+
+        def conv(t: Tensor, weight: Tensor = w) -> Tensor:
+            return F.conv2d(t, weight, None, stride, padding, dilation, groups)
+
+        return Affine(name, conv, lambda t: conv(t, wa),
+                      None if b is None else b.view(1, -1, 1, 1))
+    if op in ("linear", "addmm", "mm"):
+        if op == "linear":
+            w, b, xarg = f64(val(args[1])), (f64(val(args[2])) if len(args) > 2 else None), \
+                args[0]
+        elif op == "addmm":
+            b, xarg, w = f64(val(args[0])), args[1], f64(val(args[2])).t()
+        else:
+            b, xarg, w = None, args[0], f64(val(args[1])).t()
+        if not uses_chain(xarg) or (op == "linear" and any(uses_chain(a) for a in args[1:])):
+            raise _refuse(op)
+        wa = w.abs()
+        return Affine(name, lambda t: F.linear(t, w), lambda t: F.linear(t, wa),
+                      None if b is None else b.view(1, -1))
+    if op == "avg_pool2d":
+        rest = [val(a) for a in args[1:]]
+
+        def pool(t: Tensor) -> Tensor:
+            return F.avg_pool2d(t, *rest)
+
+        return Affine(name, pool, pool, None)
+    if op in ("batch_norm", "_native_batch_norm_legit_no_training"):
+        if op == "batch_norm":
+            weight, bias, mean, var, training, _, eps = (val(a) for a in args[1:8])
+            if training:
+                raise InputError("--sound needs BatchNorm in eval mode")
+        else:
+            weight, bias, mean, var, _, eps = (val(a) for a in args[1:7])
+        mean_t, var_t = f64(mean), f64(var)
+        scale = 1.0 / torch.sqrt(var_t + eps)
+        if weight is not None:
+            scale = scale * f64(weight)
+        shift = -mean_t * scale + (f64(bias) if bias is not None else 0.0)
+        view = (1, -1) + (1,) * (len(node.meta["val"].shape) - 2 if "val" in node.meta
+                                 else 2)
+        s, sa, sh = scale.view(view), scale.abs().view(view), shift.view(view)
+        return Affine(name, lambda t: t * s, lambda t: t * sa, sh)
+    if op in ("flatten", "view", "reshape", "_unsafe_view", "contiguous", "clone", "alias",
+              "dropout", "detach", "squeeze", "unsqueeze"):
+        if op == "dropout" and val(args[2] if len(args) > 2 else kwargs.get("train")):
+            raise InputError("--sound needs dropout in eval mode")
+        meta = node.meta.get("val")
+        if not isinstance(meta, Tensor):
+            raise _refuse(f"{op} (no shape recorded)")
+        f = _reshape(tuple(int(s) for s in meta.shape[1:]))
+        return Affine(name, f, f, None)
+    if op in ("add", "sub", "mul", "div"):
+        if len(args) != 2 or (uses_chain(args[0]) and uses_chain(args[1])):
+            raise _refuse(op)
+        left = uses_chain(args[0])
+        c = f64(val(args[1] if left else args[0]))
+        if op == "add":
+            return Affine(name, lambda t: t, lambda t: t, c)
+        if op == "sub":
+            if left:
+                return Affine(name, lambda t: t, lambda t: t, -c)
+            return Affine(name, lambda t: -t, lambda t: t, c)
+        if op == "mul":
+            ca = c.abs()
+            return Affine(name, lambda t: t * c, lambda t: t * ca, None)
+        if left:  # div by a constant
+            inv = 1.0 / c
+            inva = inv.abs()
+            return Affine(name, lambda t: t * inv, lambda t: t * inva, None)
+        raise _refuse("div (constant / x)")
+    raise _refuse(op)
+
+
+def _infer_shapes(layers: list[Layer], example: Tensor) -> None:
+    """Record every affine map's input and output feature shapes (a forward pass)."""
+    t = example[:1].detach().to(torch.float64)
+    for layer in layers:
+        if layer.affine is None:
+            continue
+        a = layer.affine
+        a.in_shape = tuple(t.shape[1:])
+        t = a.lin(t) + (a.bias if a.bias is not None else 0.0)
+        a.out_shape = tuple(t.shape[1:])
+
+
+def forward(layers: list[Layer], x: Tensor) -> Tensor:
+    """The chain's output (float64) for ``x`` ``(B, *in_shape)``: a plain torch function,
+    differentiable, used to check the extraction against the model."""
+    t = x
+    for layer in layers:
+        if layer.affine is not None:
+            a = layer.affine
+            t = a.lin(t) + (a.bias if a.bias is not None else 0.0)
+        else:
+            assert layer.act is not None
+            t = layer.act.value(0, t)
+    return t
+
+
+# --- enclosures ------------------------------------------------------------------------------
+
+def _affine_cr(a: Affine, c: Tensor, r: Tensor, *, bias: bool = True) -> tuple[Tensor, Tensor]:
+    """``A (c +- r) + b`` enclosed: ``A c + b +- (|A| r + SUM_REL (|A| (|c| + r) + |b|))``."""
+    out = a.lin(c)
+    mag = a.lin_abs(c.abs() + r)
+    if bias and a.bias is not None:
+        out = out + a.bias
+        mag = mag + a.bias.abs()
+    return out, a.lin_abs(r) + SUM_REL * mag + TINY
+
+
+def _transpose(fn: Callable[[Tensor], Tensor], v: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """``A^T v`` for the linear map ``fn`` (one vector-Jacobian product), batched over rows."""
+    z = torch.zeros((v.shape[0], *in_shape), dtype=v.dtype, device=v.device,
+                    requires_grad=True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(fn(z), z, v)
+    return grad
+
+
+def _affine_t_cr(a: Affine, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """``A^T (c +- r)`` enclosed (the transposes of ``lin`` and ``lin_abs``)."""
+    out = _transpose(a.lin, c, a.in_shape)
+    mag = _transpose(a.lin_abs, c.abs() + r, a.in_shape)
+    return out, _transpose(a.lin_abs, r, a.in_shape) + SUM_REL * mag + TINY
+
+
+def _rownorm(tc: Tensor, q: float) -> Tensor:
+    """``||column||_q`` of a tangent batch ``(d, *shape)`` over its ``d`` axis, rounded up."""
+    norm = tc.abs().sum(0) if q == 1.0 else torch.sqrt((tc * tc).sum(0))
+    return norm * (1.0 + SUM_REL) + TINY
+
+
+@dataclass
+class Enclosure:
+    """Proved enclosures at one centre ``x0`` for a ball of radius ``radius``.
+
+    ``grad``/``grad0``: ``(lo, hi)`` of ``G = grad f_y`` over the ball and at ``x0`` (``(d,)``);
+    ``hess``: ``(centre, radius)`` ``(d, d)`` of ``Hess f_y`` over the ball, or ``None``;
+    ``mvt_ok``: the mean-value theorem applies (no Softplus threshold inside an interval).
+    """
+
+    grad: tuple[Tensor, Tensor]
+    grad0: tuple[Tensor, Tensor]
+    hess: tuple[Tensor, Tensor] | None
+    mvt_ok: bool
+
+
+def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: int,
+            *, hessian: bool) -> Enclosure:
+    """Enclose ``grad f_y`` (and ``Hess f_y`` when ``hessian``) over the ball of ``radius``
+    around ``x0`` ``(1, *in_shape)``, float64. ``q`` is the dual norm of the ball (2 for l2,
+    1 for l-inf); ``|delta_i| <= radius`` for both. See the module docstring for the math."""
+    dt = torch.float64
+    x0 = x0.to(dt)
+    d = x0[0].numel()
+    in_shape = tuple(x0.shape[1:])
+    pc, pr = x0, torch.zeros_like(x0)  # the point x0 (rounding only)
+    bc, br = x0, torch.full_like(x0, radius)  # the box containing the ball
+    tangents = hessian or radius > 0
+    if tangents:
+        tc = torch.eye(d, dtype=dt, device=x0.device).view(d, *in_shape)
+        tr = torch.zeros_like(tc)
+    acts: list[tuple[Activation, tuple[Tensor, Tensor], tuple[Tensor, Tensor],
+                     tuple[Tensor, Tensor] | None]] = []
+    for layer in layers:
+        if layer.affine is not None:
+            pc, pr = _affine_cr(layer.affine, pc, pr)
+            bc, br = _affine_cr(layer.affine, bc, br)
+            if tangents:
+                tc, tr = _affine_cr(layer.affine, tc, tr, bias=False)
+            continue
+        act = layer.act
+        assert act is not None
+        point = to_lohi(pc, pr)
+        ball = to_lohi(bc, br)
+        if tangents and radius > 0:
+            spread = radius * (_rownorm(tc, q) + _rownorm(tr, q)).unsqueeze(0)
+            ball = intersect(ball, to_lohi(pc, pr + spread * (1.0 + SUM_REL)))
+        acts.append((act, ball, point, (tc, tr) if hessian else None))
+        bc, br = to_cr(*act.range(0, *ball))
+        pc, pr = to_cr(*act.range(0, *point))
+        if tangents:
+            slo, shi = act.range(1, *ball)
+            tc, tr = mul_cr(slo, shi, tc, tr)
+    k = pc.shape[1:].numel()
+    if pc.ndim != 2:
+        raise InputError(f"--sound needs logits of shape (N, k), the chain gives "
+                         f"{tuple(pc.shape)}")
+    e = torch.zeros((1, k), dtype=dt, device=x0.device)
+    e[0, target] = 1.0
+    uc, ur = e, torch.zeros_like(e)
+    vc, vr = e, torch.zeros_like(e)  # the point version
+    hc = hr = None
+    if hessian:
+        hc = torch.zeros((d, d), dtype=dt, device=x0.device)
+        hr = torch.zeros_like(hc)
+    index = len(acts)
+    mvt_ok = True
+    for layer in reversed(layers):
+        if layer.affine is not None:
+            uc, ur = _affine_t_cr(layer.affine, uc, ur)
+            vc, vr = _affine_t_cr(layer.affine, vc, vr)
+            continue
+        index -= 1
+        act, ball, point, jac = acts[index]
+        mvt_ok = mvt_ok and not act.crosses_threshold(*ball)
+        if jac is not None:
+            assert hc is not None and hr is not None
+            s2 = act.range(2, *ball)
+            wlo, whi = mul(*to_lohi(uc, ur), *s2)
+            tcm, trm = jac[0].reshape(d, -1), jac[1].reshape(d, -1)
+            nc, nr = mul_cr(wlo.reshape(1, -1), whi.reshape(1, -1), tcm, trm)
+            hc += nc @ tcm.T
+            tabs = tcm.abs() + trm
+            rad = nc.abs() @ trm.T + nr @ tabs.T
+            hr += rad + SUM_REL * (nc.abs() @ tcm.abs().T + rad) + TINY
+        uc, ur = mul_cr(*act.range(1, *ball), uc, ur)
+        vc, vr = mul_cr(*act.range(1, *point), vc, vr)
+    hess = None
+    if hc is not None and hr is not None:
+        hess = (hc, hr + SUM_REL * hc.abs() * len(acts) + TINY)
+    return Enclosure(tuple(t.reshape(-1) for t in to_lohi(uc, ur)),  # type: ignore[arg-type]
+                     tuple(t.reshape(-1) for t in to_lohi(vc, vr)),  # type: ignore[arg-type]
+                     hess, mvt_ok)
+
+
+# --- from enclosures to bounds ------------------------------------------------------------
+
+def _smax(m: np.ndarray) -> float:
+    """``sigma_max(m)`` from LAPACK, widened by ``1e-10 ||m||_F`` (its backward error)."""
+    if m.size == 0:
+        return 0.0
+    return float(np.linalg.norm(m, 2)) + 1e-10 * float(np.linalg.norm(m)) + TINY
+
+
+def interval_bound(g: tuple[Tensor, Tensor], g0: tuple[Tensor, Tensor]) -> float:
+    """``|| max(g_hi - g0_lo, g0_hi - g_lo) ||_2`` (``g`` over the ball, ``g0`` at ``x``):
+    bounds ``||g(x') - g(x)||_2`` for every ``x'`` in the ball."""
+    dev = torch.maximum(g[1] - g0[0], g0[1] - g[0]).clamp(min=0.0)
+    return float(torch.linalg.vector_norm(dev)) * (1.0 + SUM_REL) + TINY
+
+
+def mean_value_bound(jac: tuple[Tensor, Tensor], center: Tensor, eps: float,
+                     linf: bool) -> float:
+    """``sup ||M delta||_2`` over the ball for every ``M`` in ``[Mc - R, Mc + R]``, split as
+    ``C + (M - C)``: ``eps (sigma_max(C) + sigma_max(R'))`` (l2) or
+    ``eps (min(sqrt(sum |C^T C|), sqrt(d) sigma_max(C)) + ||R' 1||_2)`` (l-inf)."""
+    lo, hi = to_lohi(*jac)
+    rp = torch.maximum((lo - center).abs(), (hi - center).abs())
+    rp = (rp * (1.0 + 1e-12) + TINY).cpu().numpy()
+    c = center.cpu().numpy()
+    if not linf:
+        value = _smax(c) + _smax(rp)
+    else:
+        absc = np.abs(c)
+        gram = float(np.abs(c.T @ c).sum() + 1e-10 * np.sum(absc.T @ absc))
+        d = c.shape[1]
+        value = min(math.sqrt(gram), math.sqrt(d) * _smax(c)) * (1.0 + 1e-12) \
+            + float(np.linalg.norm(rp.sum(1))) * (1.0 + 1e-10)
+    return eps * value * (1.0 + 1e-12)
+
+
+@dataclass
+class SoundResult:
+    """``T_e_sound`` and the bounds it is the minimum of (``None``: not available)."""
+
+    interval: float
+    mean_value: float | None
+
+    @property
+    def value(self) -> float:
+        return self.interval if self.mean_value is None else min(self.interval,
+                                                                  self.mean_value)
+
+    @property
+    def method(self) -> str:
+        return "interval" if self.mean_value is None or self.interval <= self.mean_value \
+            else "mean_value"
+
+
+def _diag_plus(jac: tuple[Tensor, Tensor], diag: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """``[J] + diag([v])`` (centre/radius)."""
+    jc, jr = jac[0].clone(), jac[1].clone()
+    dc, dr = to_cr(*diag)
+    idx = torch.arange(jc.shape[0])
+    jc[idx, idx] += dc
+    jr[idx, idx] += dr + 1e-12 * (jc[idx, idx].abs() + dc.abs())
+    return jc, jr
+
+
+class SoundBounder:
+    """Proved bounds for one model, attribution and ball (see the module docstring).
+
+    The model is read once (:func:`extract_chain`) and checked against its own forward pass
+    on ``example``; ``bound(x, target, jac_center)`` then bounds one sample.
+    """
+
+    def __init__(self, model: torch.nn.Module, example: Tensor, attribution: Attribution,
+                 perturbation: Perturbation) -> None:
+        if not isinstance(attribution, (Saliency, InputXGradient, IntegratedGradients)):
+            raise OptionError(f"--sound supports saliency, input_x_gradient and "
+                              f"integrated_gradients, not {attribution!r}")
+        if not isinstance(model, torch.nn.Module):
+            raise InputError("--sound needs a torch.nn.Module")
+        self.layers = extract_chain(model, example[:1])
+        self.attribution = attribution
+        self.eps = perturbation.eps
+        self.linf = perturbation.norm > 2.0
+        self.q = 1.0 if self.linf else 2.0
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = forward(self.layers, example[:1].detach().to(torch.float64))
+            theirs = model(example[:1]).detach().to(torch.float64)
+        scale = float(theirs.abs().max()) + 1.0
+        tol = 1e-9 if theirs.dtype == torch.float64 and example.dtype == torch.float64 \
+            else 1e-4
+        if ours.shape != theirs.shape or float((ours - theirs).abs().max()) > tol * scale:
+            raise InputError("--sound could not read this model's graph faithfully (its "
+                             "chain of layers does not reproduce the model's output)")
+
+    @property
+    def norm_used(self) -> str:
+        return "inf" if self.linf else "2"
+
+    def bound(self, x: Tensor, target: int, jac_center: Tensor | None = None) -> SoundResult:
+        """Bounds on ``sup ||g(x + delta) - g(x)||_2`` for one sample ``x`` ``(1, C, H, W)``.
+
+        ``jac_center``: ``J_g(x)`` ``(d, d)`` if known (any matrix is valid as the centre
+        ``C`` of the mean-value bound; ``J_g(x)`` makes it tend to ``T_e``).
+        """
+        x = x.detach().to(torch.float64)
+        d = x[0].numel()
+        hessian = d <= MAX_D
+        eps, att = self.eps, self.attribution
+        if isinstance(att, IntegratedGradients):
+            base = att.baseline_for(x).to(torch.float64)
+            m = att.steps
+            sums: dict[str, list[Tensor]] = {}
+            ok = True
+            for a in range(1, m + 1):
+                alpha = a / m
+                enc = enclose(self.layers, base + alpha * (x - base), alpha * eps, self.q,
+                              target, hessian=hessian)
+                ok = ok and enc.mvt_ok
+                parts = {"g": to_cr(*enc.grad), "g0": to_cr(*enc.grad0)}
+                if enc.hess is not None:
+                    parts["h"] = (enc.hess[0] * (alpha / m), enc.hess[1] * (alpha / m))
+                for key, (c, r) in parts.items():
+                    acc = sums.setdefault(key, [torch.zeros_like(c)] * 3)
+                    sums[key] = [acc[0] + c, acc[1] + r, acc[2] + c.abs() + r]
+
+            def total(key: str, scale: float) -> tuple[Tensor, Tensor]:
+                c, r, mag = sums[key]  # sum of m terms: rounding <= m u sum |terms|
+                return c * scale, (r + SUM_REL * mag) * scale * (1.0 + 1e-12) + TINY
+
+            grad, grad0 = to_lohi(*total("g", 1.0 / m)), to_lohi(*total("g0", 1.0 / m))
+            hsum = total("h", 1.0) if "h" in sums else None
+            u0 = (x - base).reshape(-1)
+            enc = Enclosure(grad, grad0, hsum, ok)
+        else:
+            enc = enclose(self.layers, x, eps, self.q, target, hessian=hessian)
+            u0 = x.reshape(-1) if isinstance(att, InputXGradient) else None
+        if u0 is None:  # saliency: g = G, J_g = H
+            g, g0, jac = enc.grad, enc.grad0, enc.hess
+        else:  # g = u * G with u = x - b (IG) or x, du/dx = I
+            ub = (u0 - eps, u0 + eps)
+            g = mul(*ub, *enc.grad)
+            g0 = mul(u0, u0, *enc.grad0)
+            jac = None
+            if enc.hess is not None:
+                jac = _diag_plus(mul_cr(ub[0].view(-1, 1), ub[1].view(-1, 1), *enc.hess),
+                                 enc.grad)
+        interval = interval_bound(g, g0)
+        mean_value = None
+        if jac is not None and enc.mvt_ok:
+            if jac_center is None:
+                jac_center = self.jacobian(x, target)
+            centers = [jac[0], jac_center.to(torch.float64).cpu()]
+            mean_value = min(mean_value_bound(jac, c, eps, self.linf) for c in centers)
+        return SoundResult(interval, mean_value)
+
+    def jacobian(self, x: Tensor, target: int) -> Tensor:
+        """``J_g(x)`` ``(d, d)`` by autograd through the float64 chain (the centre ``C``)."""
+        from .jacobian import attribution_jacobian
+
+        def chain(t: Tensor) -> Tensor:
+            return forward(self.layers, t)
+
+        y = torch.tensor([target], device=x.device)
+        return attribution_jacobian(self.attribution, chain, x, y)[0].detach()
+
+    def update(self, x: Tensor, targets: Tensor, attr_norms: list[float],
+               records: list[Record], jac_centers: list[Tensor | None] | None = None) -> None:
+        """Add ``T_e_sound``, ``T_e_sound_method``, ``T_c_sound``, ``T_c_sound_deg`` to each
+        record of a batch (Corollary 2 applied to ``T_e_sound``)."""
+        for i, rec in enumerate(records):
+            res = self.bound(x[i:i + 1], int(targets[i]),
+                             None if jac_centers is None else jac_centers[i])
+            cos = bounds.cosine_bound(res.value, attr_norms[i])
+            rec.update({
+                "T_e_sound": finite_or_none(res.value),
+                "T_e_sound_method": res.method,
+                "T_e_sound_interval": finite_or_none(res.interval),
+                "T_e_sound_mean_value": finite_or_none(res.mean_value),
+                "T_c_sound": finite_or_none(cos.distance),
+                "T_c_sound_deg": finite_or_none(cos.degrees),
+            })
