@@ -103,9 +103,12 @@ class Activation:
     """An elementwise activation with its derivatives ``d[k] = sigma^(k)``, ``k = 0..3``.
 
     ``crit[k]`` holds the critical points of ``d[k]`` (the zeros of ``d[k + 1]``), found
-    once by :func:`_grid_roots`; ``scale[k]`` bounds ``sup |d[k]|`` (``k >= 1``) and sets
-    the absolute widening that covers cancellation in the closed forms. ``threshold``:
-    torch's Softplus switches to the identity above it (its derivative jumps there).
+    once by :func:`_grid_roots`; ``scale[k]`` bounds ``sup |d[k]|`` (``k = 1, 2``: the
+    Lipschitz constants of ``sigma`` and ``sigma'``) and sets the absolute widening that
+    covers cancellation in the closed forms. ``threshold``: torch's Softplus switches to the
+    identity above it, so its derivative jumps there by ``jump`` (and its value by ``gap``);
+    ``smooth_twin`` is then the same activation without the switch (``d`` are its closed
+    forms), which is twice differentiable everywhere.
     """
 
     name: str
@@ -113,6 +116,9 @@ class Activation:
     scale: tuple[float, float, float]
     threshold: float | None = None
     crit: list[list[float]] = field(default_factory=list)
+    smooth_twin: Activation | None = None
+    jump: float = 0.0
+    gap: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.crit:
@@ -181,7 +187,7 @@ def _tanh() -> Activation:
         t = torch.tanh(z)
         return (6.0 * t * t - 2.0) / torch.cosh(z) ** 2
 
-    return Activation("tanh", (d0, d1, d2, d3), (1.0, 1.0, 1.0))
+    return Activation("tanh", (d0, d1, d2, d3), (1.0, 1.0, 0.77))
 
 
 def _sigmoid() -> Activation:
@@ -201,8 +207,9 @@ def _sigmoid() -> Activation:
 def _softplus(beta: float, threshold: float) -> Activation:
     b = float(beta)
 
-    def d0(z: Tensor) -> Tensor:
-        return torch.nn.functional.softplus(z * b) / b
+    def d0(z: Tensor) -> Tensor:  # log(1 + exp(b z)) / b without torch's threshold
+        bz = b * z
+        return (torch.clamp(bz, min=0.0) + torch.log1p(torch.exp(-bz.abs()))) / b
 
     def d1(z: Tensor) -> Tensor:
         return _sig(b * z)
@@ -213,8 +220,15 @@ def _softplus(beta: float, threshold: float) -> Activation:
     def d3(z: Tensor) -> Tensor:
         return -b * b * _sig(b * z) * _sig(-b * z) * torch.tanh(b * z / 2)
 
-    return Activation(f"softplus(beta={beta:g})", (d0, d1, d2, d3), (1.0, 1.0, b / 4),
-                      threshold=threshold / b)
+    name = f"softplus(beta={beta:g})"
+    smooth = Activation(name, (d0, d1, d2, d3), (1.0, 1.0, b / 4))
+    if not math.isfinite(threshold):
+        return smooth
+    t = float(threshold)
+    return Activation(name, (d0, d1, d2, d3), (1.0, 1.0, b / 4), threshold=t / b,
+                      crit=smooth.crit, smooth_twin=smooth,
+                      jump=float(torch.sigmoid(torch.tensor(-t, dtype=torch.float64))) * 1.01,
+                      gap=math.log1p(math.exp(-t)) / b * 1.01)
 
 
 def _silu() -> Activation:
@@ -234,7 +248,7 @@ def _silu() -> Activation:
         dpsi = -t - 0.5 * z * (1.0 - t * t)
         return p * (dpsi - t * psi)
 
-    return Activation("silu", (d0, d1, d2, d3), (1.2, 0.5, 0.5))
+    return Activation("silu", (d0, d1, d2, d3), (1.0, 1.1, 0.5))
 
 
 def _gelu() -> Activation:
@@ -259,7 +273,7 @@ def _gelu() -> Activation:
     def d3(z: Tensor) -> Tensor:
         return pdf(z) * (z * z * z - 4.0 * z)
 
-    return Activation("gelu", (d0, d1, d2, d3), (1.2, 0.8, 0.5))
+    return Activation("gelu", (d0, d1, d2, d3), (1.0, 1.13, 0.8))
 
 
 _CACHE: dict[tuple, Activation] = {}

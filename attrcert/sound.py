@@ -397,13 +397,18 @@ class Enclosure:
 
     ``grad``/``grad0``: ``(lo, hi)`` of ``G = grad f_y`` over the ball and at ``x0`` (``(d,)``);
     ``hess``: ``(centre, radius)`` ``(d, d)`` of ``Hess f_y`` over the ball, or ``None``;
-    ``mvt_ok``: the mean-value theorem applies (no Softplus threshold inside an interval).
+    ``mvt_ok``: the mean-value theorem applies to this chain (no Softplus threshold inside
+    an interval); ``gap``/``gap0``: ``(d,)`` bounds on ``|G(x') - G_s(x')|`` over the ball and at
+    ``x0``, ``G_s`` the gradient of the chain with every Softplus replaced by its smooth twin
+    (no threshold; ``None`` when the chain has no threshold).
     """
 
     grad: tuple[Tensor, Tensor]
     grad0: tuple[Tensor, Tensor]
     hess: tuple[Tensor, Tensor] | None
     mvt_ok: bool
+    gap: Tensor | None = None
+    gap0: Tensor | None = None
 
 
 def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: int,
@@ -423,12 +428,18 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
         tr = torch.zeros_like(tc)
     acts: list[tuple[Activation, tuple[Tensor, Tensor], tuple[Tensor, Tensor],
                      tuple[Tensor, Tensor] | None]] = []
+    track = any(la.act is not None and la.act.threshold is not None for la in layers)
+    dzs: list[tuple[Tensor, Tensor]] = []  # |z - z_s| bounds (ball, point) per activation
+    dball, dpoint = torch.zeros_like(x0), torch.zeros_like(x0)
     for layer in layers:
         if layer.affine is not None:
             pc, pr = _affine_cr(layer.affine, pc, pr)
             bc, br = _affine_cr(layer.affine, bc, br)
             if tangents:
                 tc, tr = _affine_cr(layer.affine, tc, tr, bias=False)
+            if track:
+                dball, dpoint = (layer.affine.lin_abs(t) * (1.0 + SUM_REL) + TINY
+                                 for t in (dball, dpoint))
             continue
         act = layer.act
         assert act is not None
@@ -438,6 +449,10 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
             spread = radius * (_rownorm(tc, q) + _rownorm(tr, q)).unsqueeze(0)
             ball = intersect(ball, to_lohi(pc, pr + spread * (1.0 + SUM_REL)))
         acts.append((act, ball, point, (tc, tr) if hessian else None))
+        if track:
+            dzs.append((dball, dpoint))
+            dball, dpoint = (_value_gap(act, iv[1]) + act.scale[1] * dz
+                             for iv, dz in ((ball, dball), (point, dpoint)))
         bc, br = to_cr(*act.range(0, *ball))
         pc, pr = to_cr(*act.range(0, *point))
         if tangents:
@@ -457,14 +472,24 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
         hr = torch.zeros_like(hc)
     index = len(acts)
     mvt_ok = True
+    du, du0 = torch.zeros_like(e), torch.zeros_like(e)
     for layer in reversed(layers):
         if layer.affine is not None:
-            uc, ur = _affine_t_cr(layer.affine, uc, ur)
-            vc, vr = _affine_t_cr(layer.affine, vc, vr)
+            a = layer.affine
+            uc, ur = _affine_t_cr(a, uc, ur)
+            vc, vr = _affine_t_cr(a, vc, vr)
+            if track:
+                du, du0 = (_transpose(a.lin_abs, t, a.in_shape) * (1.0 + SUM_REL) + TINY
+                           for t in (du, du0))
             continue
         index -= 1
         act, ball, point, jac = acts[index]
         mvt_ok = mvt_ok and not act.crosses_threshold(*ball)
+        if track:  # |w - w_s| <= jump |u| + sup|s''| |dz| |u| + sup|s'| |du|
+            du, du0 = ((_slope_gap(act, iv[1]) + act.scale[2] * dz) * (u_c.abs() + u_r)
+                       + act.scale[1] * dd
+                       for iv, dz, dd, u_c, u_r in ((ball, dzs[index][0], du, uc, ur),
+                                                    (point, dzs[index][1], du0, vc, vr)))
         if jac is not None:
             assert hc is not None and hr is not None
             s2 = act.range(2, *ball)
@@ -472,9 +497,10 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
             tcm, trm = jac[0].reshape(d, -1), jac[1].reshape(d, -1)
             nc, nr = mul_cr(wlo.reshape(1, -1), whi.reshape(1, -1), tcm, trm)
             hc += nc @ tcm.T
-            tabs = tcm.abs() + trm
-            rad = nc.abs() @ trm.T + nr @ tabs.T
-            hr += rad + SUM_REL * (nc.abs() @ tcm.abs().T + rad) + TINY
+            # radius |Nc| Tr^T + Nr (|Tc| + Tr)^T, plus SUM_REL |Nc| |Tc|^T for the rounding of
+            # the centre's sums; the nonnegative products themselves rounded up by SUM_REL
+            rad = nc.abs() @ (trm + SUM_REL * tcm.abs()).T + nr @ (tcm.abs() + trm).T
+            hr += rad * (1.0 + SUM_REL) + TINY
         uc, ur = mul_cr(*act.range(1, *ball), uc, ur)
         vc, vr = mul_cr(*act.range(1, *point), vc, vr)
     hess = None
@@ -482,7 +508,29 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
         hess = (hc, hr + SUM_REL * hc.abs() * len(acts) + TINY)
     return Enclosure(tuple(t.reshape(-1) for t in to_lohi(uc, ur)),  # type: ignore[arg-type]
                      tuple(t.reshape(-1) for t in to_lohi(vc, vr)),  # type: ignore[arg-type]
-                     hess, mvt_ok)
+                     hess, mvt_ok, du.reshape(-1) if track else None,
+                     du0.reshape(-1) if track else None)
+
+
+def _value_gap(act: Activation, hi: Tensor) -> Tensor | float:
+    """``|sigma(z) - sigma_s(z)|`` where the interval reaches above the threshold, else 0."""
+    if act.threshold is None:
+        return 0.0
+    return (hi > act.threshold).to(hi.dtype) * act.gap
+
+
+def _slope_gap(act: Activation, hi: Tensor) -> Tensor | float:
+    """``|sigma'(z) - sigma_s'(z)|`` where the interval reaches above the threshold, else 0."""
+    if act.threshold is None:
+        return 0.0
+    return (hi > act.threshold).to(hi.dtype) * act.jump
+
+
+def smooth_chain(layers: list[Layer]) -> list[Layer]:
+    """The chain with every thresholded Softplus replaced by its smooth twin."""
+    return [Layer(affine=la.affine) if la.affine is not None else
+            Layer(act=la.act.smooth_twin or la.act) for la in layers  # type: ignore[union-attr]
+            ]
 
 
 # --- from enclosures to bounds ------------------------------------------------------------
@@ -491,7 +539,26 @@ def _smax(m: np.ndarray) -> float:
     """``sigma_max(m)`` from LAPACK, widened by ``1e-10 ||m||_F`` (its backward error)."""
     if m.size == 0:
         return 0.0
-    return float(np.linalg.norm(m, 2)) + 1e-10 * float(np.linalg.norm(m)) + TINY
+    top = float(np.linalg.svd(m, compute_uv=False)[0])
+    return top + 1e-10 * float(np.linalg.norm(m)) + TINY
+
+
+def _smax_nonneg(r: np.ndarray, iterations: int = 60) -> float:
+    """``sigma_max(r)`` for an entrywise nonnegative ``r``, by the Collatz-Wielandt bound:
+    ``sigma_max(r)^2 = rho(r^T r) <= max_i (r^T r v)_i / v_i`` for every positive ``v``; ``v``
+    from power iteration (so the bound is tight), the products rounded up."""
+    if r.size == 0:
+        return 0.0
+    v = np.ones(r.shape[1])
+    for _ in range(iterations):
+        w = r.T @ (r @ v)
+        top = float(w.max())
+        if top <= 0.0:
+            return TINY
+        v = w / top + 1e-12  # stays positive
+    w = r.T @ (r @ v)
+    ratio = float(np.max(w / v)) * (1.0 + 1e-10) + TINY
+    return math.sqrt(ratio) * (1.0 + 1e-12)
 
 
 def interval_bound(g: tuple[Tensor, Tensor], g0: tuple[Tensor, Tensor]) -> float:
@@ -511,7 +578,7 @@ def mean_value_bound(jac: tuple[Tensor, Tensor], center: Tensor, eps: float,
     rp = (rp * (1.0 + 1e-12) + TINY).cpu().numpy()
     c = center.cpu().numpy()
     if not linf:
-        value = _smax(c) + _smax(rp)
+        value = _smax(c) + _smax_nonneg(rp)
     else:
         absc = np.abs(c)
         gram = float(np.abs(c.T @ c).sum() + 1e-10 * np.sum(absc.T @ absc))
@@ -564,6 +631,9 @@ class SoundBounder:
         if not isinstance(model, torch.nn.Module):
             raise InputError("--sound needs a torch.nn.Module")
         self.layers = extract_chain(model, example[:1])
+        self.smooth = smooth_chain(self.layers)
+        self.has_threshold = any(la.act is not None and la.act.threshold is not None
+                                 for la in self.layers)
         self.attribution = attribution
         self.eps = perturbation.eps
         self.linf = perturbation.norm > 2.0
@@ -583,61 +653,84 @@ class SoundBounder:
     def norm_used(self) -> str:
         return "inf" if self.linf else "2"
 
+    def _gather(self, layers: list[Layer], x: Tensor, target: int,
+                hessian: bool) -> tuple[Enclosure, Tensor | None]:
+        """Enclosures of the gradient factor ``G`` of the attribution (IG: ``mean_a G(z_a)``,
+        ``H``: ``sum_a (a/m^2) Hess f_y(z_a)``), and ``u0`` (``x``, ``x - b``, or None)."""
+        eps, att = self.eps, self.attribution
+        if not isinstance(att, IntegratedGradients):
+            enc = enclose(layers, x, eps, self.q, target, hessian=hessian)
+            return enc, (x.reshape(-1) if isinstance(att, InputXGradient) else None)
+        base = att.baseline_for(x).to(torch.float64)
+        m = att.steps
+        sums: dict[str, list[Tensor]] = {}
+        ok = True
+        for a in range(1, m + 1):
+            alpha = a / m
+            enc = enclose(layers, base + alpha * (x - base), alpha * eps, self.q, target,
+                          hessian=hessian)
+            ok = ok and enc.mvt_ok
+            parts = {"g": to_cr(*enc.grad), "g0": to_cr(*enc.grad0)}
+            if enc.hess is not None:
+                parts["h"] = (enc.hess[0] * (alpha / m), enc.hess[1] * (alpha / m))
+            if enc.gap is not None and enc.gap0 is not None:
+                parts["gap"] = (torch.zeros_like(enc.gap), enc.gap)
+                parts["gap0"] = (torch.zeros_like(enc.gap0), enc.gap0)
+            for key, (c, r) in parts.items():
+                acc = sums.setdefault(key, [torch.zeros_like(c)] * 3)
+                sums[key] = [acc[0] + c, acc[1] + r, acc[2] + c.abs() + r]
+
+        def total(key: str, scale: float) -> tuple[Tensor, Tensor]:
+            c, r, mag = sums[key]  # a sum of m terms: rounding <= m u sum |terms|
+            return c * scale, (r + SUM_REL * mag) * scale * (1.0 + 1e-12) + TINY
+
+        enc = Enclosure(to_lohi(*total("g", 1.0 / m)), to_lohi(*total("g0", 1.0 / m)),
+                        total("h", 1.0) if "h" in sums else None, ok,
+                        total("gap", 1.0 / m)[1] if "gap" in sums else None,
+                        total("gap0", 1.0 / m)[1] if "gap0" in sums else None)
+        return enc, (x - base).reshape(-1)
+
     def bound(self, x: Tensor, target: int, jac_center: Tensor | None = None) -> SoundResult:
         """Bounds on ``sup ||g(x + delta) - g(x)||_2`` for one sample ``x`` ``(1, C, H, W)``.
 
-        ``jac_center``: ``J_g(x)`` ``(d, d)`` if known (any matrix is valid as the centre
-        ``C`` of the mean-value bound; ``J_g(x)`` makes it tend to ``T_e``).
+        ``interval`` encloses torch's own function (Softplus thresholds included). The
+        mean-value bound is applied to the smooth twin ``g_s`` (:func:`smooth_chain`) when the
+        chain has a Softplus threshold inside the ball, plus ``sup ||g - g_s||`` over the ball
+        and at ``x`` (``Enclosure.gap``), which is ``O(exp(-threshold))``.
+        ``jac_center``: another centre ``C`` to try, e.g. ``J_g(x)`` (any matrix is valid);
+        the enclosure's own centre ``Mc`` is always tried, and since ``J_g(x)`` lies in
+        ``[Mc - R, Mc + R]`` with ``R = O(eps)`` that bound already tends to ``T_e``.
         """
         x = x.detach().to(torch.float64)
-        d = x[0].numel()
-        hessian = d <= MAX_D
-        eps, att = self.eps, self.attribution
-        if isinstance(att, IntegratedGradients):
-            base = att.baseline_for(x).to(torch.float64)
-            m = att.steps
-            sums: dict[str, list[Tensor]] = {}
-            ok = True
-            for a in range(1, m + 1):
-                alpha = a / m
-                enc = enclose(self.layers, base + alpha * (x - base), alpha * eps, self.q,
-                              target, hessian=hessian)
-                ok = ok and enc.mvt_ok
-                parts = {"g": to_cr(*enc.grad), "g0": to_cr(*enc.grad0)}
-                if enc.hess is not None:
-                    parts["h"] = (enc.hess[0] * (alpha / m), enc.hess[1] * (alpha / m))
-                for key, (c, r) in parts.items():
-                    acc = sums.setdefault(key, [torch.zeros_like(c)] * 3)
-                    sums[key] = [acc[0] + c, acc[1] + r, acc[2] + c.abs() + r]
-
-            def total(key: str, scale: float) -> tuple[Tensor, Tensor]:
-                c, r, mag = sums[key]  # sum of m terms: rounding <= m u sum |terms|
-                return c * scale, (r + SUM_REL * mag) * scale * (1.0 + 1e-12) + TINY
-
-            grad, grad0 = to_lohi(*total("g", 1.0 / m)), to_lohi(*total("g0", 1.0 / m))
-            hsum = total("h", 1.0) if "h" in sums else None
-            u0 = (x - base).reshape(-1)
-            enc = Enclosure(grad, grad0, hsum, ok)
-        else:
-            enc = enclose(self.layers, x, eps, self.q, target, hessian=hessian)
-            u0 = x.reshape(-1) if isinstance(att, InputXGradient) else None
+        eps = self.eps
+        hessian = x[0].numel() <= MAX_D
+        enc, u0 = self._gather(self.layers, x, target, hessian and not self.has_threshold)
+        smooth = enc
+        if hessian and self.has_threshold:
+            smooth, _ = self._gather(self.smooth, x, target, True)
         if u0 is None:  # saliency: g = G, J_g = H
-            g, g0, jac = enc.grad, enc.grad0, enc.hess
-        else:  # g = u * G with u = x - b (IG) or x, du/dx = I
+            g, g0 = enc.grad, enc.grad0
+            jac = smooth.hess
+            scale, scale0 = 1.0, 1.0
+        else:  # g = u * G with u = x - b (IG) or x, du/dx = I: J_g = diag(G) + diag(u) H
             ub = (u0 - eps, u0 + eps)
             g = mul(*ub, *enc.grad)
             g0 = mul(u0, u0, *enc.grad0)
             jac = None
-            if enc.hess is not None:
-                jac = _diag_plus(mul_cr(ub[0].view(-1, 1), ub[1].view(-1, 1), *enc.hess),
-                                 enc.grad)
+            if smooth.hess is not None:
+                jac = _diag_plus(mul_cr(ub[0].view(-1, 1), ub[1].view(-1, 1), *smooth.hess),
+                                 smooth.grad)
+            scale, scale0 = u0.abs() + eps, u0.abs()
         interval = interval_bound(g, g0)
         mean_value = None
-        if jac is not None and enc.mvt_ok:
-            if jac_center is None:
-                jac_center = self.jacobian(x, target)
-            centers = [jac[0], jac_center.to(torch.float64).cpu()]
+        if jac is not None and smooth.mvt_ok:
+            centers = [jac[0]] + ([] if jac_center is None
+                                  else [jac_center.to(torch.float64).cpu()])
             mean_value = min(mean_value_bound(jac, c, eps, self.linf) for c in centers)
+            if smooth is not enc and enc.gap is not None and enc.gap0 is not None:
+                mean_value += float(torch.linalg.vector_norm(scale * enc.gap)
+                                    + torch.linalg.vector_norm(scale0 * enc.gap0)) \
+                    * (1.0 + 1e-10)
         return SoundResult(interval, mean_value)
 
     def jacobian(self, x: Tensor, target: int) -> Tensor:
@@ -666,3 +759,15 @@ class SoundBounder:
                 "T_c_sound": finite_or_none(cos.distance),
                 "T_c_sound_deg": finite_or_none(cos.degrees),
             })
+
+    @staticmethod
+    def check_attack(records: list[Record]) -> None:
+        """After an attack (``verify``): ``violation_sound`` is whether it beat ``T_e_sound``,
+        which a proved bound must never allow (it would be a bug: a warning says so)."""
+        for rec in records:
+            hat, proved = rec.get("T_e_hat"), rec.get("T_e_sound")
+            beaten = hat is not None and proved is not None and hat > proved
+            rec["violation_sound"] = beaten
+            if beaten:
+                rec["warnings"].append("an attack exceeded the proved bound T_e_sound: this "
+                                       "is a bug in attrcert, please report it")
