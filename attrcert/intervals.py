@@ -128,7 +128,8 @@ class Activation:
         """``sigma^(k)(z)`` as torch computes the activation (identity above ``threshold``)."""
         v = self.d[k](z)
         if self.threshold is not None:
-            above = z > self.threshold
+            # torch's double backward already switches at equality
+            above = z >= self.threshold if k == 2 else z > self.threshold
             linear = z if k == 0 else torch.full_like(z, 1.0 if k == 1 else 0.0)
             v = torch.where(above, linear, v)
         return v
@@ -150,7 +151,7 @@ class Activation:
                 vmin = torch.where(inside, torch.minimum(vmin, vc), vmin)
                 vmax = torch.where(inside, torch.maximum(vmax, vc), vmax)
         if self.threshold is not None:
-            above = hi > self.threshold
+            above = hi >= self.threshold  # torch switches at (or, for sigma'', at) it
             if above.any():
                 lin_lo = torch.clamp(lo, min=self.threshold)
                 branch = ((lin_lo, hi) if k == 0 else
@@ -166,7 +167,7 @@ class Activation:
         """Whether some ``[lo, hi]`` straddles the Softplus threshold (``sigma'`` jumps)."""
         if self.threshold is None:
             return False
-        return bool(((lo <= self.threshold) & (hi > self.threshold)).any())
+        return bool(((lo <= self.threshold) & (hi >= self.threshold)).any())
 
 
 def _sig(z: Tensor) -> Tensor:

@@ -409,6 +409,27 @@ class Enclosure:
     mvt_ok: bool
     gap: Tensor | None = None
     gap0: Tensor | None = None
+    struct: Structured | None = None
+
+
+@dataclass
+class Structured:
+    """``Hess f_y(z) = C + sum_k J_k^T diag(e_k) J_k + E`` over the ball, with
+    ``|e_k| <= w_k`` (the radius of ``[u_k * sigma_k'']``), ``|E| <= R`` entrywise and
+    ``P = sum_k J_k^T diag(w_k) J_k`` (``J_k`` the centre of ``[J_k]``; ``E`` also holds the
+    cross terms with its radius). Writing ``F`` for the stacked ``diag(sqrt(w_k)) J_k``,
+    ``P = F^T F`` and ``sum_k J_k^T diag(e_k) J_k = F^T E' F`` with ``|E'| <= 1`` diagonal, so
+    its spectral norm is at most ``lambda_max(P)`` (far below that of the entrywise
+    ``|J|^T diag(w) |J|``). ``p_err``/``p_err_sum`` bound the rounding of ``P`` in Frobenius
+    norm and in ``sum |P_ij|``. ``q = sum_k |J_k|^T diag(w_k) |J_k|`` is the entrywise radius
+    of that part (``[C - R - q, C + R + q]`` is the plain interval enclosure)."""
+
+    c: Tensor
+    r: Tensor
+    p: Tensor
+    q: Tensor
+    p_err: float
+    p_err_sum: float
 
 
 def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: int,
@@ -466,10 +487,10 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
     e[0, target] = 1.0
     uc, ur = e, torch.zeros_like(e)
     vc, vr = e, torch.zeros_like(e)  # the point version
-    hc = hr = None
+    st = None
     if hessian:
-        hc = torch.zeros((d, d), dtype=dt, device=x0.device)
-        hr = torch.zeros_like(hc)
+        zero = torch.zeros((d, d), dtype=dt, device=x0.device)
+        st = Structured(zero, zero.clone(), zero.clone(), zero.clone(), 0.0, 0.0)
     index = len(acts)
     mvt_ok = True
     du, du0 = torch.zeros_like(e), torch.zeros_like(e)
@@ -491,39 +512,42 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
                        for iv, dz, dd, u_c, u_r in ((ball, dzs[index][0], du, uc, ur),
                                                     (point, dzs[index][1], du0, vc, vr)))
         if jac is not None:
-            assert hc is not None and hr is not None
-            s2 = act.range(2, *ball)
-            wlo, whi = mul(*to_lohi(uc, ur), *s2)
+            assert st is not None
+            wc, wr = to_cr(*mul(*to_lohi(uc, ur), *act.range(2, *ball)))
+            wc, wr = wc.reshape(1, -1), wr.reshape(1, -1)
+            wabs = wc.abs() + wr
             tcm, trm = jac[0].reshape(d, -1), jac[1].reshape(d, -1)
-            nc, nr = mul_cr(wlo.reshape(1, -1), whi.reshape(1, -1), tcm, trm)
-            hc += nc @ tcm.T
-            # radius |Nc| Tr^T + Nr (|Tc| + Tr)^T, plus SUM_REL |Nc| |Tc|^T for the rounding of
-            # the centre's sums; the nonnegative products themselves rounded up by SUM_REL
-            rad = nc.abs() @ (trm + SUM_REL * tcm.abs()).T + nr @ (tcm.abs() + trm).T
-            hr += rad * (1.0 + SUM_REL) + TINY
+            tabs = tcm.abs()
+            st.c += (tcm * wc) @ tcm.T
+            st.p += (tcm * wr) @ tcm.T
+            # cross terms with [J]'s radius, and SUM_REL |J| |w| |J|^T for the rounding of the
+            # centre's sums; nonnegative products rounded up by SUM_REL
+            st.r += ((trm * wabs) @ (tabs + trm).T + (tabs * wabs) @ (trm + SUM_REL * tabs).T
+                     ) * (1.0 + SUM_REL) + TINY
+            st.q += ((tabs * wr) @ tabs.T) * (1.0 + SUM_REL)
+            st.p_err += SUM_REL * float((wr * (tcm * tcm).sum(0)).sum()) * (1.0 + SUM_REL)
+            st.p_err_sum += SUM_REL * float((wr * tabs.sum(0) ** 2).sum()) * (1.0 + SUM_REL)
         uc, ur = mul_cr(*act.range(1, *ball), uc, ur)
         vc, vr = mul_cr(*act.range(1, *point), vc, vr)
-    hess = None
-    if hc is not None and hr is not None:
-        hess = (hc, hr + SUM_REL * hc.abs() * len(acts) + TINY)
+    hess = None if st is None else (st.c, st.r + st.q)
     return Enclosure(tuple(t.reshape(-1) for t in to_lohi(uc, ur)),  # type: ignore[arg-type]
                      tuple(t.reshape(-1) for t in to_lohi(vc, vr)),  # type: ignore[arg-type]
                      hess, mvt_ok, du.reshape(-1) if track else None,
-                     du0.reshape(-1) if track else None)
+                     du0.reshape(-1) if track else None, st)
 
 
 def _value_gap(act: Activation, hi: Tensor) -> Tensor | float:
     """``|sigma(z) - sigma_s(z)|`` where the interval reaches above the threshold, else 0."""
     if act.threshold is None:
         return 0.0
-    return (hi > act.threshold).to(hi.dtype) * act.gap
+    return (hi >= act.threshold).to(hi.dtype) * act.gap
 
 
 def _slope_gap(act: Activation, hi: Tensor) -> Tensor | float:
     """``|sigma'(z) - sigma_s'(z)|`` where the interval reaches above the threshold, else 0."""
     if act.threshold is None:
         return 0.0
-    return (hi > act.threshold).to(hi.dtype) * act.jump
+    return (hi >= act.threshold).to(hi.dtype) * act.jump
 
 
 def smooth_chain(layers: list[Layer]) -> list[Layer]:
@@ -585,6 +609,70 @@ def mean_value_bound(jac: tuple[Tensor, Tensor], center: Tensor, eps: float,
         d = c.shape[1]
         value = min(math.sqrt(gram), math.sqrt(d) * _smax(c)) * (1.0 + 1e-12) \
             + float(np.linalg.norm(rp.sum(1))) * (1.0 + 1e-10)
+    return eps * value * (1.0 + 1e-12)
+
+
+def _lmax_psd(p: np.ndarray, err: float) -> float:
+    """``lambda_max`` of the symmetric PSD matrix whose computed value is ``p``, with
+    ``||p - P||_F <= err``: LAPACK's, widened by its backward error and by ``err``."""
+    if p.size == 0:
+        return 0.0
+    top = float(scipy_eigvalsh(p)[-1])
+    return max(top, 0.0) + 1e-10 * float(np.linalg.norm(p)) + err + TINY
+
+
+def scipy_eigvalsh(p: np.ndarray) -> np.ndarray:
+    """Eigenvalues of the symmetrised ``p`` (ascending)."""
+    return np.linalg.eigvalsh(0.5 * (p + p.T))
+
+
+def _theorem2(c: np.ndarray, d: int) -> float:
+    """``max_{||delta||_inf <= 1} ||C delta||_2 <= min(sqrt(sum |C^T C|), sqrt(d) sigma_max(C))``
+    (Theorem 2 and Corollary 1), with the rounding of ``C^T C`` covered."""
+    absc = np.abs(c)
+    gram = float(np.abs(c.T @ c).sum() + 1e-10 * np.sum(absc.T @ absc))
+    return min(math.sqrt(gram), math.sqrt(d) * _smax(c)) * (1.0 + 1e-12)
+
+
+def structured_bound(st: Structured, grad: tuple[Tensor, Tensor], u0: Tensor | None,
+                     eps: float, linf: bool) -> float:
+    """The mean-value bound with the structured enclosure of ``H`` (:class:`Structured`).
+
+    Saliency (``u0`` None): ``J_g = H = C + F^T E' F + E``, so
+    ``||J_g delta|| <= ||C delta|| + ||F||_2 ||F delta|| + ||R |delta| ||``: for l2
+    ``eps (sigma_max(C) + lambda_max(P) + sigma_max(R))``, for l-inf
+    ``eps (Thm2(C) + sqrt(lambda_max(P) sum |P|) + ||R 1||_2)``.
+    Input x gradient / IG (``u = u0 + delta'``, ``|delta'_i| <= eps``): ``J_g = diag(G) +
+    diag(u) H = C' + diag(u0) F^T E' F + E''`` with ``C' = diag(G_c) + diag(u0) C`` and
+    ``|E''| <= diag(G_r) + |u0| R + eps (|C| + R + q)`` entrywise; the middle term has
+    norm at most ``sqrt(lambda_max(U P U)) ||F delta||``, ``U = diag(u0)``.
+    """
+    d = st.c.shape[0]
+    p = st.p.cpu().numpy()
+    lam = _lmax_psd(p, st.p_err)
+    f_delta = math.sqrt(lam) if not linf else math.sqrt(
+        float(np.abs(p).sum()) * (1.0 + 1e-10) + st.p_err_sum)
+    if u0 is None:
+        c, r, left = st.c, st.r, math.sqrt(lam)
+    else:
+        gc, gr = to_cr(*grad)
+        u = u0.reshape(-1, 1)
+        c = u * st.c
+        idx = torch.arange(d)
+        c[idx, idx] += gc
+        r = (u.abs() * st.r + eps * (st.c.abs() + st.r + st.q)) * (1.0 + 1e-12) \
+            + 1e-12 * (u.abs() * st.c.abs())
+        r[idx, idx] += gr + 1e-12 * (c[idx, idx].abs() + gc.abs())
+        un = u.cpu().numpy()
+        upu = un * p * un.T
+        left = math.sqrt(_lmax_psd(upu, float(np.max(un ** 2)) * st.p_err * (1.0 + 1e-10)
+                                   + 1e-12 * float(np.linalg.norm(upu))))
+    cn, rn = c.cpu().numpy(), (r * (1.0 + 1e-12) + TINY).cpu().numpy()
+    if linf:
+        value = _theorem2(cn, d) + left * f_delta + float(np.linalg.norm(rn.sum(1))) \
+            * (1.0 + 1e-10)
+    else:
+        value = _smax(cn) + left * f_delta + _smax_nonneg(rn)
     return eps * value * (1.0 + 1e-12)
 
 
@@ -665,14 +753,25 @@ class SoundBounder:
         m = att.steps
         sums: dict[str, list[Tensor]] = {}
         ok = True
+        st_sum: Structured | None = None
         for a in range(1, m + 1):
             alpha = a / m
             enc = enclose(layers, base + alpha * (x - base), alpha * eps, self.q, target,
                           hessian=hessian)
             ok = ok and enc.mvt_ok
             parts = {"g": to_cr(*enc.grad), "g0": to_cr(*enc.grad0)}
-            if enc.hess is not None:
-                parts["h"] = (enc.hess[0] * (alpha / m), enc.hess[1] * (alpha / m))
+            if enc.struct is not None:  # weight a/m^2; sums of m terms: rounding SUM_REL
+                w, st = alpha / m, enc.struct
+                if st_sum is None:
+                    st_sum = Structured(st.c * w, st.r * w, st.p * w, st.q * w,
+                                        st.p_err * w, st.p_err_sum * w)
+                else:
+                    st_sum.c += st.c * w
+                    st_sum.r += st.r * w
+                    st_sum.p += st.p * w
+                    st_sum.q += st.q * w
+                    st_sum.p_err += st.p_err * w
+                    st_sum.p_err_sum += st.p_err_sum * w
             if enc.gap is not None and enc.gap0 is not None:
                 parts["gap"] = (torch.zeros_like(enc.gap), enc.gap)
                 parts["gap0"] = (torch.zeros_like(enc.gap0), enc.gap0)
@@ -684,10 +783,17 @@ class SoundBounder:
             c, r, mag = sums[key]  # a sum of m terms: rounding <= m u sum |terms|
             return c * scale, (r + SUM_REL * mag) * scale * (1.0 + 1e-12) + TINY
 
+        hess = None
+        if st_sum is not None:  # the accumulated sums' rounding: <= SUM_REL of the magnitude
+            st_sum.r += SUM_REL * (st_sum.c.abs() + st_sum.r + st_sum.q)
+            st_sum.q *= 1.0 + SUM_REL
+            st_sum.p_err += SUM_REL * float(torch.linalg.matrix_norm(st_sum.p) + st_sum.p_err)
+            st_sum.p_err_sum += SUM_REL * float(st_sum.p.abs().sum() + st_sum.p_err_sum)
+            hess = (st_sum.c, st_sum.r + st_sum.q)
         enc = Enclosure(to_lohi(*total("g", 1.0 / m)), to_lohi(*total("g0", 1.0 / m)),
-                        total("h", 1.0) if "h" in sums else None, ok,
+                        hess, ok,
                         total("gap", 1.0 / m)[1] if "gap" in sums else None,
-                        total("gap0", 1.0 / m)[1] if "gap0" in sums else None)
+                        total("gap0", 1.0 / m)[1] if "gap0" in sums else None, st_sum)
         return enc, (x - base).reshape(-1)
 
     def bound(self, x: Tensor, target: int, jac_center: Tensor | None = None) -> SoundResult:
@@ -727,6 +833,9 @@ class SoundBounder:
             centers = [jac[0]] + ([] if jac_center is None
                                   else [jac_center.to(torch.float64).cpu()])
             mean_value = min(mean_value_bound(jac, c, eps, self.linf) for c in centers)
+            if smooth.struct is not None:
+                mean_value = min(mean_value, structured_bound(
+                    smooth.struct, smooth.grad, u0, eps, self.linf))
             if smooth is not enc and enc.gap is not None and enc.gap0 is not None:
                 mean_value += float(torch.linalg.vector_norm(scale * enc.gap)
                                     + torch.linalg.vector_norm(scale0 * enc.gap0)) \
