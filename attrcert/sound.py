@@ -42,7 +42,8 @@ Attributions (SPEC §1): saliency ``g = G``; input x gradient ``g = x * G``,
 the ball of radius ``(a/m) eps``, ``J_g = diag(mean_a G(z_a)) + diag(x - b) sum_a (a/m^2) H(z_a)``.
 
 Norms: l2 and l-inf; for ``1 <= p < 2`` the l2 ball of the same radius contains the lp ball,
-for ``p > 2`` the l-inf ball does, and their bounds are used. The label constraint of Eq. 1
+for ``2 < p < inf`` the l2 ball of radius ``d^(1/2 - 1/p) eps`` does (Lemma 1), and their
+bounds are used. The label constraint of Eq. 1
 is ignored (the sup over the whole ball bounds the constrained one).
 """
 
@@ -73,7 +74,7 @@ from .intervals import (
     to_cr,
     to_lohi,
 )
-from .perturbation import Perturbation
+from .perturbation import Perturbation, l2_radius_factor
 from .results import Record, finite_or_none
 
 MAX_D = 4096  # the mean-value bound forms d x d matrices; above this only ``interval`` runs
@@ -138,10 +139,69 @@ def _refuse(op: str) -> InputError:
                       f"supported are {', '.join(SUPPORTED)} in a chain")
 
 
+class _AtenCall(torch.nn.Module):
+    """One ATen call ``op(x, *args)`` read from a TorchScript graph (tensors as buffers)."""
+
+    def __init__(self, op: str, args: list[object]) -> None:
+        super().__init__()
+        self.op = op
+        self.kinds: list[object] = []
+        for i, a in enumerate(args):
+            if isinstance(a, Tensor):
+                self.register_buffer(f"t{i}", a.detach().clone())
+                self.kinds.append(f"t{i}")
+            else:
+                self.kinds.append(("const", a))
+
+    def forward(self, x: Tensor) -> Tensor:
+        args = [getattr(self, k) if isinstance(k, str) else k[1] for k in self.kinds]
+        return getattr(torch.ops.aten, self.op)(x, *args)
+
+
+def _from_torchscript(model: torch.jit.ScriptModule) -> torch.nn.Module:
+    """A TorchScript model that is a chain of ATen calls, rebuilt as an ``nn.Sequential``
+    of :class:`_AtenCall` (so that torch.export can read it). Weights are read through the
+    graph's ``prim::GetAttr``; constants through ``prim::Constant`` / ``ListConstruct``."""
+    graph = model.inlined_graph
+    values: dict[str, object] = {}
+    inputs = list(graph.inputs())
+    values[inputs[0].debugName()] = model
+    chain = inputs[1].debugName() if len(inputs) > 1 else None
+    calls: list[torch.nn.Module] = []
+    for node in graph.nodes():
+        kind = node.kind()
+        outs = [o.debugName() for o in node.outputs()]
+        ins = [i.debugName() for i in node.inputs()]
+        if kind == "prim::GetAttr":
+            values[outs[0]] = getattr(values[ins[0]], node.s("name"))
+        elif kind == "prim::Constant":
+            values[outs[0]] = node.output().toIValue()
+        elif kind == "prim::ListConstruct":
+            if chain in ins:
+                raise InputError("--sound cannot read this TorchScript model's graph: use "
+                                 "the torch.export (.pt2) archive or the weights with --arch")
+            values[outs[0]] = [values[i] for i in ins]
+        elif kind.startswith("aten::"):
+            op = kind.split("::")[1]
+            if not ins or ins[0] != chain or chain in ins[1:]:
+                raise _refuse(op) if op in NOT_SMOOTH else InputError(
+                    f"--sound cannot read this TorchScript model's graph at aten.{op}: use "
+                    "the torch.export (.pt2) archive or the weights with --arch")
+            if op in NOT_SMOOTH:
+                raise _refuse(op)
+            calls.append(_AtenCall(op, [values[i] for i in ins[1:]]))
+            chain = outs[0]
+        elif kind == "prim::TupleConstruct" or kind == "prim::Return":
+            continue
+        else:
+            raise InputError(f"--sound cannot read the TorchScript operation {kind}: use "
+                             "the torch.export (.pt2) archive or the weights with --arch")
+    return torch.nn.Sequential(*calls).eval()
+
+
 def _graph_module(model: torch.nn.Module, example: Tensor) -> torch.fx.GraphModule:
     if isinstance(model, torch.jit.ScriptModule):
-        raise InputError("--sound cannot analyse a TorchScript model: use the torch.export "
-                         "(.pt2) archive or the weights with --arch")
+        model = _from_torchscript(model)
     if isinstance(model, torch.fx.GraphModule) and any(
             n.op == "call_function" for n in model.graph.nodes):
         return model
@@ -243,12 +303,12 @@ def _affine(op: str, node: torch.fx.Node, args: tuple, kwargs: dict,
             uses_chain: Callable[[object], bool]) -> Affine:
     """The affine map of one graph node whose first tensor argument is the chain."""
     name = f"aten.{op}"
-    if op in ("conv2d", "convolution"):
+    if op in ("conv2d", "convolution", "_convolution"):
         if not uses_chain(args[0]) or any(uses_chain(a) for a in args[1:]):
             raise _refuse(op)
         w = f64(val(args[1]))
         b = f64(val(args[2])) if len(args) > 2 else None
-        if op == "convolution":
+        if op in ("convolution", "_convolution"):
             stride, padding, dilation, transposed, _, groups = (val(a) for a in args[3:9])
             if transposed:
                 raise _refuse("conv_transpose")
@@ -723,9 +783,13 @@ class SoundBounder:
         self.has_threshold = any(la.act is not None and la.act.threshold is not None
                                  for la in self.layers)
         self.attribution = attribution
-        self.eps = perturbation.eps
-        self.linf = perturbation.norm > 2.0
+        # the ball used: l-inf for p = inf; for 2 < p < inf the l2 ball of radius
+        # d^(1/2 - 1/p) eps (Lemma 1, as Corollary 1), for 1 <= p <= 2 that of radius eps
+        self.linf = math.isinf(perturbation.norm)
         self.q = 1.0 if self.linf else 2.0
+        d = example[0].numel()
+        self.eps = perturbation.eps * (1.0 if self.linf
+                                       else l2_radius_factor(d, perturbation.norm))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ours = forward(self.layers, example[:1].detach().to(torch.float64))
