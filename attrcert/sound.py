@@ -470,6 +470,7 @@ class Enclosure:
     gap: Tensor | None = None
     gap0: Tensor | None = None
     struct: Structured | None = None
+    first: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -493,10 +494,14 @@ class Structured:
 
 
 def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: int,
-            *, hessian: bool) -> Enclosure:
+            *, hessian: bool, defer_first: bool = False) -> Enclosure:
     """Enclose ``grad f_y`` (and ``Hess f_y`` when ``hessian``) over the ball of ``radius``
     around ``x0`` ``(1, *in_shape)``, float64. ``q`` is the dual norm of the ball (2 for l2,
-    1 for l-inf); ``|delta_i| <= radius`` for both. See the module docstring for the math."""
+    1 for l-inf); ``|delta_i| <= radius`` for both. See the module docstring for the math.
+
+    ``defer_first``: leave the first activation's Hessian term out of ``struct`` and return
+    its parts in ``first`` (its ``[J_1] = A_0`` does not depend on ``x0``, so integrated
+    gradients sums the weights over its ``m`` points and forms the ``d x d`` term once)."""
     dt = torch.float64
     x0 = x0.to(dt)
     d = x0[0].numel()
@@ -553,6 +558,7 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
         st = Structured(zero, zero.clone(), zero.clone(), zero.clone(), 0.0, 0.0)
     index = len(acts)
     mvt_ok = True
+    first = None
     du, du0 = torch.zeros_like(e), torch.zeros_like(e)
     for layer in reversed(layers):
         if layer.affine is not None:
@@ -575,25 +581,34 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
             assert st is not None
             wc, wr = to_cr(*mul(*to_lohi(uc, ur), *act.range(2, *ball)))
             wc, wr = wc.reshape(1, -1), wr.reshape(1, -1)
-            wabs = wc.abs() + wr
             tcm, trm = jac[0].reshape(d, -1), jac[1].reshape(d, -1)
-            tabs = tcm.abs()
-            st.c += (tcm * wc) @ tcm.T
-            st.p += (tcm * wr) @ tcm.T
-            # cross terms with [J]'s radius, and SUM_REL |J| |w| |J|^T for the rounding of the
-            # centre's sums; nonnegative products rounded up by SUM_REL
-            st.r += ((trm * wabs) @ (tabs + trm).T + (tabs * wabs) @ (trm + SUM_REL * tabs).T
-                     ) * (1.0 + SUM_REL) + TINY
-            st.q += ((tabs * wr) @ tabs.T) * (1.0 + SUM_REL)
-            st.p_err += SUM_REL * float((wr * (tcm * tcm).sum(0)).sum()) * (1.0 + SUM_REL)
-            st.p_err_sum += SUM_REL * float((wr * tabs.sum(0) ** 2).sum()) * (1.0 + SUM_REL)
+            if index == 0 and defer_first:
+                first = (tcm, trm, wc, wr)
+            else:
+                add_term(st, tcm, trm, wc, wr)
         uc, ur = mul_cr(*act.range(1, *ball), uc, ur)
         vc, vr = mul_cr(*act.range(1, *point), vc, vr)
     hess = None if st is None else (st.c, st.r + st.q)
     return Enclosure(tuple(t.reshape(-1) for t in to_lohi(uc, ur)),  # type: ignore[arg-type]
                      tuple(t.reshape(-1) for t in to_lohi(vc, vr)),  # type: ignore[arg-type]
                      hess, mvt_ok, du.reshape(-1) if track else None,
-                     du0.reshape(-1) if track else None, st)
+                     du0.reshape(-1) if track else None, st, first)
+
+
+def add_term(st: Structured, tcm: Tensor, trm: Tensor, wc: Tensor, wr: Tensor) -> None:
+    """Add ``[J]^T diag([w]) [J]`` to ``st`` (``[J] = tcm +- trm`` as ``(d, n)``, ``[w] = wc +- wr``
+    as ``(1, n)``): centre ``J diag(wc) J^T``, ``P += J diag(wr) J^T``, ``q += |J| diag(wr) |J|^T``,
+    and into ``r`` the cross terms with ``trm`` and the rounding of the centre's sums."""
+    wabs = wc.abs() + wr
+    tabs = tcm.abs()
+    st.c += (tcm * wc) @ tcm.T
+    st.p += (tcm * wr) @ tcm.T
+    # nonnegative products rounded up by SUM_REL
+    st.r += ((trm * wabs) @ (tabs + trm).T + (tabs * wabs) @ (trm + SUM_REL * tabs).T
+             ) * (1.0 + SUM_REL) + TINY
+    st.q += ((tabs * wr) @ tabs.T) * (1.0 + SUM_REL)
+    st.p_err += SUM_REL * float((wr * (tcm * tcm).sum(0)).sum()) * (1.0 + SUM_REL)
+    st.p_err_sum += SUM_REL * float((wr * tabs.sum(0) ** 2).sum()) * (1.0 + SUM_REL)
 
 
 def _value_gap(act: Activation, hi: Tensor) -> Tensor | float:
@@ -818,10 +833,18 @@ class SoundBounder:
         sums: dict[str, list[Tensor]] = {}
         ok = True
         st_sum: Structured | None = None
+        wsum: list[Tensor] | None = None
+        first_tangent: tuple[Tensor, Tensor] | None = None
         for a in range(1, m + 1):
             alpha = a / m
             enc = enclose(layers, base + alpha * (x - base), alpha * eps, self.q, target,
-                          hessian=hessian)
+                          hessian=hessian, defer_first=True)
+            if enc.first is not None:  # sum_a (a/m^2) w_a, and sum |terms| for its rounding
+                tcm, trm, wc, wr = enc.first
+                wsum = [wc * (alpha / m), wr * (alpha / m), (wc.abs() + wr) * (alpha / m)] \
+                    if wsum is None else [wsum[0] + wc * (alpha / m), wsum[1] + wr * (alpha / m),
+                                          wsum[2] + (wc.abs() + wr) * (alpha / m)]
+                first_tangent = (tcm, trm)
             ok = ok and enc.mvt_ok
             parts = {"g": to_cr(*enc.grad), "g0": to_cr(*enc.grad0)}
             if enc.struct is not None:  # weight a/m^2; sums of m terms: rounding SUM_REL
@@ -847,6 +870,9 @@ class SoundBounder:
             c, r, mag = sums[key]  # a sum of m terms: rounding <= m u sum |terms|
             return c * scale, (r + SUM_REL * mag) * scale * (1.0 + 1e-12) + TINY
 
+        if st_sum is not None and wsum is not None and first_tangent is not None:
+            add_term(st_sum, *first_tangent, wsum[0],
+                     wsum[1] * (1.0 + SUM_REL) + SUM_REL * wsum[2] + TINY)
         hess = None
         if st_sum is not None:  # the accumulated sums' rounding: <= SUM_REL of the magnitude
             st_sum.r += SUM_REL * (st_sum.c.abs() + st_sum.r + st_sum.q)
