@@ -602,6 +602,8 @@ def _certify_command(opts: Common, command: str, *, eps: float, norm: str,
         summary_keys = [("T_e_hat", "T_e^ (attack)"), *summary_keys[:3],
                         ("T_c_hat_deg", "T_c^ (deg, attack)"), ("eta_vmax", "eta (v_max)"),
                         ("eta_attack", "eta (attack)")]
+    if sound:
+        summary_keys = [*summary_keys[:3], ("T_e_sound", "T_e sound"), *summary_keys[3:]]
     if opts.format is Format.table:
         _attack_fields(records)
     which = "Theorem 1" if parse_norm(norm) == 2 else \
