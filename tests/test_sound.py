@@ -310,3 +310,39 @@ def test_certify_api_adds_sound_fields() -> None:
     assert rec["T_c_sound_deg"] is not None
     plain = certify(net, x, eps=0.1, method="saliency")[0]
     assert "T_e_sound" not in plain
+
+
+def test_main_exits_2_with_one_line_for_relu(capsys: pytest.CaptureFixture[str]) -> None:
+    from attrcert.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bound", "sample_models/digits_relu_maxpool.pt2", "sample_models/digits.pt",
+              "--sound", "--quiet", "--method", "saliency"])
+    assert exc.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    errors = [line for line in out.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "ReLU" in errors[0] and "Traceback" not in out.err
+
+
+def test_integrated_gradients_with_a_baseline_and_a_final_activation() -> None:
+    """A non-zero baseline, and a chain that ends with an activation (Sigmoid outputs)."""
+    torch.manual_seed(9)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.SiLU(), nn.Linear(5, 3),
+                        nn.Sigmoid()).to(DT).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2.0)
+    x = _input(9, False)
+    base = torch.full((1, 2, 3), 0.3, dtype=DT)
+    att = get_method("integrated_gradients", steps=4, baseline=base)
+    y = int(net(x).argmax())
+    for norm, eps in ((2, 0.3), ("inf", 0.1)):
+        pert = Perturbation(norm, eps)
+        res = SoundBounder(net, x, att, pert).bound(x, y)
+        best = 0.0
+        for seed in (0, 1):
+            found = attack(net, x, attribution=att, target=torch.tensor([y]), perturbation=pert,
+                           steps=30, restarts=2, seed=seed, label_constraint=False)
+            best = max(best, float(found.deviation[0]))
+        assert res.interval >= best and res.mean_value is not None and res.mean_value >= best
