@@ -25,16 +25,26 @@ Two bounds, each proved; the record reports the smaller as ``T_e_sound``:
   enclosure at ``eps = 0``,
   ``||g(x') - g(x)||_2 <= || max(g_hi - gx_lo, gx_hi - g_lo) ||_2``.
 - ``mean_value``: ``g(x') - g(x) = M delta`` with ``M = int_0^1 J_g(x + t delta) dt``, which lies
-  in any interval matrix ``[Mc - R, Mc + R]`` enclosing the attribution Jacobian ``J_g`` on the
-  ball (built from the formula for ``H`` with ``[J_k]``, ``[u_k]`` and ``[sigma_k'']``). For any
-  matrix ``C`` (we try ``C = Mc`` and ``C = J_g(x)``) with ``R' = max(|Mc - R - C|, |Mc + R - C|)``,
-  ``||M delta||_2 <= ||C delta||_2 + ||R' |delta| ||_2``, so for the l2 ball
-  ``T <= eps (sigma_max(C) + sigma_max(R'))`` and for the l-inf ball
-  ``T <= eps (min(sqrt(sum_ij |(C^T C)_ij|), sqrt(d) sigma_max(C)) + ||R' 1||_2)`` (Theorem 2 and
-  Corollary 1 applied to ``C``). With ``C = J_g(x)``, ``R' = O(eps)`` and the bound tends to
-  ``T_e`` (Theorem 1 / Theorem 2) as ``eps -> 0``. ``sigma_max`` is LAPACK's, widened by
-  ``1e-10 ||.||_F`` to cover its backward error. Not available when a Softplus
-  pre-activation interval straddles torch's threshold (the derivative jumps there).
+  in any enclosure of the attribution Jacobian ``J_g`` over the ball (built from the formula
+  for ``H`` with ``[J_k]``, ``[u_k]`` and ``[sigma_k'']``). Two enclosures are tried:
+
+  * entrywise, ``[Mc - R, Mc + R]``: for any matrix ``C`` (``Mc``, or a given ``J_g(x)``)
+    with ``R' = max(|Mc - R - C|, |Mc + R - C|)``,
+    ``||M delta||_2 <= ||C delta||_2 + ||R' |delta| ||_2``, so
+    ``T <= eps (sigma_max(C) + sigma_max(R'))`` (l2) and
+    ``T <= eps (min(sqrt(sum_ij |(C^T C)_ij|), sqrt(d) sigma_max(C)) + ||R' 1||_2)`` (l-inf;
+    Theorem 2 and Corollary 1 applied to ``C``);
+  * structured (:class:`Structured`, :func:`structured_bound`): the part of ``H`` due to the
+    interval of ``u_k * sigma_k''`` is ``F^T E' F`` with ``|E'| <= 1`` diagonal, whose spectral
+    norm is at most ``lambda_max(F^T F)``, far below that of its entrywise enclosure.
+
+  ``J_g(x)`` lies in the enclosure and its width is ``O(eps)``, so both tend to ``T_e``
+  (Theorem 1 / Theorem 2) as ``eps -> 0``. ``sigma_max`` and ``lambda_max`` are LAPACK's,
+  widened by ``1e-10 ||.||_F`` to cover their backward error; ``sigma_max`` of a
+  nonnegative matrix is bounded by Collatz-Wielandt. torch's Softplus switches to the
+  identity above its threshold, where its derivative jumps by ``sigmoid(-threshold)``; the
+  mean-value theorem is then applied to the smooth twin (:func:`smooth_chain`) and the
+  proved gap ``sup ||g - g_s||`` over the ball and at ``x`` is added (:class:`Enclosure`).
 
 Attributions (SPEC §1): saliency ``g = G``; input x gradient ``g = x * G``,
 ``J_g = diag(G) + diag(x) H`` with ``x'_i in [x_i - eps, x_i + eps]``; integrated gradients
@@ -43,8 +53,11 @@ the ball of radius ``(a/m) eps``, ``J_g = diag(mean_a G(z_a)) + diag(x - b) sum_
 
 Norms: l2 and l-inf; for ``1 <= p < 2`` the l2 ball of the same radius contains the lp ball,
 for ``2 < p < inf`` the l2 ball of radius ``d^(1/2 - 1/p) eps`` does (Lemma 1), and their
-bounds are used. The label constraint of Eq. 1
-is ignored (the sup over the whole ball bounds the constrained one).
+bounds are used. The label constraint of Eq. 1 is ignored (the sup over the whole ball
+bounds the constrained one). The model is read from its torch.export graph
+(:func:`extract_chain`; TorchScript chains are rebuilt from their inlined graph first) and
+checked against its own output; the mean-value bound forms ``d x d`` matrices, so it runs
+for ``d <= MAX_D`` only.
 """
 
 from __future__ import annotations
