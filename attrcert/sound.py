@@ -496,7 +496,13 @@ class Structured:
     its spectral norm is at most ``lambda_max(P)`` (far below that of the entrywise
     ``|J|^T diag(w) |J|``). ``p_err``/``p_err_sum`` bound the rounding of ``P`` in Frobenius
     norm and in ``sum |P_ij|``. ``q = sum_k |J_k|^T diag(w_k) |J_k|`` is the entrywise radius
-    of that part (``[C - R - q, C + R + q]`` is the plain interval enclosure)."""
+    of that part (``[C - R - q, C + R + q]`` is the plain interval enclosure).
+
+    For the l2 ball the cross terms with ``[J_k]``'s radius ``T_k`` also have a spectral-norm
+    bound: with ``J = Jc + D``, ``|D| <= T_k``, ``|W| <= Wa = diag(|w_c| + w_r)``,
+    ``||D^T W Jc + Jc^T W D + D^T W D|| <= 2 a b + a^2``, ``a = sigma_max(Wa^(1/2) T_k)``,
+    ``b = sigma_max(Wa^(1/2) Jc)``; ``cross`` sums it over ``k``, and ``r_round`` is the part
+    of ``r`` that is rounding only (``r`` = ``r_round`` + the entrywise cross terms)."""
 
     c: Tensor
     r: Tensor
@@ -504,6 +510,8 @@ class Structured:
     q: Tensor
     p_err: float
     p_err_sum: float
+    r_round: Tensor | None = None
+    cross: float = 0.0
 
 
 def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: int,
@@ -568,7 +576,8 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
     st = None
     if hessian:
         zero = torch.zeros((d, d), dtype=dt, device=x0.device)
-        st = Structured(zero, zero.clone(), zero.clone(), zero.clone(), 0.0, 0.0)
+        st = Structured(zero, zero.clone(), zero.clone(), zero.clone(), 0.0, 0.0,
+                        zero.clone())
     index = len(acts)
     mvt_ok = True
     first = None
@@ -617,9 +626,17 @@ def add_term(st: Structured, tcm: Tensor, trm: Tensor, wc: Tensor, wr: Tensor) -
     st.c += (tcm * wc) @ tcm.T
     st.p += (tcm * wr) @ tcm.T
     # nonnegative products rounded up by SUM_REL
-    st.r += ((trm * wabs) @ (tabs + trm).T + (tabs * wabs) @ (trm + SUM_REL * tabs).T
-             ) * (1.0 + SUM_REL) + TINY
+    rounding = (SUM_REL * (1.0 + SUM_REL)) * ((tabs * wabs) @ tabs.T) + TINY
+    st.r += ((trm * wabs) @ (tabs + trm).T + (tabs * wabs) @ trm.T) * (1.0 + SUM_REL) + rounding
+    assert st.r_round is not None
+    st.r_round += rounding
     st.q += ((tabs * wr) @ tabs.T) * (1.0 + SUM_REL)
+    sq = torch.sqrt(wabs)
+    b2 = (tcm * wabs) @ tcm.T
+    b2_err = SUM_REL * float((wabs * (tcm * tcm).sum(0)).sum()) * (1.0 + SUM_REL)
+    b = math.sqrt(_lmax_psd(b2.cpu().numpy(), b2_err))
+    a = _smax_nonneg_factor((trm * sq).cpu().numpy())
+    st.cross += (2.0 * a * b + a * a) * (1.0 + 1e-12)
     st.p_err += SUM_REL * float((wr * (tcm * tcm).sum(0)).sum()) * (1.0 + SUM_REL)
     st.p_err_sum += SUM_REL * float((wr * tabs.sum(0) ** 2).sum()) * (1.0 + SUM_REL)
 
@@ -671,6 +688,11 @@ def _smax_nonneg(r: np.ndarray, iterations: int = 60) -> float:
     w = r.T @ (r @ v)
     ratio = float(np.max(w / v)) * (1.0 + 1e-10) + TINY
     return math.sqrt(ratio) * (1.0 + 1e-12)
+
+
+def _smax_nonneg_factor(r: np.ndarray, iterations: int = 60) -> float:
+    """:func:`_smax_nonneg` for a tall or wide nonnegative ``r`` (matrix-vector products only)."""
+    return _smax_nonneg(r, iterations)
 
 
 def interval_bound(g: tuple[Tensor, Tensor], g0: tuple[Tensor, Tensor]) -> float:
@@ -759,8 +781,21 @@ def structured_bound(st: Structured, grad: tuple[Tensor, Tensor], u0: Tensor | N
     if linf:
         value = _theorem2(cn, d) + left * f_delta + float(np.linalg.norm(rn.sum(1))) \
             * (1.0 + 1e-10)
-    else:
-        value = _smax(cn) + left * f_delta + _smax_nonneg(rn)
+        return eps * value * (1.0 + 1e-12)
+    sc = _smax(cn)
+    value = sc + left * f_delta + _smax_nonneg(rn)
+    if st.r_round is not None:  # the cross terms by their spectral bound (l2 only)
+        if u0 is None:
+            alt_r, scale = st.r_round, 1.0
+        else:
+            u = u0.reshape(-1, 1)
+            alt_r = r - u.abs() * st.r + u.abs() * st.r_round  # E'' with R -> R_round
+            alt_r = alt_r.clamp(min=0.0) * (1.0 + 1e-12) \
+                + 1e-12 * (u.abs() * (st.r + st.c.abs())) + TINY
+            scale = float(u0.abs().max())
+        alt = sc + left * f_delta + scale * st.cross \
+            + _smax_nonneg((alt_r * (1.0 + 1e-12) + TINY).cpu().numpy())
+        value = min(value, alt)
     return eps * value * (1.0 + 1e-12)
 
 
@@ -862,16 +897,21 @@ class SoundBounder:
             parts = {"g": to_cr(*enc.grad), "g0": to_cr(*enc.grad0)}
             if enc.struct is not None:  # weight a/m^2; sums of m terms: rounding SUM_REL
                 w, st = alpha / m, enc.struct
+                assert st.r_round is not None
                 if st_sum is None:
                     st_sum = Structured(st.c * w, st.r * w, st.p * w, st.q * w,
-                                        st.p_err * w, st.p_err_sum * w)
+                                        st.p_err * w, st.p_err_sum * w, st.r_round * w,
+                                        st.cross * w)
                 else:
+                    assert st_sum.r_round is not None
                     st_sum.c += st.c * w
                     st_sum.r += st.r * w
                     st_sum.p += st.p * w
                     st_sum.q += st.q * w
                     st_sum.p_err += st.p_err * w
                     st_sum.p_err_sum += st.p_err_sum * w
+                    st_sum.r_round += st.r_round * w
+                    st_sum.cross += st.cross * w
             if enc.gap is not None and enc.gap0 is not None:
                 parts["gap"] = (torch.zeros_like(enc.gap), enc.gap)
                 parts["gap0"] = (torch.zeros_like(enc.gap0), enc.gap0)
@@ -888,6 +928,9 @@ class SoundBounder:
                      wsum[1] * (1.0 + SUM_REL) + SUM_REL * wsum[2] + TINY)
         hess = None
         if st_sum is not None:  # the accumulated sums' rounding: <= SUM_REL of the magnitude
+            assert st_sum.r_round is not None
+            st_sum.r_round += SUM_REL * (st_sum.c.abs() + st_sum.r_round + st_sum.q)
+            st_sum.cross *= 1.0 + 1e-10
             st_sum.r += SUM_REL * (st_sum.c.abs() + st_sum.r + st_sum.q)
             st_sum.q *= 1.0 + SUM_REL
             st_sum.p_err += SUM_REL * float(torch.linalg.matrix_norm(st_sum.p) + st_sum.p_err)
