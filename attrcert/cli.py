@@ -590,7 +590,7 @@ def _certify_command(opts: Common, command: str, *, eps: float, norm: str,
     config, records = _run(opts, command, certify, eps=eps, norm=norm,
                            label_gradient=label_gradient.value, verify=verify,
                            attack_steps=attack_steps, attack_restarts=restarts, seed=seed,
-                           **({"sound": True} if sound else {}))
+                           sound=sound)
     base = [("source", "source"), ("predicted", "pred"), ("target", "y"),
             *([] if verify else [("attr_norm", "||g||"), ("xi_max", "xi_max")]),
             ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg"),
