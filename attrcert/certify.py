@@ -440,6 +440,7 @@ def certify(
     seed: int = 0,
     progress: Progress | None = None,
     on_batch: OnBatch | None = None,
+    sound: bool = False,
 ) -> list[Record]:
     """Upper bounds on ``||g(x + delta) - g(x)||`` over ``||delta||_p <= eps``, per sample.
 
@@ -483,6 +484,11 @@ def certify(
         progress: called with ``(rows_done, d)`` while Jacobians are built.
         on_batch: called with each batch's records and its :class:`Analysis` (``g``,
             ``v_max``) as soon as the batch is done (streaming output, progress).
+        sound: also add proved bounds, with no linearity assumption (:mod:`attrcert.sound`;
+            smooth chains only, else :class:`InputError`): ``T_e_sound`` (the smaller of
+            ``T_e_sound_interval`` and ``T_e_sound_mean_value``, ``T_e_sound_method`` says
+            which), ``T_c_sound``, ``T_c_sound_deg`` (Corollary 2), and with ``verify``
+            ``violation_sound`` (an attack beat a proved bound: a bug, never expected).
     """
     pert = Perturbation(parse_norm(norm), eps)
     for name, value in (("attack_steps", attack_steps), ("attack_restarts", attack_restarts)):
@@ -494,6 +500,10 @@ def certify(
     sizing = size_run(model, x, attribution, spectral=spectral, p=pert.norm,
                       memory_budget=memory_budget, batch_size=batch_size, chunk_size=chunk_size)
     how = sizing.spectral
+    bounder = None
+    if sound:
+        from .sound import SoundBounder
+        bounder = SoundBounder(model, x[:1], attribution, pert)
     records: list[Record] = []
 
     def work(sl: slice) -> tuple[list[Record], Analysis]:
@@ -504,9 +514,14 @@ def certify(
         batch_records = _certify_batch(model, a, attribution, pert, method, nonsmooth, notes)
         for rec in batch_records:
             rec["spectral"] = how
+        if bounder is not None:
+            bounder.update(a.x, a.target, [float(v) for v in a.attr.norm(dim=1)],
+                           batch_records)
         if verify:
             _verify_batch(model, a, attribution, pert, batch_records,
                           steps=attack_steps, restarts=attack_restarts, seed=seed)
+            if bounder is not None:
+                bounder.check_attack(batch_records)
         elapsed = (time.perf_counter() - start) / len(batch_records)
         for offset, rec in enumerate(batch_records):
             rec["index"] = sl.start + offset

@@ -673,18 +673,22 @@ def _attack_fields(records: list[Record]) -> None:
 
 def _certify_command(opts: Common, command: str, *, eps: float, norm: str,
                      label_gradient: LabelGradient, verify: bool, attack_steps: int,
-                     restarts: int, seed: int) -> list[Record]:
+                     restarts: int, seed: int, sound: bool = False) -> list[Record]:
     Perturbation(parse_norm(norm), eps)  # checks eps and p before anything is loaded
     opts.extra_config.update({"eps": eps, "norm": norm, "label_gradient": label_gradient.value})
+    if sound:
+        opts.extra_config["sound"] = True
     if verify:
         opts.extra_config.update({"attack_checked": True, "attack_steps": attack_steps,
                                   "attack_restarts": restarts, "seed": seed})
     config, records = _run(opts, command, certify, eps=eps, norm=norm,
                            label_gradient=label_gradient.value, verify=verify,
-                           attack_steps=attack_steps, attack_restarts=restarts, seed=seed)
+                           attack_steps=attack_steps, attack_restarts=restarts, seed=seed,
+                           sound=sound)
     base = [("source", "source"), ("predicted", "pred"), ("target", "y"),
             *([] if verify else [("attr_norm", "||g||"), ("xi_max", "xi_max")]),
-            ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg")]
+            ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg"),
+            *([("T_e_sound", "T_e sound")] if sound else [])]
     summary_keys = [("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c (deg)"),
                     ("xi_max", "xi_max"), ("attr_norm", "||g||"),
                     ("label_radius", "label radius")]
@@ -692,6 +696,8 @@ def _certify_command(opts: Common, command: str, *, eps: float, norm: str,
         summary_keys = [("T_e_hat", "T_e^ (attack)"), *summary_keys[:3],
                         ("T_c_hat_deg", "T_c^ (deg, attack)"), ("eta_vmax", "eta (v_max)"),
                         ("eta_attack", "eta (attack)")]
+    if sound:
+        summary_keys = [*summary_keys[:3], ("T_e_sound", "T_e sound"), *summary_keys[3:]]
     if opts.format is Format.table:
         _attack_fields(records)
     which = "Theorem 1" if parse_norm(norm) == 2 else \
@@ -703,7 +709,10 @@ def _certify_command(opts: Common, command: str, *, eps: float, norm: str,
           base + (ATTACK_COLUMNS if verify else LABEL_COLUMNS),
           f"attribution bounds, l{norm} ball, eps = {eps}", summary_keys,
           f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
-          f"linear attribution (SPEC §6); {checked}.")
+          f"linear attribution (SPEC §6); {checked}."
+          + ("\nT_e sound: proved for every x' in the ball, in float64 with outward rounding, "
+             "no linearity assumption (interval arithmetic / mean-value theorem, "
+             "attrcert.sound)." if sound else ""))
     for r in records:
         r.pop("attack_ratio", None)
         r.pop("verdict", None)
@@ -752,6 +761,10 @@ def bound(
     require_verified: RequireVerifiedOpt = False,
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
+    sound: Annotated[bool, typer.Option(
+        help="Also prove T_e_sound, a bound with no linearity assumption (interval "
+        "arithmetic and the mean-value theorem, float64); needs a chain of Linear, Conv2d, "
+        "AvgPool2d, Flatten, BatchNorm and Tanh/Sigmoid/Softplus/SiLU/GELU.")] = False,
 ) -> None:
     """Bound how far each image's attribution can move within the eps-ball.
 
@@ -767,7 +780,8 @@ def bound(
                   tol=tol, threads=threads, memory_budget=memory_budget, shard=shard)
     records = _certify_command(opts, "bound", eps=eps, norm=norm,
                                label_gradient=label_gradient, verify=verify,
-                               attack_steps=attack_steps, restarts=restarts, seed=seed)
+                               attack_steps=attack_steps, restarts=restarts, seed=seed,
+                               sound=sound)
     _finish([
         _gate([f"{r['source']} ({_fmt(r['T_e'])})" for r in records
                if fail_above_te is not None and (r["T_e"] or 0) > fail_above_te],

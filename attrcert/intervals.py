@@ -1,0 +1,295 @@
+"""Interval arithmetic on float64 tensors, and proved ranges of activation derivatives.
+
+Used by :mod:`attrcert.sound`. An interval vector is either ``(lo, hi)`` (elementwise
+products) or centre/radius ``(c, r)`` with ``r >= 0`` (linear maps: ``A [c +- r] is
+contained in [A c +- |A| r]``, Rump's midpoint-radius rule).
+
+Rounding. torch has no directed rounding, so every operation here widens its result
+outward: elementwise results by a relative ``REL = 1e-12`` plus ``TINY``; sums (matrix
+products, convolutions, reductions) by ``SUM_REL = 1e-10`` times the sum of the absolute
+values of the terms (``|A| (|c| + r) + |b|``). Under IEEE-754 round-to-nearest the error
+of a float64 sum of ``n`` terms is at most ``n * 2^-53`` times that magnitude (any order of
+summation), so ``SUM_REL`` covers fan-ins up to about ``9 * 10^5``; ``REL`` covers the
+few ulps of each elementwise operation and of the closed-form derivatives below.
+
+Activation derivatives. For each supported activation ``sigma`` the closed forms of
+``sigma, sigma', sigma''`` (and ``sigma'''``, used only to locate extrema of
+``sigma''``) are written out; the range of ``sigma^(k)`` over ``[lo, hi]`` is the min/max
+of its values at ``lo``, ``hi`` and at every critical point of ``sigma^(k)`` (zero of
+``sigma^(k+1)``) inside ``[lo, hi]``, never sampled. The critical points are found once,
+in float64, as sign changes of ``sigma^(k+1)`` on a grid of step 1/64 over ``[-60, 60]``
+refined by Brent's method; outside ``[-60, 60]`` every ``sigma^(k)`` of these functions is
+monotone (exponential tails). At an extremum the function is flat, so the small error in
+the location changes the value by far less than the widening.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+REL = 1e-12
+SUM_REL = 1e-10
+TINY = 1e-300
+GRID = (-60.0, 60.0, 1.0 / 64.0)
+
+
+def widen(lo: Tensor, hi: Tensor, scale: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
+    """``[lo, hi]`` widened by ``REL * |.| + REL * scale + TINY`` on each side."""
+    return (lo - REL * (lo.abs() + scale) - TINY, hi + REL * (hi.abs() + scale) + TINY)
+
+
+def to_cr(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Centre and radius enclosing ``[lo, hi]``."""
+    c = 0.5 * (lo + hi)
+    r = 0.5 * (hi - lo)
+    return c, r + REL * (c.abs() + r) + TINY
+
+
+def to_lohi(c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """``[lo, hi]`` enclosing ``c +- r``."""
+    pad = REL * (c.abs() + r) + TINY
+    return c - r - pad, c + r + pad
+
+
+def mul(alo: Tensor, ahi: Tensor, blo: Tensor, bhi: Tensor) -> tuple[Tensor, Tensor]:
+    """The product ``[a] * [b]`` elementwise (broadcasting): min and max of the four corner
+    products, widened."""
+    p = torch.stack(torch.broadcast_tensors(alo * blo, alo * bhi, ahi * blo, ahi * bhi))
+    return widen(p.amin(0), p.amax(0))
+
+
+def mul_cr(slo: Tensor, shi: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """``[s] * (c +- r)`` as centre/radius (exact corner products, then :func:`to_cr`)."""
+    lo, hi = to_lohi(c, r)
+    return to_cr(*mul(slo, shi, lo, hi))
+
+
+def intersect(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """``[a] & [b]`` (both contain the true value, so their intersection does)."""
+    return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
+
+
+# --- activations ---------------------------------------------------------------------------
+
+Fn = Callable[[Tensor], Tensor]
+
+
+def _grid_roots(fn: Fn) -> list[float]:
+    """Zeros of ``fn`` on ``[-60, 60]``: sign changes on the grid, refined by Brent's method
+    (exact zeros on the grid are kept as they are)."""
+    from scipy.optimize import brentq
+
+    lo, hi, step = GRID
+    xs = np.arange(lo, hi + step, step)
+    vals = fn(torch.from_numpy(xs)).numpy()
+    # exact zeros on the grid (not underflow in the far tails, where fn is flat)
+    roots: list[float] = [float(x) for x, v in zip(xs, vals, strict=True)
+                          if v == 0.0 and abs(x) < 30.0]
+    for i in np.nonzero(np.sign(vals[:-1]) * np.sign(vals[1:]) < 0)[0]:
+        def f(t: float) -> float:
+            return float(fn(torch.tensor([t], dtype=torch.float64))[0])
+        roots.append(float(brentq(f, xs[i], xs[i + 1], xtol=1e-15, rtol=1e-15)))
+    return sorted(roots)
+
+
+@dataclass
+class Activation:
+    """An elementwise activation with its derivatives ``d[k] = sigma^(k)``, ``k = 0..3``.
+
+    ``crit[k]`` holds the critical points of ``d[k]`` (the zeros of ``d[k + 1]``), found
+    once by :func:`_grid_roots`; ``scale[k]`` bounds ``sup |d[k]|`` (``k = 1, 2``: the
+    Lipschitz constants of ``sigma`` and ``sigma'``) and sets the absolute widening that
+    covers cancellation in the closed forms. ``threshold``: torch's Softplus switches to the
+    identity above it, so its derivative jumps there by ``jump`` (and its value by ``gap``);
+    ``smooth_twin`` is then the same activation without the switch (``d`` are its closed
+    forms), which is twice differentiable everywhere.
+    """
+
+    name: str
+    d: tuple[Fn, Fn, Fn, Fn]
+    scale: tuple[float, float, float]
+    threshold: float | None = None
+    crit: list[list[float]] = field(default_factory=list)
+    smooth_twin: Activation | None = None
+    jump: float = 0.0
+    gap: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.crit:
+            self.crit = [_grid_roots(self.d[k + 1]) for k in range(3)]
+
+    def value(self, k: int, z: Tensor) -> Tensor:
+        """``sigma^(k)(z)`` as torch computes the activation (identity above ``threshold``)."""
+        v = self.d[k](z)
+        if self.threshold is not None:
+            # torch's double backward already switches at equality
+            above = z >= self.threshold if k == 2 else z > self.threshold
+            linear = z if k == 0 else torch.full_like(z, 1.0 if k == 1 else 0.0)
+            v = torch.where(above, linear, v)
+        return v
+
+    def range(self, k: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """A proved enclosure of ``{sigma^(k)(z) : lo <= z <= hi}``, elementwise, ``k = 0, 1, 2``.
+
+        Values at both endpoints and at every critical point inside; above ``threshold``
+        (Softplus) both branches are included.
+        """
+        top = lo if self.threshold is None else torch.clamp(lo, max=self.threshold)
+        smooth_hi = hi if self.threshold is None else torch.clamp(hi, max=self.threshold)
+        vals = [self.d[k](top), self.d[k](smooth_hi)]
+        vmin, vmax = torch.minimum(*vals), torch.maximum(*vals)
+        for c in self.crit[k]:
+            inside = (lo <= c) & (c <= smooth_hi)
+            if inside.any():
+                vc = self.d[k](torch.tensor(c, dtype=lo.dtype, device=lo.device))
+                vmin = torch.where(inside, torch.minimum(vmin, vc), vmin)
+                vmax = torch.where(inside, torch.maximum(vmax, vc), vmax)
+        if self.threshold is not None:
+            above = hi >= self.threshold  # torch switches at (or, for sigma'', at) it
+            if above.any():
+                lin_lo = torch.clamp(lo, min=self.threshold)
+                branch = ((lin_lo, hi) if k == 0 else
+                          (torch.full_like(lo, 1.0 if k == 1 else 0.0),) * 2)
+                vmin = torch.where(above, torch.minimum(vmin, branch[0]), vmin)
+                vmax = torch.where(above, torch.maximum(vmax, branch[1]), vmax)
+                only = lo > self.threshold  # wholly on the linear branch
+                vmin = torch.where(only, branch[0], vmin)
+                vmax = torch.where(only, branch[1], vmax)
+        return widen(vmin, vmax, self.scale[k] if k < 3 else 1.0)
+
+    def crosses_threshold(self, lo: Tensor, hi: Tensor) -> bool:
+        """Whether some ``[lo, hi]`` straddles the Softplus threshold (``sigma'`` jumps)."""
+        if self.threshold is None:
+            return False
+        return bool(((lo <= self.threshold) & (hi >= self.threshold)).any())
+
+
+def _sig(z: Tensor) -> Tensor:
+    return torch.sigmoid(z)
+
+
+def _tanh() -> Activation:
+    def d0(z: Tensor) -> Tensor:
+        return torch.tanh(z)
+
+    def d1(z: Tensor) -> Tensor:
+        return 1.0 / torch.cosh(z) ** 2
+
+    def d2(z: Tensor) -> Tensor:
+        return -2.0 * torch.tanh(z) / torch.cosh(z) ** 2
+
+    def d3(z: Tensor) -> Tensor:
+        t = torch.tanh(z)
+        return (6.0 * t * t - 2.0) / torch.cosh(z) ** 2
+
+    return Activation("tanh", (d0, d1, d2, d3), (1.0, 1.0, 0.77))
+
+
+def _sigmoid() -> Activation:
+    def d1(z: Tensor) -> Tensor:
+        return _sig(z) * _sig(-z)
+
+    def d2(z: Tensor) -> Tensor:
+        return -d1(z) * torch.tanh(z / 2)
+
+    def d3(z: Tensor) -> Tensor:
+        p = d1(z)
+        return p * (1.0 - 6.0 * p)
+
+    return Activation("sigmoid", (_sig, d1, d2, d3), (1.0, 0.25, 0.1))
+
+
+def _softplus(beta: float, threshold: float) -> Activation:
+    b = float(beta)
+
+    def d0(z: Tensor) -> Tensor:  # log(1 + exp(b z)) / b without torch's threshold
+        bz = b * z
+        return (torch.clamp(bz, min=0.0) + torch.log1p(torch.exp(-bz.abs()))) / b
+
+    def d1(z: Tensor) -> Tensor:
+        return _sig(b * z)
+
+    def d2(z: Tensor) -> Tensor:
+        return b * _sig(b * z) * _sig(-b * z)
+
+    def d3(z: Tensor) -> Tensor:
+        return -b * b * _sig(b * z) * _sig(-b * z) * torch.tanh(b * z / 2)
+
+    name = f"softplus(beta={beta:g})"
+    smooth = Activation(name, (d0, d1, d2, d3), (1.0, 1.0, b / 4))
+    if not math.isfinite(threshold):
+        return smooth
+    t = float(threshold)
+    return Activation(name, (d0, d1, d2, d3), (1.0, 1.0, b / 4), threshold=t / b,
+                      crit=smooth.crit, smooth_twin=smooth,
+                      jump=float(torch.sigmoid(torch.tensor(-t, dtype=torch.float64))) * 1.01,
+                      gap=math.log1p(math.exp(-t)) / b * 1.01)
+
+
+def _silu() -> Activation:
+    def d0(z: Tensor) -> Tensor:
+        return z * _sig(z)
+
+    def d1(z: Tensor) -> Tensor:
+        return _sig(z) * (1.0 + z * _sig(-z))
+
+    def d2(z: Tensor) -> Tensor:
+        return _sig(z) * _sig(-z) * (2.0 - z * torch.tanh(z / 2))
+
+    def d3(z: Tensor) -> Tensor:
+        p = _sig(z) * _sig(-z)
+        t = torch.tanh(z / 2)
+        psi = 2.0 - z * t
+        dpsi = -t - 0.5 * z * (1.0 - t * t)
+        return p * (dpsi - t * psi)
+
+    return Activation("silu", (d0, d1, d2, d3), (1.0, 1.1, 0.5))
+
+
+def _gelu() -> Activation:
+    inv_sqrt2 = 1.0 / math.sqrt(2.0)
+    inv_sqrt2pi = 1.0 / math.sqrt(2.0 * math.pi)
+
+    def cdf(z: Tensor) -> Tensor:
+        return 0.5 * torch.special.erfc(-z * inv_sqrt2)
+
+    def pdf(z: Tensor) -> Tensor:
+        return torch.exp(-0.5 * z * z) * inv_sqrt2pi
+
+    def d0(z: Tensor) -> Tensor:
+        return z * cdf(z)
+
+    def d1(z: Tensor) -> Tensor:
+        return cdf(z) + z * pdf(z)
+
+    def d2(z: Tensor) -> Tensor:
+        return pdf(z) * (2.0 - z * z)
+
+    def d3(z: Tensor) -> Tensor:
+        return pdf(z) * (z * z * z - 4.0 * z)
+
+    return Activation("gelu", (d0, d1, d2, d3), (1.0, 1.13, 0.8))
+
+
+_CACHE: dict[tuple, Activation] = {}
+
+
+def activation(name: str, *params: float) -> Activation:
+    """The :class:`Activation` called ``name`` (``tanh``, ``sigmoid``, ``softplus`` with
+    ``beta, threshold``, ``silu``, ``gelu``), built once per parameter set."""
+    key = (name, *params)
+    if key not in _CACHE:
+        makers: dict[str, Callable[..., Activation]] = {
+            "tanh": _tanh, "sigmoid": _sigmoid, "softplus": _softplus, "silu": _silu,
+            "gelu": _gelu}
+        _CACHE[key] = makers[name](*params)
+    return _CACHE[key]
+
+
+ACTIVATIONS = ("tanh", "sigmoid", "softplus", "silu", "gelu")
