@@ -228,8 +228,9 @@ SPECTRAL = ("auto", "full", "iterative")
 #: ``P = J^T J``; above it l-inf uses Corollary 1 from the matrix-free path (BENCHMARKS.md).
 AUTO_FULL_MAX_D_LINF = 4096
 #: ``spectral="auto"`` forms J up to this d for every norm: measured on a Softplus CNN with
-#: IG m = 50 (1 thread), the full path took 0.11x the matrix-free time at d = 16, 0.9x at
-#: d = 36, and the matrix-free path won from there on (1.6x at 64, 4.9x at 256, 11x at 784).
+#: IG m = 50 (1 thread, ``benchmarks/bench_crossover.py``), the full path took half the
+#: matrix-free time at d = 16, and the matrix-free path won from d = 36 on (1.3x; 2.3x at
+#: 64, 5.6x at 256, 30x at 784).
 AUTO_FULL_MAX_D = 32
 
 
