@@ -27,8 +27,7 @@ def finite_or_none(value: float | None) -> float | None:
 
 SUMMARY_KEYS = ("xi_max", "T_e", "T_e_prime", "T_c_deg", "T_c_prime_deg", "label_radius",
                 "eps_max", "attr_norm", "T_e_hat", "T_c_hat_deg", "eta_vmax", "eta_attack",
-                "seconds")
-SUMMARY_KEYS += ("T_e_sound", "T_c_sound_deg")  # sound mode (attrcert.sound), when present
+                "T_e_sound", "T_c_sound_deg", "seconds")
 
 
 def summarize(records: Sequence[Record], keys: Iterable[str] = SUMMARY_KEYS) -> dict[str, Any]:
