@@ -3,6 +3,7 @@
 Usage (from the repository root)::
 
     python benchmarks/bench_batch.py [--batch 16] [--steps 16] [--threads 2] [--repeat 2]
+                                     [--device cuda]
 
 Model: ``sample_models/digits_softplus.pt2`` (d = 784), the first ``--batch`` sample digits,
 integrated gradients (m = ``--steps``, zero baseline), target = the predicted class. Each
@@ -51,12 +52,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     parser.add_argument("--skip-batch-call", action="store_true",
                         help="skip functional.jacobian on the whole batch (the slowest)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(ROOT / "sample_models" / "digits_softplus.pt2")
+    device = torch.device(args.device)
+    model = load_model(ROOT / "sample_models" / "digits_softplus.pt2").to(device)
     x = torch.load(ROOT / "sample_models" / "digits.pt", weights_only=True)[: args.batch]
+    x = x.to(device)
     n, d = x.shape[0], x[0].numel()
     ig = get_method("integrated_gradients", steps=args.steps)
     target = resolve_target(model, x, None)
@@ -100,11 +104,17 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in [*candidates, *once]}
     spectra: dict[str, Spectrum] = {}
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def timed(name: str, fn: Callable[[], torch.Tensor]) -> None:
         print(f"running {name}", file=sys.stderr, flush=True)  # progress, not results
+        sync()
         start = time.perf_counter()
         jac = fn()
         spectrum = spectrum_full(jac)
+        sync()
         times[name].append(time.perf_counter() - start)
         spectra[name] = spectrum
         del jac
@@ -117,7 +127,7 @@ def main() -> None:
     reference = next(iter(candidates))
     base = statistics.median(times[reference])
     ref_xi = spectra[reference].xi_max
-    print(f"d = {d}, batch = {n}, IG m = {args.steps}, {args.threads} threads, torch "
+    print(f"d = {d}, batch = {n}, IG m = {args.steps}, {device}, {args.threads} threads, torch "
           f"{torch.__version__}, load {os.getloadavg()[0]:.2f}\n")
     print("| Jacobian + spectrum of the batch | s (batch) | s / sample | time / attrcert's | "
           "xi_max rel. diff |")

@@ -145,7 +145,7 @@ def ig_function(model: nn.Module, target: int, steps: int) -> Callable[[Tensor],
         return model(path)[:, target].sum()
 
     def g(x1: Tensor) -> Tensor:
-        path = alphas.view(-1, 1, 1, 1) * x1.unsqueeze(0)
+        path = alphas.to(x1.device).view(-1, 1, 1, 1) * x1.unsqueeze(0)
         return (x1 * torch.func.grad(f_sum)(path).mean(0)).flatten()
 
     return g
@@ -179,6 +179,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     case, method = args.worker
     model, x, target, ig, steps = setup(case, args.samples, args.steps, args.big_steps)
+    device = torch.device(args.device)
+    model, x, target = model.to(device), x.to(device), target.to(device)
     n, d = x.shape[0], x[0].numel()
     ig(model, x[:1], target[:1])  # warm-up: allocator, lazy init
     base = peak_rss_mb()
@@ -215,16 +217,21 @@ def worker(args: argparse.Namespace) -> None:
             xis.append(float(spec.xi_max[0]))
             if spec.abs_sum_gram is not None:
                 extra.append(float(spec.abs_sum_gram[0]))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / n
+    gpu_mb = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+              else None)
     print(json.dumps({"seconds": seconds, "products": products, "xi": xis, "abs_sum": extra,
                       "peak_mb": peak_rss_mb(), "base_mb": base, "d": d, "n": n,
-                      "load": os.getloadavg()[0]}))
+                      "load": os.getloadavg()[0], "gpu_peak_mb": gpu_mb}))
 
 
 def run_case(case: str, method: str, args: argparse.Namespace) -> dict | str:
     cmd = [sys.executable, __file__, "--worker", case, method, "--samples", str(args.samples),
            "--threads", str(args.threads), "--steps", str(args.steps), "--big-steps",
-           str(args.big_steps), "--tol", str(args.tol), "--chunk", str(args.chunk)]
+           str(args.big_steps), "--tol", str(args.tol), "--chunk", str(args.chunk),
+           "--device", args.device]
     if args.log_every is not None:
         cmd += ["--log-every", str(args.log_every)]
     try:
@@ -244,6 +251,9 @@ def main() -> None:
                         help="comma-separated subset of each case's methods (default all)")
     parser.add_argument("--samples", type=int, default=2, help="inputs for d = 784 and 3072")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda[:N]; on CUDA the worker's JSON line also gives "
+                        "gpu_peak_mb (torch.cuda.max_memory_allocated)")
     parser.add_argument("--steps", type=int, default=50, help="IG m for d = 784 and 3072")
     parser.add_argument("--big-steps", type=int, default=16, help="IG m for d = 150528")
     parser.add_argument("--tol", type=float, default=1e-4, help="spectrum_iterative's tol")
