@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,8 @@ from typer.testing import CliRunner
 from attrcert import __version__, certify
 from attrcert.cli import app
 from attrcert.loading import load_model
+
+from .processes import run_attrcert as cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODEL = str(SAMPLES / "digits_softplus.pt2")
@@ -28,11 +28,6 @@ def strict_json(text: str):
         raise ValueError(f"non-standard JSON constant {constant}")
 
     return json.loads(text, parse_constant=refuse)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attrcert", *args], capture_output=True,
-                          text=True, check=False, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ for every bad input, nothing lost or written twice when a run is interrupted."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ from PIL import Image
 from attrcert.cli import main
 from attrcert.errors import AttrcertError
 from attrcert.loading import load_images
+
+from .processes import run_attrcert
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODEL = str(SAMPLES / "digits_softplus.pt2")
@@ -205,9 +208,7 @@ def test_any_tensor_file_loads_or_fails_cleanly(tmp_path_factory, shape, dtype, 
 
 # --- interrupted runs --------------------------------------------------------------------
 
-def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attrcert", *args], capture_output=True,
-                          text=True, check=False, timeout=600, **kw)
+cli = functools.partial(run_attrcert, timeout=600)
 
 
 def indices(path: Path) -> list[int]:

@@ -9,8 +9,6 @@ a run that never ran out of memory.
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +31,7 @@ from attrcert.memory import (
 from attrcert.spectral import abs_sum_gram_blocked
 
 from .models import make_cnn
+from .processes import run_attrcert
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODEL = str(SAMPLES / "digits_softplus.pt2")
@@ -235,23 +234,18 @@ def test_max_eps_passes_its_solver_tolerance_to_every_batch(monkeypatch):
     assert seen == [1e-5, 1e-5, 1e-5]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attrcert", *args], capture_output=True,
-                          text=True, check=False, timeout=300)
-
-
 def test_cli_memory_budget_errors_are_one_line_and_exit_2(tmp_path):
     images = tmp_path / "one.pt"
     torch.save(torch.load(SAMPLES / "digits.pt", weights_only=True)[:1].clone(), images)
-    bad = _cli("bound", MODEL, str(images), "--memory-budget", "12X", "--quiet")
+    bad = run_attrcert("bound", MODEL, str(images), "--memory-budget", "12X", "--quiet")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         "error: memory budget '12X': give a size such as 8GB, 512MiB or a number of bytes"]
-    over = _cli("bound", MODEL, str(images), "--memory-budget", "5MB", "--spectral", "full",
+    over = run_attrcert("bound", MODEL, str(images), "--memory-budget", "5MB", "--spectral", "full",
                 "--quiet")
     assert over.returncode == 2 and len(over.stderr.strip().splitlines()) == 1
     assert "over the memory budget of 5 MB" in over.stderr and "Traceback" not in over.stderr
-    ok = _cli("bound", MODEL, str(images), "--memory-budget", "5MB", "--norm", "inf",
+    ok = run_attrcert("bound", MODEL, str(images), "--memory-budget", "5MB", "--norm", "inf",
               "--method", "saliency", "--format", "json", "--quiet")
     assert ok.returncode == 0, ok.stderr
     assert '"T_e_method": "theorem2"' in ok.stdout and '"spectral": "iterative"' in ok.stdout

@@ -4,8 +4,6 @@ attack, with violations reported and gated (SPEC §6)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +12,8 @@ import torch
 
 from attrcert import certify
 from attrcert.loading import load_model
+
+from .processes import run_attrcert as cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 SMOOTH = SAMPLES / "digits_softplus.pt2"
@@ -55,11 +55,6 @@ def test_linf_verification_includes_ifia(images):
                       verify=True, attack_steps=5)
     r = records[0]
     assert r["T_e_prime"] is None and r["T_e_hat"] <= r["T_e"] * 1.01
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attrcert", *args], capture_output=True,
-                          text=True, check=False, timeout=300)
 
 
 @pytest.fixture(scope="module")
