@@ -72,6 +72,7 @@ from .results import (
     document,
     dumps_strict,
     finished_records,
+    format_value,
     summarize,
     write_document,
 )
@@ -563,16 +564,6 @@ def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
 
 # --- output ---------------------------------------------------------------------------------
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
 def _stdout_console() -> Console:
     """The terminal as it is; 120 columns when piped, so that tables keep whole numbers."""
     out = Console(highlight=False, soft_wrap=True)
@@ -592,7 +583,7 @@ def _emit(opts: Common, config: dict[str, Any], records: list[Record],
     for key, header in columns:
         table.add_column(header, justify="left" if key == "source" else "right", no_wrap=True)
     for rec in records:
-        table.add_row(*(_fmt(rec.get(key)) for key, _ in columns))
+        table.add_row(*(format_value(rec.get(key)) for key, _ in columns))
     out.print(table)
     summary = summarize(records)
     stats = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -601,7 +592,7 @@ def _emit(opts: Common, config: dict[str, Any], records: list[Record],
     for key, header in summary_keys:
         if isinstance(summary.get(key), dict):
             s = summary[key]
-            stats.add_row(header, _fmt(s["mean"], 4), _fmt(s["median"], 4), _fmt(s["max"], 4))
+            stats.add_row(header, *(format_value(s[stat], 4) for stat in ("mean", "median", "max")))
     lines = [f"{summary['samples']} samples"]
     if "vacuous_cosine" in summary:
         lines.append(f"vacuous cosine bounds: {summary['vacuous_cosine']}")
@@ -783,10 +774,10 @@ def bound(
                                attack_steps=attack_steps, restarts=restarts, seed=seed,
                                sound=sound)
     _finish([
-        _gate([f"{r['source']} ({_fmt(r['T_e'])})" for r in records
+        _gate([f"{r['source']} ({format_value(r['T_e'])})" for r in records
                if fail_above_te is not None and (r["T_e"] or 0) > fail_above_te],
               f"T_e > {fail_above_te}"),
-        _gate([f"{r['source']} ({_fmt(r['T_c_deg'])})" for r in records
+        _gate([f"{r['source']} ({format_value(r['T_c_deg'])})" for r in records
                if fail_above_tc_deg is not None
                and (r["T_c_deg"] is None or r["T_c_deg"] > fail_above_tc_deg)],
               f"T_c > {fail_above_tc_deg} degrees"),
@@ -798,7 +789,7 @@ def bound(
 
 
 def _verified_gate(records: list[Record], required: bool) -> str | None:
-    return _gate([f"{r['source']} (T_e^ {_fmt(r['T_e_hat'])})" for r in records
+    return _gate([f"{r['source']} (T_e^ {format_value(r['T_e_hat'])})" for r in records
                   if required and not r.get("verified", True)],
                  "an attack exceeded the bound")
 
@@ -1005,7 +996,7 @@ def max_eps_command(
           f"l{norm} ball", [("eps_max", "eps_max"), ("xi_max", "xi_max")],
           "eps_max: Appendix E (Eq. 50, and Eq. 52 as corrected in SPEC §5); assumes a "
           "locally linear attribution; '-' means no eps exceeds the tolerance.")
-    _finish([_gate([f"{r['source']} ({_fmt(r['eps_max'])})" for r in records
+    _finish([_gate([f"{r['source']} ({format_value(r['eps_max'])})" for r in records
                     if require_eps_above is not None and r["eps_max"] is not None
                     and r["eps_max"] < require_eps_above],
                    f"eps_max < {require_eps_above}")])

@@ -43,7 +43,14 @@ from .certify import Analysis, certify, prepare, worst_case_directions
 from .errors import OptionError
 from .jacobian import attribution_jacobian
 from .perturbation import NormLike, Perturbation, norm_label, parse_norm
-from .results import ASSUMPTION, Record, dumps_strict, finite_or_none, summarize
+from .results import (
+    ASSUMPTION,
+    Record,
+    dumps_strict,
+    finite_or_none,
+    format_value,
+    summarize,
+)
 
 #: What to run when matplotlib is missing.
 INSTALL_HINT = 'pip install "attrcert[report]"'
@@ -361,13 +368,7 @@ TABLE_COLUMNS = [("source", "source"), ("predicted", "pred"), ("target", "y"),
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_value(value, digits=4)
 
 
 def _which_bound(p: float) -> str:

@@ -25,6 +25,18 @@ def finite_or_none(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def format_value(value: Any, digits: int = 3) -> str:
+    """A record's value for a table cell: ``-`` for missing, yes/no for booleans, floats to
+    ``digits`` significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
 SUMMARY_KEYS = ("xi_max", "T_e", "T_e_prime", "T_c_deg", "T_c_prime_deg", "label_radius",
                 "eps_max", "attr_norm", "T_e_hat", "T_c_hat_deg", "eta_vmax", "eta_attack",
                 "T_e_sound", "T_c_sound_deg", "seconds")
