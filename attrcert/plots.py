@@ -215,24 +215,21 @@ def sweep_figure(sweep: Sweep, records: Sequence[Record], eps: float, p: float,
     fig, axes = plt.subplots(1, 3, figsize=(17, 5), layout="constrained")
     x = sweep.eps
     xlabel = f"eps (l{norm_label(p)} radius, pixel units of [0, 1] images)"
-    hat = np.array([r["T_e_hat"] for r in records if r.get("T_e_hat") is not None])
-    hat_deg = np.array([r["T_c_hat_deg"] for r in records if r.get("T_c_hat_deg") is not None])
-    ax = axes[0]
-    _band(ax, x, sweep.T_e, "T_e", "tab:blue", band=p != 2.0)
-    _band(ax, x, sweep.T_e_prime, "T'_e", "tab:orange", "s")
-    if hat.size:
-        ax.scatter(np.full(hat.size, eps), hat, marker="x", color="tab:red", zorder=3,
-                   label=f"attack T_e^ at eps = {eps:g}")
-    ax.set_title("Euclidean bound against eps")
-    ax.set_ylabel("||g(x + delta) - g(x)||_2")
-    ax = axes[1]
-    _band(ax, x, sweep.T_c_deg, "T_c", "tab:blue", band=p != 2.0)
-    _band(ax, x, sweep.T_c_prime_deg, "T'_c", "tab:orange", "s")
-    if hat_deg.size:
-        ax.scatter(np.full(hat_deg.size, eps), hat_deg, marker="x", color="tab:red", zorder=3,
-                   label=f"attack T_c^ at eps = {eps:g}")
-    ax.set_title("cosine bound (as an angle) against eps")
-    ax.set_ylabel("angle between g(x + delta) and g(x) (degrees)")
+    panels = (("T_e", "T'_e", sweep.T_e, sweep.T_e_prime, "T_e_hat",
+               "Euclidean bound against eps", "||g(x + delta) - g(x)||_2"),
+              ("T_c", "T'_c", sweep.T_c_deg, sweep.T_c_prime_deg, "T_c_hat_deg",
+               "cosine bound (as an angle) against eps",
+               "angle between g(x + delta) and g(x) (degrees)"))
+    for ax, (name, name_prime, bound, modified, key, title, ylabel) in zip(axes, panels,
+                                                                          strict=False):
+        _band(ax, x, bound, name, "tab:blue", band=p != 2.0)
+        _band(ax, x, modified, name_prime, "tab:orange", "s")
+        hat = np.array([r[key] for r in records if r.get(key) is not None])
+        if hat.size:
+            ax.scatter(np.full(hat.size, eps), hat, marker="x", color="tab:red", zorder=3,
+                       label=f"attack {name}^ at eps = {eps:g}")
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
     ax = axes[2]
     _band(ax, x, sweep.eta, "eta", "tab:purple")
     ax.set_title("linearity gap eta = ||g(x+eps u) - g(x) - eps J u||")
