@@ -350,17 +350,14 @@ def _fitted_batches(n: int, batch_size: int, device: torch.device,
     """``work`` on consecutive slices of ``batch_size`` samples, in order. A slice that runs
     out of memory is retried with half as many samples (:func:`attrcert.memory.halving`),
     and later slices keep the smaller size; results do not depend on the slicing."""
-    size = [batch_size]
-    start = 0
+    size, start = batch_size, 0
     while start < n:
-        def run(b: int, first: int = start) -> tuple[slice, BatchResult]:
-            sl = slice(first, min(n, first + b))
-            return sl, work(sl)
+        def run(b: int, first: int = start) -> BatchResult:
+            return work(slice(first, min(n, first + b)))
 
-        sl, result = halving(run, size[0], device=device, what="sample per batch",
-                             on_halve=lambda b: size.__setitem__(0, b))
+        result, size = halving(run, size, device=device, what="sample per batch")
         yield result
-        start = sl.stop
+        start = min(n, start + size)
 
 
 def _setup(

@@ -135,8 +135,6 @@ def _rows_replicated(
     n, d = jac.shape[0], jac.shape[1]
     total = rows.numel()
     skipped = d - total
-    size = [chunk_size]
-
     def one_pass(start: int, r_max: int) -> int:
         chunk = rows[start : start + r_max]
         r = chunk.numel()
@@ -150,10 +148,10 @@ def _rows_replicated(
         jac[:, chunk, :] = grad.reshape(r, n, d).transpose(0, 1)
         return r
 
-    start = 0
+    start, size = 0, chunk_size
     while start < total:
-        start += halving(lambda r_max, s=start: one_pass(s, r_max), size[0], device=x.device,
-                         what="Jacobian row per pass",
-                         on_halve=lambda r: size.__setitem__(0, r))
+        done, size = halving(lambda r_max, s=start: one_pass(s, r_max), size, device=x.device,
+                             what="Jacobian row per pass")
+        start += done
         if progress is not None and start < total:
             progress(skipped + start, d)

@@ -223,19 +223,19 @@ def release_cached(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def halving(run: Callable[[int], T], size: int, *, device: torch.device, what: str,
-            on_halve: Callable[[int], None] | None = None) -> T:
-    """``run(size)``; on out-of-memory, ``run(size // 2)``, and so on down to 1.
+def halving(run: Callable[[int], T], size: int, *, device: torch.device,
+            what: str) -> tuple[T, int]:
+    """``run(size)``; on out-of-memory, ``run(size // 2)``, and so on down to 1. Returns the
+    result and the size that worked (callers keep it for their next passes).
 
-    ``what`` names the size in the final error (e.g. ``"Jacobian rows per pass"``).
-    ``on_halve`` is told every new size (the caller keeps it for the next passes).
+    ``what`` names the size in the final error (e.g. ``"Jacobian row per pass"``).
 
     Raises:
         MemoryBudgetError: out of memory even at size 1.
     """
     while True:
         try:
-            return run(size)
+            return run(size), size
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -246,5 +246,3 @@ def halving(run: Callable[[int], T], size: int, *, device: torch.device, what: s
                     "iterative, --chunk-size 1, --dtype float32 or a device with more "
                     "memory") from None
             size = max(1, size // 2)
-            if on_halve is not None:
-                on_halve(size)

@@ -376,13 +376,12 @@ def abs_sum_gram_blocked(
     if chunk_size < 1:
         raise ValueError(f"chunk_size = {chunk_size} must be >= 1")
     n, d = x.shape[0], x[0].numel()
-    width_now = [min(chunk_size, d)]  # columns per pass, halved (and kept) on out-of-memory
+    width = min(chunk_size, d)  # columns per pass, halved (and kept) on out-of-memory
     out = torch.zeros(n, dtype=torch.float64)
     for i in range(n):
-        out[i] = halving(lambda b, i=i: _abs_sum_one(attribution, model, x[i : i + 1],
-                                                     target[i : i + 1], b),
-                         width_now[0], device=x.device, what="column per pass",
-                         on_halve=lambda b: width_now.__setitem__(0, b))
+        out[i], width = halving(lambda b, i=i: _abs_sum_one(attribution, model, x[i : i + 1],
+                                                            target[i : i + 1], b),
+                                width, device=x.device, what="column per pass")
     return out
 
 
