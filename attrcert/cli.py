@@ -226,6 +226,10 @@ class Common:
     extra_config: dict[str, Any] = field(default_factory=dict)
     shard: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.memory_budget is not None:
+            parse_size(self.memory_budget)  # a bad size fails before anything is loaded
+
 
 @dataclass
 class Loaded:
@@ -464,8 +468,6 @@ def _run(opts: Common, command: str, func: Callable[..., list[Record]],
     each rank its shard, gathered on every rank, rank 0 writing ``--output``
     (:mod:`attrcert.distributed`)."""
     torch.set_num_threads(opts.threads)
-    if opts.memory_budget is not None:
-        parse_size(opts.memory_budget)  # a bad size fails before anything is loaded
     shard = select_shard(opts.shard)
     if shard is not None and opts.save_attributions is not None:
         raise OptionError("--save-attributions does not work with --shard or torchrun yet: "
@@ -897,8 +899,6 @@ def report(
 
     require_matplotlib()
     Perturbation(parse_norm(norm), eps)
-    if memory_budget is not None:
-        parse_size(memory_budget)
     radii = parse_sweep(sweep, eps)
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file: give a folder")
