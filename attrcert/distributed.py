@@ -41,10 +41,10 @@ import torch
 from .errors import AttrcertError, InputError, OptionError
 from .loading import (
     Images,
-    _load_image_files,
-    _read_image,
     image_files,
+    load_image_files,
     load_images,
+    read_image,
 )
 from .results import Record, dumps_strict
 
@@ -164,7 +164,7 @@ def shard_image_size(folder: Path, shard: Shard) -> tuple[int, int]:
     """``(H, W)`` of the first image of ``shard`` in ``folder`` (not of another shard's)."""
     files = image_files(folder)
     shard.check_size(len(files))
-    arr = _read_image(files[shard.index], None, None)
+    arr = read_image(files[shard.index], None, None)
     return int(arr.shape[0]), int(arr.shape[1])
 
 
@@ -181,7 +181,7 @@ def load_shard_images(path: Path, shard: Shard, *, channels: int | None,
         files = image_files(path)
         shard.check_size(len(files))
         rows = shard.indices(len(files))
-        mine = _load_image_files([files[i] for i in rows], channels, size,
+        mine = load_image_files([files[i] for i in rows], channels, size,
                                  where=f"images of shard {shard.label} in {path}")
         return Images(mine.tensor, [f.name for f in files]), rows
     everything = load_images(path, channels=channels, size=size)

@@ -25,3 +25,28 @@ class LoadError(AttrcertError):
     """A model file that cannot be loaded (or must not be, without --trust-pickle)."""
 
     kind = "load"
+
+
+class ModelOutputError(InputError):
+    """The model returned logits that are not finite (NaN or infinite) for sample ``index``
+    (its position in the batch given to :func:`attrcert.certify`)."""
+
+    kind = "model_output"
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class OutputError(AttrcertError):
+    """A result could not be written (full disk, closed pipe, no permission): nothing that
+    failed to be written is ever reported as done."""
+
+    kind = "output"
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (torch messages run over many lines)."""
+    text = str(exc).strip().splitlines()
+    first = text[0].strip() if text else ""
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__

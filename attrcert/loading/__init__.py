@@ -1,0 +1,43 @@
+"""Loading models, images and labels, by content rather than by file suffix.
+
+- :mod:`~attrcert.loading.models`: :func:`load_model` for every model format, and what may
+  be trusted (:mod:`~attrcert.loading.export_archive` reads ``.pt2`` archives without
+  running code from them; :mod:`~attrcert.loading.pickles`; :mod:`~attrcert.loading.arch`
+  for ``--arch``);
+- :mod:`~attrcert.loading.images`: :func:`load_images` (folders of PNG/JPEG, tensor files);
+- :mod:`~attrcert.loading.labels`: :func:`load_labels`;
+- :mod:`~attrcert.loading.normalization`: :func:`with_normalization`;
+- :mod:`~attrcert.loading.formats`: :func:`sniff_model`, what a file holds.
+"""
+
+from .formats import sniff_model
+from .images import (
+    IMAGE_SUFFIXES,
+    Images,
+    first_image_size,
+    image_files,
+    load_image_files,
+    load_images,
+    read_image,
+)
+from .labels import load_labels
+from .models import infer_input_channels, load_model
+from .normalization import Normalized, with_normalization
+from .pickles import UntrustedPickleWarning
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Images",
+    "Normalized",
+    "UntrustedPickleWarning",
+    "first_image_size",
+    "image_files",
+    "infer_input_channels",
+    "load_image_files",
+    "load_images",
+    "load_labels",
+    "load_model",
+    "read_image",
+    "sniff_model",
+    "with_normalization",
+]

@@ -1,0 +1,143 @@
+"""``--arch module:factory``: import the user's Python code (by design: it builds the
+model) and load a weights-only file (a state dict) into the model it returns."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from ..errors import LoadError, one_line
+
+
+def _parse_arch(arch: str) -> tuple[str, str]:
+    if not isinstance(arch, str) or ":" not in arch:
+        raise LoadError(f"--arch {arch!r} is not of the form module:factory or "
+                        "path/to/file.py:factory")
+    target, factory = (part.strip() for part in arch.rsplit(":", 1))
+    if not target or not factory or not all(p.isidentifier() for p in factory.split(".")):
+        raise LoadError(f"--arch {arch!r} is not of the form module:factory or "
+                        "path/to/file.py:factory (factory: a Python name)")
+    return target, factory
+
+
+@contextlib.contextmanager
+def _on_sys_path(*folders: str) -> Iterator[None]:
+    """``folders`` (those not there yet) at the front of ``sys.path`` for the duration."""
+    added = [folder for folder in dict.fromkeys(folders) if folder not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for folder in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+
+
+def _import_arch_module(target: str, arch: str) -> object:
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    if is_file:
+        file = Path(target).expanduser()
+        file = file if file.is_absolute() else Path.cwd() / file
+        if not file.is_file():
+            raise LoadError(f"--arch {arch}: file {target} does not exist")
+        stem = re.sub(r"\W", "_", file.stem)
+        name = f"_attrcert_arch_{stem}_{abs(hash(str(file.resolve()))):x}"
+        spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None or spec.loader is None:
+            raise LoadError(f"--arch {arch}: cannot import {target} (not a Python file?)")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            with _on_sys_path(str(file.parent), os.getcwd()):  # its siblings, as a script
+                spec.loader.exec_module(module)
+        except (Exception, SystemExit) as exc:
+            sys.modules.pop(name, None)
+            raise LoadError(f"--arch {arch}: importing {target} failed: "
+                            f"{one_line(exc)}") from None
+        return module
+    try:
+        with _on_sys_path(os.getcwd()):
+            return importlib.import_module(target)
+    except (Exception, SystemExit) as exc:
+        raise LoadError(f"--arch {arch}: cannot import module {target} ({one_line(exc)}); "
+                        "run from the folder that holds it, or pass path/to/file.py:factory"
+                        ) from None
+
+
+def _build_arch(arch: str) -> nn.Module:
+    target, factory_name = _parse_arch(arch)
+    obj: object = _import_arch_module(target, arch)
+    for part in factory_name.split("."):
+        if not hasattr(obj, part):
+            raise LoadError(f"--arch {arch}: {target} has no attribute {factory_name}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise LoadError(f"--arch {arch}: {target}.{factory_name} is not callable")
+    try:
+        model = obj()
+    except Exception as exc:
+        raise LoadError(f"--arch {arch}: calling {factory_name}() failed: "
+                        f"{one_line(exc)} (the factory must take no arguments)") from None
+    if not isinstance(model, nn.Module):
+        raise LoadError(f"--arch {arch}: {factory_name}() returned a {type(model).__name__}, "
+                        "not a torch.nn.Module")
+    return model
+
+
+def state_dict_of(obj: object, path: Path) -> dict[str, Tensor]:
+    if not isinstance(obj, Mapping) or not obj:
+        raise LoadError(f"{path} holds a {type(obj).__name__}, not a model or a state dict")
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        raise LoadError(f"{path} holds a dict that is not a state dict (name -> tensor): for a "
+                        "training checkpoint, save checkpoint['state_dict'] on its own")
+    return dict(obj)
+
+
+def _mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> str:
+    """One line on how ``state`` does not fit ``model`` (keys and shapes)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys {few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {few(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatch (file vs model) {few(shapes)}")
+    hint = ""
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        hint = " (keys start with 'module.': saved from DataParallel; strip that prefix)"
+    return "; ".join(parts) + hint
+
+
+def load_into_arch(state: Mapping[str, Tensor], arch: str, path: Path) -> nn.Module:
+    model = _build_arch(arch)
+    problem = _mismatch(model, state)
+    if problem:
+        raise LoadError(f"the weights in {path} do not fit --arch {arch}: {problem}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise LoadError(f"the weights in {path} do not fit --arch {arch}: "
+                        f"{' '.join(str(exc).split())}") from None
+    return model.eval()
+
+
+def weights_only_error(path: Path) -> LoadError:
+    return LoadError(f"{path} holds weights only (a state dict): pass --arch module:factory "
+                     "(or --arch path/to/file.py:factory) to build the model")
