@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import bounds
 from .attributions import Attribution, Model, get_method, resolve_target, target_gradient
-from .errors import OptionError
+from .errors import ModelOutputError, OptionError
 from .jacobian import attribution_jacobian, default_chunk_size
 from .memory import (
     MemoryBudgetError,
@@ -150,6 +150,7 @@ def analyse(
     seed: int = 0,
     progress: Progress | None = None,
     abs_sum_blocked: bool = False,
+    first_index: int = 0,
 ) -> Analysis:
     """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
 
@@ -160,10 +161,19 @@ def analyse(
     (:func:`attrcert.spectral.abs_sum_gram_blocked`, ``chunk_size`` columns per pass);
     every sample starts the solver from the same ``seed``ed vector, so neither batching nor
     resuming a run on a subset changes its result.
+
+    Raises:
+        ModelOutputError: the model's logits are not finite for a sample (its index among
+            all samples is ``first_index`` plus its position in ``x``).
     """
     n = x.shape[0]
     with torch.no_grad():
         logits = model(x)
+    finite = torch.isfinite(logits).all(dim=1)
+    if not finite.all():
+        index = first_index + int((~finite).nonzero()[0])
+        raise ModelOutputError(f"the model returned logits that are not finite (NaN or "
+                               f"infinite) for sample {index}: it cannot be certified", index)
     g = attribution(model, x, target)
     if spectral == "iterative":
         parts = [spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
@@ -508,7 +518,8 @@ def certify(
         start = time.perf_counter()
         a = analyse(model, x[sl], attribution, targets[sl], chunk_size=sizing.chunk_size,
                     label_gradient=label_gradient, spectral=how, tol=tol,
-                    progress=progress, abs_sum_blocked=sizing.abs_sum_blocked)
+                    progress=progress, abs_sum_blocked=sizing.abs_sum_blocked,
+                    first_index=sl.start)
         batch_records = _certify_batch(model, a, attribution, pert, method, nonsmooth, notes)
         for rec in batch_records:
             rec["spectral"] = how
@@ -699,7 +710,7 @@ def max_eps(
         start = time.perf_counter()
         a = analyse(model, x[sl], attribution, targets[sl], chunk_size=sizing.chunk_size,
                     spectral=how, tol=tol, progress=progress,
-                    abs_sum_blocked=sizing.abs_sum_blocked)
+                    abs_sum_blocked=sizing.abs_sum_blocked, first_index=sl.start)
         n, d = a.attr.shape
         tolerances, slopes, methods, batch = [], [], [], []
         for i in range(n):

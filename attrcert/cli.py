@@ -6,6 +6,7 @@ bad input (one line on stderr, no traceback); 130 interrupted.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import signal
@@ -48,10 +49,11 @@ from .distributed import (
     shard_image_size,
     write_sidecar,
 )
-from .errors import AttrcertError, InputError, OptionError
+from .errors import AttrcertError, InputError, ModelOutputError, OptionError
 from .loading import (
     Images,
     UntrustedPickleWarning,
+    WeightsConvertedWarning,
     first_image_size,
     infer_input_channels,
     load_images,
@@ -77,6 +79,7 @@ from .results import (
     write_document,
 )
 from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
+from .writing import check_output_path, write_bytes, write_stdout
 
 try:  # typer < 0.20 uses click itself; later releases vendor it as TyperException
     from click.exceptions import ClickException as _ClickException
@@ -95,6 +98,30 @@ app = typer.Typer(
     "linear attribution: they are estimates, not guarantees, for non-smooth models.",
 )
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _finite(value: float | None) -> float | None:
+    """Option callback: NaN and infinities are not numbers a user means."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _fraction(value: float) -> float:
+    """Option callback: a number in the open interval (0, 1)."""
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise typer.BadParameter(f"{value} must be a finite number in (0, 1)")
+    return value
+
+
+def _image_size(value: tuple[int, int] | None) -> tuple[int, int] | None:
+    if value is not None and not all(1 <= v <= MAX_SIDE for v in value):
+        raise typer.BadParameter(f"{value[0]} {value[1]}: each side must lie in 1..{MAX_SIDE}")
+    return value
+
+
+MAX_SIDE = 16384  #: --size H W: larger sides are surely typos (and would exhaust memory)
+MAX_INT = 2**31 - 1
 
 
 class Method(str, Enum):
@@ -135,7 +162,8 @@ ImagesArg = Annotated[Path, typer.Argument(
     show_default=False)]
 NormOpt = Annotated[str, typer.Option(help="Norm of the perturbation: 2, inf, or any p >= 1.")]
 MethodOpt = Annotated[Method, typer.Option(help="Attribution method.")]
-StepsOpt = Annotated[int, typer.Option(min=1, help="Integrated-gradients steps m (Eq. 40).")]
+StepsOpt = Annotated[int, typer.Option(min=1, max=100_000,
+                                        help="Integrated-gradients steps m (Eq. 40).")]
 BaselineOpt = Annotated[str, typer.Option(
     help="Integrated-gradients baseline: zero, or a tensor file of one image.")]
 LabelsOpt = Annotated[Path | None, typer.Option(
@@ -144,9 +172,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), c
                                              "cuda:N or mps.")]
 DTypeOpt = Annotated[DType, typer.Option(help="Computation precision.")]
 ChunkOpt = Annotated[int | None, typer.Option(
-    min=1, help="Jacobian rows per autograd pass (memory cap; GPU strategy).")]
+    min=1, max=MAX_INT, help="Jacobian rows per autograd pass (memory cap; GPU strategy).")]
 BatchOpt = Annotated[int | None, typer.Option(
-    min=1, help="Samples per batch (default: 1 on CPU, 16 on GPU).")]
+    min=1, max=MAX_INT, help="Samples per batch (default: 1 on CPU, 16 on GPU).")]
 OutputOpt = Annotated[Path | None, typer.Option(
     help="Also write the results to FILE.json, FILE.jsonl (a record per line as each "
     "sample finishes) or FILE.csv.")]
@@ -160,9 +188,10 @@ MeanOpt = Annotated[str | None, typer.Option(
     "pixel units.")]
 StdOpt = Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")]
 SizeOpt = Annotated[tuple[int, int] | None, typer.Option(
-    help="Resize images to H W.", show_default=False)]
+    help="Resize images to H W.", show_default=False, callback=_image_size)]
 ArchOpt = Annotated[str | None, typer.Option(
-    help="module:factory (or file.py:factory) building the model for a weights file.")]
+    help="module:factory (or file.py:factory) building the model for a weights file. This "
+    "imports and runs that Python code, by design: name only code you trust.")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow a pickled model: loading it RUNS CODE from the file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -182,13 +211,14 @@ SpectralOpt = Annotated[Spectral, typer.Option(
     help="full: form each Jacobian (needed for Theorem 2's l-inf bound); iterative: "
     "xi_max and v_max matrix-free (l-inf then uses Corollary 1); auto: iterative except "
     "l-inf up to d = 4096.")]
-TolOpt = Annotated[float, typer.Option(help="Relative tolerance of the iterative solver.")]
+TolOpt = Annotated[float, typer.Option(
+    callback=_fraction, help="Relative tolerance of the iterative solver, in (0, 1).")]
 MemoryOpt = Annotated[str | None, typer.Option(
     help="Memory the autograd passes may use, e.g. 4GB or 512MiB (default: half of the "
     "device's free memory). Picks batch and chunk sizes; on a GPU an out-of-memory pass is "
     "retried with half the size.", show_default=False)]
 ThreadsOpt = Annotated[int, typer.Option(
-    min=1, help="CPU threads for torch. 1 costs little for small models and avoids a "
+    min=1, max=4096, help="CPU threads for torch. 1 costs little for small models and avoids a "
     "3-5x slowdown when other processes share the cores (BENCHMARKS.md); raise it for "
     "large models on a quiet machine.")]
 LabelGradOpt = Annotated[LabelGradient, typer.Option(
@@ -267,13 +297,7 @@ def _check_output_paths(opts: Common) -> None:
 
 
 def _check_writable(path: Path, flag: str) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OptionError(f"{flag} {path} is a folder: give a file name")
-    if not parent.is_dir():
-        raise OptionError(f"{flag} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OptionError(f"{flag} {path} is not writable")
+    check_output_path(path, flag)
 
 
 def _folder_channels(model: torch.nn.Module, images: Path,
@@ -296,6 +320,7 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool) -> torch.nn.Mo
     """:func:`load_model`, with its warnings (``--trust-pickle``) as one line on stderr."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UntrustedPickleWarning)
+        warnings.simplefilter("always", WeightsConvertedWarning)
         model = load_model(path, arch=arch, trust_pickle=trust_pickle)
     for w in caught:
         err.print(f"warning: {w.message}")
@@ -329,6 +354,8 @@ def _load(opts: Common, shard: Shard | None = None) -> Loaded:
     if out.ndim != 2 or out.shape[0] != 1:
         raise InputError(f"the model returned shape {tuple(out.shape)} for one image: "
                          "attrcert needs logits of shape (N, k)")
+    if not torch.isfinite(out).all():
+        raise _nonfinite(opts.model, images.sources[0 if rows is None else rows[0]])
     target = (load_labels(opts.labels, images.sources, num_classes=int(out.shape[1]))
               if opts.labels else None)
     baseline = None
@@ -342,6 +369,12 @@ def _load(opts: Common, shard: Shard | None = None) -> Loaded:
         baseline = base[0]
     nonsmooth = find_nonsmooth(model, images.tensor[:1])
     return Loaded(model, images, target, baseline, nonsmooth, rows)
+
+
+def _nonfinite(model: Path, source: str) -> InputError:
+    return InputError(f"model {model} returns logits that are not finite (NaN or infinite) "
+                      f"for {source}: check its weights and its input range; such a model "
+                      "cannot be certified")
 
 
 def _config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
@@ -436,14 +469,14 @@ class Reporter:
     def save_attributions(self, config: dict[str, Any]) -> None:
         if self.opts.save_attributions is None:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         shape = (-1, *self.loaded.images.tensor.shape[1:])
-        save_file({"attributions": torch.cat(self.attrs).reshape(shape).contiguous(),
-                   "v_max": torch.cat(self.directions).reshape(shape).contiguous()},
-                  str(self.opts.save_attributions),
-                  metadata={"sources": dumps_strict(self.loaded.images.sources),
-                            "config": dumps_strict(config)})
+        data = save({"attributions": torch.cat(self.attrs).reshape(shape).contiguous(),
+                     "v_max": torch.cat(self.directions).reshape(shape).contiguous()},
+                    metadata={"sources": dumps_strict(self.loaded.images.sources),
+                              "config": dumps_strict(config)})
+        write_bytes(self.opts.save_attributions, data)
 
 
 class Interrupted(Exception):
@@ -555,6 +588,8 @@ def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
             exc.finished += len(done)
             exc.output = local.output
             raise
+        except ModelOutputError as exc:
+            raise _nonfinite(opts.model, loaded.images.sources[todo[exc.index]]) from None
         finally:
             signal.signal(signal.SIGINT, previous_handler)
     records = sorted([*done.values(), *new], key=lambda r: r["index"])
@@ -572,21 +607,31 @@ def _stdout_console() -> Console:
     return out if out.is_terminal else Console(width=120, highlight=False, soft_wrap=True)
 
 
+def _print_stdout(*renderables: Any) -> None:
+    """Print to standard output through :func:`attrcert.writing.write_stdout` (checked):
+    rendered as the terminal would show them, then written in one go."""
+    real = _stdout_console()
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=real.width, highlight=False, soft_wrap=True,
+                      force_terminal=real.is_terminal, color_system=real.color_system)
+    for item in renderables:
+        console.print(item)
+    write_stdout(buffer.getvalue())
+
+
 def _emit(opts: Common, config: dict[str, Any], records: list[Record],
           columns: Sequence[tuple[str, str]], title: str,
           summary_keys: Sequence[tuple[str, str]], footer: str) -> None:
     if secondary_rank():  # torchrun: rank 0 prints the whole run
         return
     if opts.format is Format.json:
-        sys.stdout.write(dumps_strict(document(config, records), indent=2) + "\n")
+        write_stdout(dumps_strict(document(config, records), indent=2) + "\n")
         return
-    out = _stdout_console()
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for key, header in columns:
         table.add_column(header, justify="left" if key == "source" else "right", no_wrap=True)
     for rec in records:
         table.add_row(*(format_value(rec.get(key)) for key, _ in columns))
-    out.print(table)
     summary = summarize(records)
     stats = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for header in ("", "mean", "median", "max"):
@@ -607,8 +652,8 @@ def _emit(opts: Common, config: dict[str, Any], records: list[Record],
     wrong = sum(1 for r in records if r["target"] != r["predicted"])
     if wrong:
         lines.append(f"target != prediction: {wrong} (label radius 0)")
-    out.print(Panel(Group(stats, Text("\n".join(lines))), title="summary", expand=False))
-    out.print(footer)
+    _print_stdout(table, Panel(Group(stats, Text("\n".join(lines))), title="summary",
+                               expand=False), footer)
 
 
 def _gate(failures: list[str], what: str) -> str | None:
@@ -643,11 +688,15 @@ def main_callback(
     """attrcert: certify how far gradient attributions can move."""
 
 
-EpsOpt = Annotated[float, typer.Option(help="Radius of the perturbation ball, in pixel units "
-                                             "of the images as loaded ([0, 1]).")]
-AttackStepsOpt = Annotated[int, typer.Option(min=1, help="Steps of each attack run.")]
-RestartsOpt = Annotated[int, typer.Option(min=1, help="Random restarts of each attack run.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the attacks' random starts.")]
+EpsOpt = Annotated[float, typer.Option(
+    callback=_finite, help="Radius of the perturbation ball, in pixel units of the images as "
+    "loaded ([0, 1]).")]
+AttackStepsOpt = Annotated[int, typer.Option(min=1, max=1_000_000,
+                                              help="Steps of each attack run.")]
+RestartsOpt = Annotated[int, typer.Option(min=1, max=10_000,
+                                          help="Random restarts of each attack run.")]
+SeedOpt = Annotated[int, typer.Option(min=0, max=2**63 - 1,
+                                      help="Seed of the attacks' random starts.")]
 RequireVerifiedOpt = Annotated[bool, typer.Option(
     help="Exit 1 if the attack exceeded a bound on any sample.")]
 LABEL_COLUMNS = [("label_preserved", "Prop.1"), ("label_radius", "radius")]
@@ -744,9 +793,9 @@ def bound(
     attack_steps: AttackStepsOpt = 40,
     restarts: RestartsOpt = 1,
     seed: SeedOpt = 0,
-    fail_above_te: Annotated[float | None, typer.Option(
+    fail_above_te: Annotated[float | None, typer.Option(callback=_finite,
         help="Exit 1 if any sample's T_e exceeds this.")] = None,
-    fail_above_tc_deg: Annotated[float | None, typer.Option(
+    fail_above_tc_deg: Annotated[float | None, typer.Option(callback=_finite,
         help="Exit 1 if any sample's cosine bound exceeds this many degrees.")] = None,
     require_label_preserved: Annotated[bool, typer.Option(
         help="Exit 1 if Proposition 1 cannot show the label is preserved for every "
@@ -882,10 +931,11 @@ def report(
         help="Radii of the eps sweep, e.g. 0.02,0.05,0.1 (default: 6 equally spaced values "
         "up to --eps).", show_default=False)] = None,
     figures: Annotated[int, typer.Option(
-        min=0, help="Per-sample figures (the first N samples; the table lists all).")] = 8,
+        min=0, max=MAX_INT,
+        help="Per-sample figures (the first N samples; the table lists all).")] = 8,
     jacobian_max_d: Annotated[int, typer.Option(
-        min=0, help="Form the first sample's d x d Jacobian for the |J| heatmap only up to "
-        "this d.")] = 4096,
+        min=0, max=MAX_INT, help="Form the first sample's d x d Jacobian for the |J| heatmap "
+        "only up to this d.")] = 4096,
     quiet: QuietOpt = False,
 ) -> None:
     """Write an HTML report: attributions, worst-case directions, |J|, bounds against an
@@ -930,14 +980,14 @@ def report(
             figures=figures, jacobian_max_d=jacobian_max_d,
             log=None if quiet else err.print)
     page = write_report(out, data, config)
-    print(f"wrote {page}")
+    write_stdout(f"wrote {page}\n")
 
 
 @app.command("max-eps")
 def max_eps_command(
     model: ModelArg,
     images: ImagesArg,
-    omega: Annotated[float, typer.Option(
+    omega: Annotated[float, typer.Option(callback=_finite,
         help="Tolerance: a distance (euclidean), a cosine distance in (0, 1], or degrees "
         "in (0, 90] (angle).", show_default=False)],
     metric: Annotated[Metric, typer.Option(help="What omega bounds.")] = Metric.euclidean,
@@ -964,7 +1014,7 @@ def max_eps_command(
     tol: TolOpt = 1e-4,
     threads: ThreadsOpt = 1,
     memory_budget: MemoryOpt = None,
-    require_eps_above: Annotated[float | None, typer.Option(
+    require_eps_above: Annotated[float | None, typer.Option(callback=_finite,
         help="Exit 1 if any sample's eps_max is below this.")] = None,
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
@@ -1034,18 +1084,14 @@ def inspect(
         "nonsmooth_ops": ops,
     }
     if format is Format.json:
-        sys.stdout.write(dumps_strict(info, indent=2) + "\n")
+        write_stdout(dumps_strict(info, indent=2) + "\n")
         return
-    out_console = _stdout_console()
-    for key, value in info.items():
-        if key == "nonsmooth_ops":
-            value = ", ".join(value) or "none"
-        out_console.print(f"{key:>14}: {value}")
-    if ops:
-        out_console.print(f"warning: {nonsmooth_message(ops)}")
-    else:
-        out_console.print("no non-smooth operations found: the bounds' smoothness assumption "
-                          "can hold (local linearity still depends on eps)")
+    lines = [f"{key:>14}: {', '.join(value) or 'none' if key == 'nonsmooth_ops' else value}"
+             for key, value in info.items()]
+    lines.append(f"warning: {nonsmooth_message(ops)}" if ops else
+                 "no non-smooth operations found: the bounds' smoothness assumption can hold "
+                 "(local linearity still depends on eps)")
+    _print_stdout(*lines)
 
 
 @app.command()

@@ -47,6 +47,7 @@ from .loading import (
     read_image,
 )
 from .results import Record, dumps_strict
+from .writing import cannot_write, write_text
 
 #: How long a rank that finished its shard waits for the others in the final gather. The
 #: shards can take very different times (GPU-days in all), so this is long on purpose.
@@ -152,10 +153,13 @@ def write_sidecar(path: Path, config: dict[str, Any], digest: str, shard: Shard)
     """Write (atomically) the whole run's configuration beside the shard file ``path``."""
     target = sidecar(path)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(dumps_strict({"config": config, "config_hash": digest,
-                                 "shard": {"index": shard.index, "count": shard.count}},
-                                indent=2) + "\n")
-    os.replace(tmp, target)
+    write_text(tmp, dumps_strict({"config": config, "config_hash": digest,
+                                  "shard": {"index": shard.index, "count": shard.count}},
+                                 indent=2) + "\n")
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise cannot_write(target, exc) from None
 
 
 # --- loading a shard ----------------------------------------------------------------------------
@@ -324,7 +328,7 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
                          "by --shard I/N or torchrun, each with its configuration file")
     try:
         meta = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(f"cannot read {side}: {exc.__class__.__name__}: rerun that shard")\
             from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) \
@@ -345,7 +349,7 @@ def _read_records(path: Path, digest: str) -> list[Record]:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise InputError(f"{path} line {number} is not JSON (a run cut short?): rerun "
                              "that shard to finish it, then merge") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("index"), int):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .writing import Appender, write_text
 
 Record = dict[str, Any]
 
@@ -95,27 +97,31 @@ def csv_value(value: Any) -> str:
     return str(value)
 
 
-def write_document(path: Path, config: dict[str, Any], records: Sequence[Record]) -> None:
-    """Write ``records`` to ``path`` as ``.json`` (the document), ``.jsonl`` (a record per
-    line) or ``.csv`` (a row per record, the union of keys as header)."""
+def document_text(path: Path, config: dict[str, Any], records: Sequence[Record]) -> str:
+    """``records`` as the text of a ``.json`` (the document), ``.jsonl`` (a record per line)
+    or ``.csv`` (a row per record, the union of keys as header) file, by ``path``'s suffix."""
     suffix = path.suffix.lower()
     if suffix == ".json":
-        path.write_text(dumps_strict(document(config, records), indent=2) + "\n")
-    elif suffix == ".jsonl":
-        with path.open("w") as fh:
-            for rec in records:
-                fh.write(dumps_strict(rec) + "\n")
-    elif suffix == ".csv":
+        return dumps_strict(document(config, records), indent=2) + "\n"
+    if suffix == ".jsonl":
+        return "".join(dumps_strict(rec) + "\n" for rec in records)
+    if suffix == ".csv":
         keys: list[str] = []
         for rec in records:
             keys.extend(k for k in rec if k not in keys)
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(keys)
-            for rec in records:
-                writer.writerow([csv_value(rec.get(k)) for k in keys])
-    else:
-        raise ValueError(f"unsupported output suffix {suffix!r}: use {', '.join(OUTPUT_SUFFIXES)}")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(keys)
+        for rec in records:
+            writer.writerow([csv_value(rec.get(k)) for k in keys])
+        return buffer.getvalue()
+    raise ValueError(f"unsupported output suffix {suffix!r}: use {', '.join(OUTPUT_SUFFIXES)}")
+
+
+def write_document(path: Path, config: dict[str, Any], records: Sequence[Record]) -> None:
+    """Write ``records`` to ``path`` (:func:`document_text`); a failed write raises
+    :class:`~attrcert.errors.OutputError`."""
+    write_text(path, document_text(path, config, records))
 
 
 class JsonlAppender:
@@ -124,15 +130,13 @@ class JsonlAppender:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = path.open("a")
+        self._out = Appender(path)
 
     def append(self, record: Record) -> None:
-        self._fh.write(dumps_strict(record) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._out.append(dumps_strict(record))
 
     def close(self) -> None:
-        self._fh.close()
+        self._out.close()
 
 
 # --- resuming interrupted runs ----------------------------------------------------------------
@@ -157,9 +161,15 @@ def finished_records(path: Path, digest: str) -> dict[int, Record]:
     that appending continues on a clean line. Raises :class:`ResumeError` if a record was
     made with another configuration.
     """
-    if not path.exists():
+    if not path.is_file():  # missing, or a device such as /dev/full: nothing to resume
         return {}
-    lines = path.read_text().splitlines(keepends=True)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        raise ResumeError(f"{path} is not an attrcert JSONL file (it holds binary data): "
+                          "delete it or use another --output file") from None
+    except OSError as exc:
+        raise ResumeError(f"cannot read {path} to resume it: {exc.strerror or exc}") from None
     records: dict[int, Record] = {}
     kept: list[str] = []
     for number, line in enumerate(lines, 1):
@@ -178,5 +188,5 @@ def finished_records(path: Path, digest: str) -> dict[int, Record]:
         records[int(rec["index"])] = rec
         kept.append(line if line.endswith("\n") else line + "\n")
     if len(kept) != len(lines) or (lines and not lines[-1].endswith("\n")):
-        path.write_text("".join(kept))
+        write_text(path, "".join(kept))
     return records

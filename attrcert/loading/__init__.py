@@ -10,6 +10,7 @@
 - :mod:`~attrcert.loading.formats`: :func:`sniff_model`, what a file holds.
 """
 
+from .arch import WeightsConvertedWarning
 from .formats import sniff_model
 from .images import (
     IMAGE_SUFFIXES,
@@ -30,6 +31,7 @@ __all__ = [
     "Images",
     "Normalized",
     "UntrustedPickleWarning",
+    "WeightsConvertedWarning",
     "first_image_size",
     "image_files",
     "infer_input_channels",

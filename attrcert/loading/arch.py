@@ -9,12 +9,17 @@ import importlib.util
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from ..errors import LoadError, one_line
+
+
+class WeightsConvertedWarning(UserWarning):
+    """A weights file's dtype differs from the model ``--arch`` builds: its tensors were cast."""
 
 
 def _parse_arch(arch: str) -> tuple[str, str]:
@@ -83,7 +88,7 @@ def _build_arch(arch: str) -> nn.Module:
         raise LoadError(f"--arch {arch}: {target}.{factory_name} is not callable")
     try:
         model = obj()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a factory that exits is bad input too
         raise LoadError(f"--arch {arch}: calling {factory_name}() failed: "
                         f"{one_line(exc)} (the factory must take no arguments)") from None
     if not isinstance(model, nn.Module):
@@ -125,11 +130,28 @@ def _mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> str:
     return "; ".join(parts) + hint
 
 
+def _warn_converted(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+    """One warning when ``load_state_dict`` will cast weights to the model's dtypes."""
+    own = model.state_dict()
+    cast = [k for k in own if k in state and state[k].dtype != own[k].dtype]
+    if cast:
+        first = cast[0]
+        more = f" and {len(cast) - 1} more" if len(cast) > 1 else ""
+        have = str(state[first].dtype).removeprefix("torch.")
+        want = str(own[first].dtype).removeprefix("torch.")
+        warnings.warn(f"the weights in {path} are {have} but --arch builds {want} "
+                      f"({first}{more}): converted to {want}", WeightsConvertedWarning,
+                      stacklevel=4)
+
+
 def load_into_arch(state: Mapping[str, Tensor], arch: str, path: Path) -> nn.Module:
+    """The model ``arch`` builds with ``state`` loaded strictly (weights of another dtype
+    are cast to the model's, with a :class:`WeightsConvertedWarning`)."""
     model = _build_arch(arch)
     problem = _mismatch(model, state)
     if problem:
         raise LoadError(f"the weights in {path} do not fit --arch {arch}: {problem}")
+    _warn_converted(model, state, path)
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:

@@ -113,6 +113,12 @@ def load_images(
     return Images(tensor.contiguous(), [f"{path.name}[{i}]" for i in range(tensor.shape[0])])
 
 
+def _native_order(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (a big-endian ``.npy`` is a valid image tensor,
+    but torch only wraps native-order arrays)."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
 def _refused_tensor_pickle(path: Path, reason: str) -> InputError:
     return InputError(f"{path} is refused: {reason}, and loading it would run code from the "
                       "file; save a plain tensor with torch.save(tensor), or use .npy or "
@@ -124,7 +130,7 @@ def _load_tensor_file(path: Path, head: bytes) -> object:
     try:
         if head.startswith(NPY_MAGIC):
             try:
-                return torch.from_numpy(np.load(path, allow_pickle=False))
+                return torch.from_numpy(_native_order(np.load(path, allow_pickle=False)))
             except ValueError as exc:
                 if "allow_pickle" in str(exc):
                     raise _refused_tensor_pickle(path, "the .npy file holds Python objects "

@@ -22,8 +22,10 @@ def load_labels(path: str | Path, sources: list[str], num_classes: int | None = 
         InputError: with a one-line message naming the first offending name or row.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"labels file {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"labels file {path} is not a regular file: give a CSV file")
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import LoadError, one_line
 from .arch import load_into_arch, state_dict_of, weights_only_error
+from .export_archive import load_export_archive, quiet_torch
 from .formats import KIND_NAMES, sniff_model
 from .pickles import (
     UntrustedPickleWarning,
@@ -37,6 +38,10 @@ from .pickles import (
 )
 
 _WHOLE_MODEL = "a torch.export (.pt2) or TorchScript archive"
+
+
+def _warn_untrusted(message: str) -> None:
+    warnings.warn(message, UntrustedPickleWarning, stacklevel=4)
 
 
 def _load_untrusted(path: Path, kind: str, arch: str | None) -> nn.Module:
@@ -63,9 +68,9 @@ def _load_untrusted(path: Path, kind: str, arch: str | None) -> nn.Module:
 
 def _load_model_cpu(path: Path, kind: str, arch: str | None, trust_pickle: bool) -> nn.Module:
     if kind == "export":
-        return torch.export.load(str(path)).module()
+        return load_export_archive(path, trust_pickle, _warn_untrusted)
     if kind == "torchscript":
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_torch():
             warnings.simplefilter("ignore")  # TorchScript is deprecated in torch >= 2.10
             return torch.jit.load(str(path), map_location="cpu")
     if kind == "safetensors":
