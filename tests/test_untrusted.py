@@ -20,7 +20,7 @@ import torch
 from attrcert.cli import main
 from attrcert.errors import LoadError
 from attrcert.loading import UntrustedPickleWarning, load_model
-from attrcert.loading.export_archive import expression_is_plain, guard_is_plain, target_is_safe
+from attrcert.loading.export_program import expression_is_plain, guard_is_plain, target_is_safe
 
 from . import hostile
 from .processes import run_attrcert
