@@ -1,5 +1,6 @@
-"""The report's figures (matplotlib, Agg backend). Imported only by
-:func:`attrcert.report.write_report`: the rest of attrcert works without matplotlib.
+"""The report's figures (matplotlib, Agg backend), drawn from the views of
+:mod:`attrcert.report.compute`. Imported only by :func:`attrcert.report.html.write_report`:
+the rest of attrcert works without matplotlib.
 
 Every figure states its units: eps and pixel values are in the pixel units of the images
 as loaded ([0, 1]); attributions in the units of the model's logit (IG and input x
@@ -12,7 +13,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -21,11 +22,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 
-from .perturbation import norm_label
-from .results import Record
+from ..perturbation import norm_label
+from ..results import Record
+from .compute import JacobianView, SampleView, Sweep
 
-if TYPE_CHECKING:
-    from .report import JacobianView, SampleView, Sweep
+__all__ = ["deviation_histogram", "jacobian_figure", "sample_figure", "sweep_figure"]
 
 DPI = 100
 #: Applied inside each figure function only (matplotlib's global settings stay untouched).
