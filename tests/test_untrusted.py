@@ -250,7 +250,7 @@ def test_full_stdout_is_an_error(one_image):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-def test_full_disk_for_shards_and_merge(tmp_path, one_image, capfd):
+def test_full_disk_for_shards_merge_and_report(tmp_path, one_image, capfd):
     shard = tmp_path / "s.jsonl"
     _full(tmp_path, "s.config.json.tmp")  # the sidecar is written there, then renamed
     code, out, err = run_main(["bound", MODEL, one_image, "--steps", "2", "--quiet",
@@ -263,6 +263,14 @@ def test_full_disk_for_shards_and_merge(tmp_path, one_image, capfd):
     merged = _full(tmp_path, "merged.json")
     code, out, err = run_main(["merge", str(merged), str(good)], capfd)
     assert_one_line_error(code, out, err, "merged.json", "No space left on device")
+    for name in ("report.json", "sample_000.png", "report.html"):
+        report = tmp_path / f"report_{name}"
+        report.mkdir()
+        _full(report, name)
+        code, out, err = run_main(["report", MODEL, one_image, "--steps", "2", "--quiet",
+                                   "--out", str(report), "--sweep", "0.1", "--attack-steps",
+                                   "2", "--jacobian-max-d", "0"], capfd)
+        assert_one_line_error(code, out, err, name, "No space left on device")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")

@@ -10,6 +10,7 @@ gradient) or logit per pixel unit (saliency).
 from __future__ import annotations
 
 import functools
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from matplotlib.colors import LogNorm
 
 from ..perturbation import norm_label
 from ..results import Record
+from ..writing import write_bytes
 from .compute import JacobianView, SampleView, Sweep
 
 __all__ = ["deviation_histogram", "jacobian_figure", "sample_figure", "sweep_figure"]
@@ -44,8 +46,10 @@ def _styled(func: F) -> F:
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
     plt.close(fig)
+    write_bytes(path, buffer.getvalue())
 
 
 def _plane(a: np.ndarray) -> tuple[np.ndarray, str]:

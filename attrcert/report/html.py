@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import OptionError
 from ..perturbation import norm_label
 from ..results import ASSUMPTION, Record, dumps_strict, finite_or_none, format_value, summarize
+from ..writing import cannot_write, write_text
 from .compute import JacobianView, ReportData, SampleView
 
 #: What to run when matplotlib is missing.
@@ -149,7 +150,10 @@ def write_report(out: Path, data: ReportData, config: dict[str, Any]) -> Path:
     # matplotlib is imported here, and only here
     from .figures import deviation_histogram, jacobian_figure, sample_figure, sweep_figure
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(out, exc) from None
     figures: list[tuple[str, Path, str]] = []  # (section, file, caption)
     for i, view in enumerate(data.samples):
         path = out / f"sample_{i:03d}.png"
@@ -173,9 +177,9 @@ def write_report(out: Path, data: ReportData, config: dict[str, Any]) -> Path:
                              "xi_max_record": data.jacobian.xi_max_record,
                              "reason": data.jacobian.reason},
                 "figures": [p.name for _, p, _ in figures]}
-    (out / "report.json").write_text(dumps_strict(document, indent=2) + "\n")
+    write_text(out / "report.json", dumps_strict(document, indent=2) + "\n")
     page = out / "report.html"
-    page.write_text(_html(data, config, figures))
+    write_text(page, _html(data, config, figures))
     return page
 
 
