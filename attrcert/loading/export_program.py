@@ -93,48 +93,34 @@ def _tokens(text: str) -> list[tokenize.TokenInfo]:
             if t.type not in {tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER}]
 
 
-def expression_is_plain(text: str) -> bool:
-    """Whether a symbolic shape expression (which torch hands to ``sympy.sympify``, that is
-    to ``eval``) holds only sympy constructors, shape symbols, numbers and arithmetic: no
-    attribute access, no subscripts, no other names."""
+def _only(text: str, name_ok: Callable[[str], bool], ops: frozenset[str]) -> bool:
+    """Whether ``text`` is one line of Python tokens: names that ``name_ok`` accepts,
+    operators among ``ops``, numbers, and identifier-like string literals."""
     try:
         for tok in _tokens(text):
-            if tok.type == tokenize.NAME:
-                if not (tok.string in SYMPY_NAMES or tok.string in ASSUMPTIONS
-                        or _SYMBOL.match(tok.string)):
-                    return False
-            elif tok.type == tokenize.OP:
-                if tok.string not in _EXPR_OPS:
-                    return False
-            elif tok.type == tokenize.STRING:
-                if not _STRING.match(tok.string):
-                    return False
-            elif tok.type != tokenize.NUMBER:
+            ok = (name_ok(tok.string) if tok.type == tokenize.NAME
+                  else tok.string in ops if tok.type == tokenize.OP
+                  else bool(_STRING.match(tok.string)) if tok.type == tokenize.STRING
+                  else tok.type == tokenize.NUMBER)
+            if not ok:
                 return False
     except (tokenize.TokenError, IndentationError, SyntaxError, ValueError):
         return False
     return True
+
+
+def expression_is_plain(text: str) -> bool:
+    """Whether a symbolic shape expression (which torch hands to ``sympy.sympify``, that is
+    to ``eval``) holds only sympy constructors, shape symbols, numbers and arithmetic: no
+    attribute access, no subscripts, no other names."""
+    return _only(text, lambda name: name in SYMPY_NAMES or name in ASSUMPTIONS
+                 or bool(_SYMBOL.match(name)), _EXPR_OPS)
 
 
 def guard_is_plain(text: str) -> bool:
     """Whether a shape guard (``exec``\\ d by ``.module()``) only compares sizes and strides
     of the inputs (``L['x'].size()[0] <= 1024``) with numbers."""
-    try:
-        for tok in _tokens(text):
-            if tok.type == tokenize.NAME:
-                if not (tok.string in _GUARD_NAMES or tok.string in SYMPY_NAMES):
-                    return False
-            elif tok.type == tokenize.OP:
-                if tok.string not in _GUARD_OPS:
-                    return False
-            elif tok.type == tokenize.STRING:
-                if not _STRING.match(tok.string):
-                    return False
-            elif tok.type != tokenize.NUMBER:
-                return False
-    except (tokenize.TokenError, IndentationError, SyntaxError, ValueError):
-        return False
-    return True
+    return _only(text, lambda name: name in _GUARD_NAMES or name in SYMPY_NAMES, _GUARD_OPS)
 
 
 def target_is_safe(target: str) -> bool:
