@@ -35,7 +35,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .certify import Analysis, certify, check_tolerance, max_eps
+from .analysis import Analysis
+from .certify import certify, max_eps
 from .distributed import (
     RankFailed,
     Shard,
@@ -79,6 +80,7 @@ from .results import (
     write_document,
 )
 from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
+from .tolerance import check_tolerance
 from .writing import check_output_path, write_bytes, write_stdout
 
 try:  # typer < 0.20 uses click itself; later releases vendor it as TyperException

@@ -9,7 +9,7 @@ Linear 10; random weights, seed 0) on one random 1 x s x s input, integrated gra
 m = ``--steps``; ``xi_max`` by the full path (:func:`attrcert.jacobian.attribution_jacobian`
 + :func:`attrcert.spectral.spectrum_full`) and by :func:`attrcert.spectral.spectrum_iterative`
 (PROPACK, tol 1e-4), alternating, median of ``--repeat``. Prints a Markdown table; the
-threshold :data:`attrcert.certify.AUTO_FULL_MAX_D` comes from it.
+threshold :data:`attrcert.sizing.AUTO_FULL_MAX_D` comes from it.
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def test_no_convergence_is_an_error(cnn, images, monkeypatch):
 
 
 def test_auto_picks_the_faster_exact_path_by_size_and_norm():
-    from attrcert.certify import AUTO_FULL_MAX_D, AUTO_FULL_MAX_D_LINF, resolve_spectral
+    from attrcert.sizing import AUTO_FULL_MAX_D, AUTO_FULL_MAX_D_LINF, resolve_spectral
 
     assert resolve_spectral("auto", AUTO_FULL_MAX_D, 2.0) == "full"
     assert resolve_spectral("auto", AUTO_FULL_MAX_D + 1, 2.0) == "iterative"

@@ -8,12 +8,12 @@ Everything is computed through the library's own API, so the report shows exactl
 - :func:`attrcert.certify` with ``verify=True`` at ``eps``: the bounds (``T_e``, Theorem 1
   / Corollary 1 / Theorem 2; ``T'_e``, Eq. 11; ``T_c``, Corollary 2), the attack's
   ``T_e_hat`` / ``T_c_hat`` and the linearity gaps ``eta`` (Appendix B.1), per sample;
-  its ``on_batch`` hook hands over each batch's :class:`~attrcert.certify.Analysis`
+  its ``on_batch`` hook hands over each batch's :class:`~attrcert.analysis.Analysis`
   (``g``, ``xi_max``, ``v_max``);
 - an eps sweep from that analysis (no second spectrum): ``T_e(eps) = slope * eps`` is
   linear in eps (:func:`attrcert.bounds.euclidean_bound`); ``c(eps)`` (Eq. 39) and
   ``T'_e(eps) = c(eps) xi_max eps`` (Eq. 11) need ``g(x +- eps u)`` at each eps, with ``u``
-  the worst-case direction (:func:`~attrcert.certify.worst_case_directions`); ``T_c(eps)``
+  the worst-case direction (:func:`~attrcert.analysis.worst_case_directions`); ``T_c(eps)``
   is Corollary 2 of each; ``eta(eps) = ||g(x + eps u) - g(x) - eps J u||_2`` (Appendix B.1,
   the paper's Fig. 3) with ``J u`` from one double-VJP
   (:func:`attrcert.attack.jacobian_vector_product`);
@@ -35,9 +35,10 @@ import torch
 from torch import Tensor
 
 from .. import bounds
+from ..analysis import Analysis, prepare, worst_case_directions
 from ..attack import jacobian_vector_product
 from ..attributions import Attribution, Model, get_method
-from ..certify import Analysis, certify, prepare, worst_case_directions
+from ..certify import certify
 from ..errors import OptionError
 from ..jacobian import attribution_jacobian
 from ..perturbation import NormLike, Perturbation, parse_norm

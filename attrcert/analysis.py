@@ -1,0 +1,240 @@
+"""One batch's analysis: attribution -> Jacobian -> spectrum -> label gradients.
+
+:func:`analyse` does the costly part that every bound needs, once per batch: the
+attribution ``g`` (SPEC §1), the spectrum of its Jacobian ``J = dg/dx`` (``xi_max``,
+``v_max`` and, for l-inf, Theorem 2's ``sum |P_ij|``), and Proposition 1's class gradients.
+:func:`prepare` puts the model and inputs where they compute; :func:`attribution_deviations`
+measures ``||g(x + delta) - g(x)||`` for the perturbations that attain ``T_e``
+(:func:`worst_case_directions`), as Eq. 39 needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .attributions import Attribution, Model, target_gradient
+from .errors import ModelOutputError, OptionError
+from .jacobian import attribution_jacobian
+from .spectral import Spectrum, abs_sum_gram_blocked, spectrum_full, spectrum_iterative
+
+__all__ = ["LABEL_GRADIENTS", "Analysis", "analyse", "attribution_deviations", "prepare",
+           "resolve_device", "worst_case_directions"]
+
+LABEL_GRADIENTS = ("completeness", "attribution")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Analysis:
+    """What the bounds need about one batch (all float64 on the CPU except ``x``).
+
+    Attributes:
+        x: the inputs ``(N, C, H, W)`` (model dtype and device).
+        target, predicted: ``(N,)`` classes.
+        logits: ``(N, k)`` at ``x``.
+        attr: ``g(x)`` flattened, ``(N, d)``.
+        spectrum: ``xi_max``, ``v_max``, ``sum |P_ij|`` of each ``J``.
+        label_grads: ``(N, k, d)``: for each class ``j`` the gradient that Proposition 1
+            uses (``grad f_j`` under completeness, or ``grad sum_i g^j_i``).
+        completeness_gap: ``(N,)`` ``|sum_i g_i - (f_y(x) - f_y(b))|`` (IG only).
+    """
+
+    x: Tensor
+    target: Tensor
+    predicted: Tensor
+    logits: Tensor
+    attr: Tensor
+    spectrum: Spectrum
+    label_grads: Tensor
+    completeness_gap: Tensor | None
+
+
+def resolve_device(device: torch.device | str | None, model: Model, x: Tensor) -> torch.device:
+    """``None``: where the model's parameters are (else ``x``); ``"auto"``: CUDA, then MPS,
+    then CPU; anything else as ``torch.device`` understands it."""
+    if device is None:
+        param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) \
+            else None
+        return param.device if param is not None else x.device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") \
+            from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
+def prepare(
+    model: Model,
+    x: Tensor,
+    *,
+    dtype: torch.dtype | str | None,
+    device: torch.device | str | None,
+) -> tuple[Model, Tensor]:
+    """``model`` and ``x`` on ``device`` in ``dtype`` (default: the model's), model in eval mode.
+
+    An ``nn.Module`` that needs another dtype or device is copied first: the caller's model
+    is left where it was (only switched to eval mode, which the bounds need).
+    """
+    if not isinstance(x, Tensor):
+        raise OptionError("x must be a torch.Tensor of shape (N, C, H, W)")
+    if x.ndim < 2:
+        raise OptionError(f"x has shape {tuple(x.shape)}: expected (N, C, H, W)")
+    if not x.is_floating_point():
+        x = x.float()
+    if isinstance(dtype, str):
+        named = {"float32": torch.float32, "float64": torch.float64}
+        if dtype not in named:
+            raise OptionError(f"dtype {dtype!r} is not supported: use float32 or float64")
+        dtype = named[dtype]
+    target_device = resolve_device(device, model, x)
+    if isinstance(model, torch.nn.Module):
+        try:
+            model.eval()
+        except NotImplementedError:  # torch.export modules refuse .eval(); exported in eval mode
+            pass
+        param = next(iter(model.parameters()), None)
+        if param is not None and (param.device != target_device
+                                  or (dtype is not None and param.dtype != dtype)):
+            with warnings.catch_warnings():  # torch.export modules warn on deepcopy
+                warnings.simplefilter("ignore", FutureWarning)
+                model = copy.deepcopy(model)
+            model = model.to(device=target_device, dtype=dtype)
+        if dtype is None:
+            dtype = param.dtype if param is not None else x.dtype
+    x = x.detach().to(device=target_device, dtype=dtype or x.dtype)
+    if not torch.isfinite(x).all():
+        raise OptionError("the inputs contain NaN or infinite values")
+    return model, x
+
+
+def analyse(
+    model: Model,
+    x: Tensor,
+    attribution: Attribution,
+    target: Tensor,
+    *,
+    chunk_size: int | None = None,
+    label_gradient: str = "completeness",
+    spectral: str = "full",
+    tol: float = 1e-4,
+    seed: int = 0,
+    progress: Progress | None = None,
+    abs_sum_blocked: bool = False,
+    first_index: int = 0,
+) -> Analysis:
+    """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
+
+    ``spectral="full"`` forms every ``J`` (:mod:`attrcert.jacobian`) and gets ``xi_max``,
+    ``v_max`` and Theorem 2's ``sum |P_ij|``; ``"iterative"`` gets ``xi_max`` and ``v_max``
+    matrix-free (:func:`attrcert.spectral.spectrum_iterative`, relative tolerance ``tol``)
+    and, only with ``abs_sum_blocked``, ``sum |P_ij|`` column block by column block
+    (:func:`attrcert.spectral.abs_sum_gram_blocked`, ``chunk_size`` columns per pass);
+    every sample starts the solver from the same ``seed``ed vector, so neither batching nor
+    resuming a run on a subset changes its result.
+
+    Raises:
+        ModelOutputError: the model's logits are not finite for a sample (its index among
+            all samples is ``first_index`` plus its position in ``x``).
+    """
+    n = x.shape[0]
+    with torch.no_grad():
+        logits = model(x)
+    finite = torch.isfinite(logits).all(dim=1)
+    if not finite.all():
+        index = first_index + int((~finite).nonzero()[0])
+        raise ModelOutputError(f"the model returned logits that are not finite (NaN or "
+                               f"infinite) for sample {index}: it cannot be certified", index)
+    g = attribution(model, x, target)
+    if spectral == "iterative":
+        parts = [spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
+                                    tol=tol, seed=seed) for i in range(n)]
+        abs_sum = (abs_sum_gram_blocked(attribution, model, x, target,
+                                        chunk_size=chunk_size or 1)
+                   if abs_sum_blocked else None)
+        spectrum = Spectrum(torch.cat([s.xi_max for s in parts]),
+                            torch.cat([s.v_max for s in parts]), abs_sum)
+        if progress is not None:
+            progress(x[0].numel(), x[0].numel())
+    else:
+        jac = attribution_jacobian(attribution, model, x, target, chunk_size=chunk_size,
+                                   progress=progress)
+        spectrum = spectrum_full(jac)
+        del jac
+    label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient)
+    gap = None
+    if attribution.complete:
+        base = attribution.baseline_for(x)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            f_base = model(base).gather(1, target.view(-1, 1)).squeeze(1)
+        f_x = logits.gather(1, target.view(-1, 1)).squeeze(1)
+        gap = (g.reshape(n, -1).sum(1) - (f_x - f_base)).abs().double().cpu()
+    return Analysis(
+        x=x,
+        target=target,
+        predicted=logits.argmax(1),
+        logits=logits.double().cpu(),
+        attr=g.reshape(n, -1).double().cpu(),
+        spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
+                          None if spectrum.abs_sum_gram is None
+                          else spectrum.abs_sum_gram.cpu()),
+        label_grads=label_grads.double().cpu(),
+        completeness_gap=gap,
+    )
+
+
+def _label_gradients(
+    model: Model, x: Tensor, attribution: Attribution, k: int, how: str
+) -> Tensor:
+    """``(N, k, d)``: per class ``j``, ``grad_x f_j`` (completeness, SPEC §4 default) or
+    ``grad_x sum_i g^j_i`` (through the attribution: one second-order pass)."""
+    n = x.shape[0]
+    copies = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
+    copies = copies.clone().requires_grad_(True)
+    classes = torch.arange(k, device=x.device).repeat_interleave(n)
+    if how == "completeness":
+        grads = target_gradient(model, copies, classes, create_graph=False)
+    elif how == "attribution":
+        g = attribution(model, copies, classes, create_graph=True)
+        if not g.requires_grad:  # g does not depend on x: its gradient is zero
+            return torch.zeros(n, k, x[0].numel(), dtype=x.dtype, device=x.device)
+        (grads,) = torch.autograd.grad(g.sum(), copies, materialize_grads=True)
+    else:
+        raise OptionError(f"unknown label_gradient {how!r}: use {' or '.join(LABEL_GRADIENTS)}")
+    return grads.reshape(k, n, -1).transpose(0, 1).detach()
+
+
+def worst_case_directions(v_max: Tensor, p: float) -> Tensor:
+    """``(N, d)`` unit-lp directions that attain ``T_e``: ``v_max`` for l2,
+    ``sign(v_max)`` for l-inf (Theorem 2's vertices), ``v_max / ||v_max||_p`` otherwise."""
+    if math.isinf(p):
+        s = torch.sign(v_max)
+        s[s == 0] = 1.0
+        return s
+    return v_max / torch.linalg.vector_norm(v_max, ord=p, dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def attribution_deviations(
+    model: Model, analysis: Analysis, attribution: Attribution, deltas: Tensor
+) -> Tensor:
+    """``||g(x + delta_s) - g(x)||_2`` for each of ``S`` perturbations: ``deltas`` ``(S, N, d)``,
+    result ``(S, N)``; all ``S * N`` attributions in one call."""
+    s, n = deltas.shape[0], deltas.shape[1]
+    x = analysis.x
+    moved = (x.unsqueeze(0) + deltas.to(x.dtype).to(x.device).view(s, *x.shape))
+    g = attribution(model, moved.reshape(s * n, *x.shape[1:]), analysis.target.repeat(s))
+    return (g.reshape(s, n, -1).double().cpu() - analysis.attr.unsqueeze(0)).norm(dim=2)
