@@ -8,8 +8,10 @@ on the perturbation ball; see the README and SPEC §6.
 from .attack import attack, linearity_gap
 from .attributions import METHODS, attribute
 from .certify import certify, max_eps
+from .config import AttackOptions, AttributionSpec, SolverOptions
 from .errors import AttrcertError
 from .jacobian import attribution_jacobian
+from .loading import load_images, load_model
 from .perturbation import Perturbation
 from .smoothness import NonSmoothModelWarning, find_nonsmooth
 
@@ -17,9 +19,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "AttackOptions",
     "AttrcertError",
+    "AttributionSpec",
     "NonSmoothModelWarning",
     "Perturbation",
+    "SolverOptions",
     "__version__",
     "attack",
     "attribute",
@@ -27,5 +32,7 @@ __all__ = [
     "certify",
     "find_nonsmooth",
     "linearity_gap",
+    "load_images",
+    "load_model",
     "max_eps",
 ]

@@ -25,6 +25,7 @@ No matplotlib here: this module runs without the ``report`` extra.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,7 @@ from ..analysis import Analysis, prepare, worst_case_directions
 from ..attack import jacobian_vector_product
 from ..attributions import Attribution, Model, get_method
 from ..certify import certify
+from ..config import AttackOptions, AttributionSpec, SolverOptions, resolve, resolve_attack
 from ..errors import OptionError
 from ..jacobian import attribution_jacobian
 from ..perturbation import NormLike, Perturbation, parse_norm
@@ -168,34 +170,29 @@ def compute_report(
     x: Tensor,
     *,
     eps: float,
-    norm: NormLike = 2,
     sources: Sequence[str] | None = None,
-    method: str = "integrated_gradients",
-    steps: int = 50,
-    baseline: Tensor | None = None,
-    target: int | Tensor | list[int] | None = None,
-    dtype: torch.dtype | str | None = None,
-    device: torch.device | str | None = None,
-    chunk_size: int | None = None,
-    batch_size: int | None = None,
-    spectral: str = "auto",
-    tol: float = 1e-4,
-    memory_budget: int | str | None = None,
-    attack_steps: int = 40,
-    attack_restarts: int = 1,
-    seed: int = 0,
+    norm: NormLike = 2,
+    attribution: AttributionSpec | None = None,
+    solver: SolverOptions | None = None,
+    attack: AttackOptions | None = None,
     sweep: Sequence[float] | None = None,
     figures: int = FIGURES,
     jacobian_max_d: int = JACOBIAN_MAX_D,
     log: Log | None = None,
+    **shortcuts: Any,
 ) -> ReportData:
     """Certify and attack every sample at ``eps``, sweep the bounds over ``sweep`` (default
     :func:`default_sweep`), and form the first sample's Jacobian if ``d <= jacobian_max_d``.
 
-    ``records`` are :func:`attrcert.certify`'s with ``verify=True`` (plus ``source``);
-    ``samples`` holds the first ``figures`` samples' images and attributions. ``log`` gets
-    one line per stage (progress, for stderr).
+    ``attribution``, ``solver``, ``attack`` (default :class:`~attrcert.config.AttackOptions`)
+    and ``**shortcuts`` as for :func:`attrcert.certify`. ``records`` are
+    :func:`attrcert.certify`'s with the attack (plus ``source``); ``samples`` holds the
+    first ``figures`` samples' images and attributions. ``log`` gets one line per stage
+    (progress, for stderr).
     """
+    options = {"verify": True, **shortcuts}  # the report always attacks
+    attack = resolve_attack(attack, options) or AttackOptions()
+    spec, solver = resolve(attribution, solver, options, "compute_report")
     say = log or (lambda _msg: None)
     pert = Perturbation(parse_norm(norm), eps)
     radii = list(sweep) if sweep is not None else default_sweep(eps)
@@ -203,9 +200,12 @@ def compute_report(
         raise OptionError("sweep radii must be finite numbers > 0")
     if isinstance(figures, bool) or int(figures) != figures or figures < 0:
         raise OptionError(f"figures = {figures!r} must be an integer >= 0")
-    model, x = prepare(model, x, dtype=dtype, device=device)
+    model, x = prepare(model, x, dtype=solver.dtype, device=solver.device)
+    baseline = spec.baseline
     if baseline is not None:
         baseline = torch.as_tensor(baseline).to(dtype=x.dtype, device=x.device)
+    spec = dataclasses.replace(spec, baseline=baseline)
+    solver = dataclasses.replace(solver, dtype=None, device=None)  # x and model are there
     n = x.shape[0]
     names = list(sources) if sources is not None else [f"sample {i}" for i in range(n)]
     analyses: list[tuple[int, Analysis]] = []
@@ -218,22 +218,18 @@ def compute_report(
         say(f"report: certified and attacked {batch[-1]['index'] + 1} of {n} samples")
 
     say(f"report: certifying and attacking {n} samples at eps = {eps} "
-        f"({attack_steps} attack steps)")
-    records = certify(model, x, eps=eps, norm=pert.norm, method=method, steps=steps,
-                      baseline=baseline, target=target, chunk_size=chunk_size,
-                      batch_size=batch_size, spectral=spectral, tol=tol,
-                      memory_budget=memory_budget, verify=True,
-                      attack_steps=attack_steps, attack_restarts=attack_restarts, seed=seed,
-                      on_batch=keep)
+        f"({attack.steps} attack steps)")
+    records = certify(model, x, eps=eps, norm=pert.norm, attribution=spec, solver=solver,
+                      attack=attack, on_batch=keep)
     for rec in records:
         fields = [(k, v) for k, v in rec.items() if k != "index"]
         index = rec["index"]
         rec.clear()
         rec.update(index=index, source=names[index])
         rec.update(fields)
-    attribution = get_method(method, steps=steps, baseline=baseline)
+    attribute = get_method(spec.method, steps=spec.steps, baseline=baseline)
     say(f"report: sweeping eps over {', '.join(f'{r:g}' for r in radii)}")
-    parts = [_sweep_batch(model, a, attribution, pert.norm, radii, eps) for _, a in analyses]
+    parts = [_sweep_batch(model, a, attribute, pert.norm, radii, eps) for _, a in analyses]
     sweep_data = Sweep(
         eps=np.asarray(radii, dtype=np.float64),
         **{k: np.concatenate([p[0][k] for p in parts], axis=1)
@@ -247,9 +243,9 @@ def compute_report(
                           direction=units[i].reshape(shape).numpy(),
                           moved=moved[i].reshape(shape).numpy(), record=records[i])
                for i in range(min(int(figures), n))]
-    jac = _jacobian_view(model, x, attribution, analyses[0][1].target[:1], names[0],
+    jac = _jacobian_view(model, x, attribute, analyses[0][1].target[:1], names[0],
                          records[0]["xi_max"], jacobian_max_d, say)
-    return ReportData(eps=eps, norm=pert.norm, method=method, records=records,
+    return ReportData(eps=eps, norm=pert.norm, method=spec.method, records=records,
                       samples=samples, sweep=sweep_data, jacobian=jac,
                       nonsmooth=list(records[0]["nonsmooth_ops"]) if records else [])
 

@@ -1,0 +1,160 @@
+"""``attrcert bound`` and ``attrcert attack``: the bounds of SPEC §2 and Proposition 1 at
+``--eps``, checked by an attack with ``--verify`` (``attack`` always attacks)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import typer
+
+from ..certify import certify
+from ..errors import OptionError
+from ..perturbation import Perturbation, parse_norm
+from ..results import Record, format_value
+from .options import (
+    ATTACK,
+    OUTPUTS,
+    SHARED,
+    Common,
+    EpsOpt,
+    Format,
+    ImagesArg,
+    LabelGradient,
+    LabelGradOpt,
+    ModelArg,
+    NormOpt,
+    RequireVerifiedOpt,
+    common_options,
+    finite,
+)
+from .output import (
+    ATTACK_COLUMNS,
+    LABEL_COLUMNS,
+    add_table_fields,
+    emit,
+    finish,
+    gate,
+    verified_gate,
+)
+from .runner import run_command
+
+
+def certify_command(opts: Common, command: str, *, eps: float, norm: str,
+                    label_gradient: LabelGradient, verify: bool,
+                    sound: bool = False) -> list[Record]:
+    """Certify (and with ``verify`` attack) every image, print the table or JSON, return
+    the records."""
+    Perturbation(parse_norm(norm), eps)  # checks eps and p before anything is loaded
+    opts.extra_config.update({"eps": eps, "norm": norm, "label_gradient": label_gradient.value})
+    if sound:
+        opts.extra_config["sound"] = True
+    if verify:
+        opts.extra_config.update({"attack_checked": True, "attack_steps": opts.attack.steps,
+                                  "attack_restarts": opts.attack.restarts,
+                                  "seed": opts.attack.seed})
+    config, records = run_command(opts, command, certify, eps=eps, norm=norm,
+                                  label_gradient=label_gradient.value,
+                                  attack=opts.attack if verify else None, sound=sound)
+    base = [("source", "source"), ("predicted", "pred"), ("target", "y"),
+            *([] if verify else [("attr_norm", "||g||"), ("xi_max", "xi_max")]),
+            ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg"),
+            *([("T_e_sound", "T_e sound")] if sound else [])]
+    summary_keys = [("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c (deg)"),
+                    ("xi_max", "xi_max"), ("attr_norm", "||g||"),
+                    ("label_radius", "label radius")]
+    if verify:
+        summary_keys = [("T_e_hat", "T_e^ (attack)"), *summary_keys[:3],
+                        ("T_c_hat_deg", "T_c^ (deg, attack)"), ("eta_vmax", "eta (v_max)"),
+                        ("eta_attack", "eta (attack)")]
+    if sound:
+        summary_keys = [*summary_keys[:3], ("T_e_sound", "T_e sound"), *summary_keys[3:]]
+    if opts.format is Format.table:
+        add_table_fields(records)
+    which = "Theorem 1" if parse_norm(norm) == 2 else \
+        "Theorem 2 (l-inf) / Corollary 1 (lp)"
+    checked = ("an attack (PGD" + (", IFIA" if parse_norm(norm) == math.inf else "")
+               + ") checked them: 'VIOLATED' means it beat the bound" if verify
+               else "no attack checked them (add --verify)")
+    emit(opts.format is Format.json, config, records,
+         base + (ATTACK_COLUMNS if verify else LABEL_COLUMNS),
+         f"attribution bounds, l{norm} ball, eps = {eps}", summary_keys,
+         f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
+         f"linear attribution (SPEC §6); {checked}."
+         + ("\nT_e sound: proved for every x' in the ball, in float64 with outward rounding, "
+            "no linearity assumption (interval arithmetic / mean-value theorem, "
+            "attrcert.sound)." if sound else ""))
+    for r in records:
+        r.pop("attack_ratio", None)
+        r.pop("verdict", None)
+    return records
+
+
+@common_options(SHARED, OUTPUTS, ATTACK)
+def bound(
+    model: ModelArg,
+    images: ImagesArg,
+    opts: Common,
+    eps: EpsOpt = 0.1,
+    norm: NormOpt = "2",
+    label_gradient: LabelGradOpt = LabelGradient.completeness,
+    verify: Annotated[bool, typer.Option(
+        help="Also attack each attribution and mark bounds the attack exceeded.")] = False,
+    sound: Annotated[bool, typer.Option(
+        help="Also prove T_e_sound, a bound with no linearity assumption (interval "
+        "arithmetic and the mean-value theorem, float64); needs a chain of Linear, Conv2d, "
+        "AvgPool2d, Flatten, BatchNorm and Tanh/Sigmoid/Softplus/SiLU/GELU.")] = False,
+    fail_above_te: Annotated[float | None, typer.Option(
+        callback=finite, help="Exit 1 if any sample's T_e exceeds this.")] = None,
+    fail_above_tc_deg: Annotated[float | None, typer.Option(
+        callback=finite, help="Exit 1 if any sample's cosine bound exceeds this many "
+        "degrees.")] = None,
+    require_label_preserved: Annotated[bool, typer.Option(
+        help="Exit 1 if Proposition 1 cannot show the label is preserved for every "
+        "sample.")] = False,
+    require_verified: RequireVerifiedOpt = False,
+) -> None:
+    """Bound how far each image's attribution can move within the eps-ball.
+
+    Example: attrcert bound sample_models/digits_softplus.pt2 sample_models/digits --eps 0.1
+    """
+    if require_verified and not verify:
+        raise OptionError("--require-verified needs --verify (the attack that checks)")
+    records = certify_command(opts, "bound", eps=eps, norm=norm,
+                              label_gradient=label_gradient, verify=verify, sound=sound)
+    finish([
+        gate([f"{r['source']} ({format_value(r['T_e'])})" for r in records
+              if fail_above_te is not None and (r["T_e"] or 0) > fail_above_te],
+             f"T_e > {fail_above_te}"),
+        gate([f"{r['source']} ({format_value(r['T_c_deg'])})" for r in records
+              if fail_above_tc_deg is not None
+              and (r["T_c_deg"] is None or r["T_c_deg"] > fail_above_tc_deg)],
+             f"T_c > {fail_above_tc_deg} degrees"),
+        gate([r["source"] for r in records
+              if require_label_preserved and not r["label_preserved"]],
+             "label not shown to be preserved (Proposition 1)"),
+        verified_gate(records, require_verified),
+    ])
+
+
+@common_options(SHARED, OUTPUTS, ATTACK)
+def attack(
+    model: ModelArg,
+    images: ImagesArg,
+    opts: Common,
+    eps: EpsOpt = 0.1,
+    norm: NormOpt = "2",
+    require_verified: RequireVerifiedOpt = False,
+) -> None:
+    """Attack each attribution inside the eps-ball and compare with the bounds.
+
+    PGD on the Euclidean and on the cosine distance (l2, l-inf, lp), plus IFIA for l-inf,
+    keeping the predicted label. Reports T_e^ and T_c^ (what the attack reached) next to
+    T_e, T'_e and T_c, the linearity gap eta (Appendix B.1) and every violation.
+
+    Example: attrcert attack sample_models/digits_relu_maxpool.pt2 sample_models/digits
+    """
+    records = certify_command(opts, "attack", eps=eps, norm=norm,
+                              label_gradient=LabelGradient.completeness, verify=True)
+    finish([verified_gate(records, require_verified)])
+

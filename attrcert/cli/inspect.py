@@ -1,0 +1,59 @@
+"""``attrcert inspect``: a model's format, input shape, classes and smoothness report."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from ..loading import sniff_model
+from ..results import dumps_strict
+from ..smoothness import find_nonsmooth, nonsmooth_message
+from ..writing import write_stdout
+from .inputs import input_shape, load_model_reporting
+from .options import ArchOpt, Format, FormatOpt, ModelArg, SizeOpt, TrustOpt
+from .output import print_stdout
+
+
+def inspect(
+    model: ModelArg,
+    images: Annotated[Path | None, typer.Argument(
+        help="Optional images, to know the input shape of a TorchScript model.",
+        show_default=False)] = None,
+    size: SizeOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustOpt = False,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Describe a model: format, input shape, classes, and the smoothness report.
+
+    Example: attrcert inspect sample_models/digits_relu_maxpool.pt2
+    """
+    net = load_model_reporting(model, arch, trust_pickle)
+    shape = input_shape(net, images, size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        example = torch.zeros(1, *shape)
+        out = net(example)
+    ops = find_nonsmooth(net, example)
+    info = {
+        "model": str(model),
+        "format": sniff_model(model),
+        "input_shape": list(shape),
+        "classes": int(out.shape[-1]),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "smooth": not ops,
+        "nonsmooth_ops": ops,
+    }
+    if format is Format.json:
+        write_stdout(dumps_strict(info, indent=2) + "\n")
+        return
+    lines = [f"{key:>14}: {', '.join(value) or 'none' if key == 'nonsmooth_ops' else value}"
+             for key, value in info.items()]
+    lines.append(f"warning: {nonsmooth_message(ops)}" if ops else
+                 "no non-smooth operations found: the bounds' smoothness assumption can hold "
+                 "(local linearity still depends on eps)")
+    print_stdout(*lines)

@@ -1,0 +1,87 @@
+"""``attrcert report``: an HTML report with figures (:mod:`attrcert.report`)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from ..errors import OptionError
+from ..perturbation import Perturbation, parse_norm
+from ..smoothness import NonSmoothModelWarning, nonsmooth_message
+from ..writing import write_stdout
+from .inputs import attribution_spec, load_inputs, run_config
+from .options import (
+    ATTACK,
+    MAX_INT,
+    SHARED,
+    Common,
+    EpsOpt,
+    ImagesArg,
+    ModelArg,
+    NormOpt,
+    common_options,
+)
+from .output import err
+
+
+@common_options(SHARED, ATTACK)
+def report(
+    model: ModelArg,
+    images: ImagesArg,
+    opts: Common,
+    out: Annotated[Path, typer.Option(
+        help="Folder for report.html (self-contained), its PNG figures and report.json; "
+        "created if missing.", show_default=False)],
+    eps: EpsOpt = 0.1,
+    norm: NormOpt = "2",
+    sweep: Annotated[str | None, typer.Option(
+        help="Radii of the eps sweep, e.g. 0.02,0.05,0.1 (default: 6 equally spaced values "
+        "up to --eps).", show_default=False)] = None,
+    figures: Annotated[int, typer.Option(
+        min=0, max=MAX_INT,
+        help="Per-sample figures (the first N samples; the table lists all).")] = 8,
+    jacobian_max_d: Annotated[int, typer.Option(
+        min=0, max=MAX_INT, help="Form the first sample's d x d Jacobian for the |J| heatmap "
+        "only up to this d.")] = 4096,
+) -> None:
+    """Write an HTML report: attributions, worst-case directions, |J|, bounds against an
+    attack, and the bounds over an eps sweep. Needs matplotlib (pip install
+    "attrcert[report]").
+
+    Example: attrcert report sample_models/digits_softplus.pt2 sample_models/digits
+    --eps 0.1 --out report
+    """
+    from ..report import compute_report, parse_sweep, require_matplotlib, write_report
+
+    require_matplotlib()
+    Perturbation(parse_norm(norm), eps)
+    radii = parse_sweep(sweep, eps)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is a file: give a folder")
+    parent = out if out.exists() else out.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OptionError(f"--out {out}: {parent} is not a writable folder")
+    opts.extra_config.update({"eps": eps, "norm": norm, "label_gradient": "completeness",
+                              "attack_checked": True, "attack_steps": opts.attack.steps,
+                              "attack_restarts": opts.attack.restarts, "seed": opts.attack.seed,
+                              "sweep": radii})
+    torch.set_num_threads(opts.threads)
+    loaded = load_inputs(opts)
+    config = run_config(opts, "report", loaded)
+    if loaded.nonsmooth:
+        err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
+        data = compute_report(
+            loaded.model, loaded.images.tensor, eps=eps, norm=norm,
+            attribution=attribution_spec(opts, loaded, list(range(len(loaded.images.sources)))),
+            solver=opts.solver(opts.device), attack=opts.attack,
+            sources=loaded.images.sources, sweep=radii, figures=figures,
+            jacobian_max_d=jacobian_max_d, log=None if opts.quiet else err.print)
+    page = write_report(out, data, config)
+    write_stdout(f"wrote {page}\n")
