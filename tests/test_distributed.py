@@ -109,11 +109,11 @@ def test_a_shard_decodes_only_its_own_images(folder, tmp_path):
             shutil.copy(folder / name, d / name)
         else:
             (d / name).write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(50))
-    images, rows = load_shard_images(d, Shard(0, 2), channels=1, size=None)
+    images, rows = load_shard_images(d, Shard(0, 2), channels=1)
     assert rows == [0, 2, 4]
     assert images.sources == names and images.tensor.shape == (3, 1, 28, 28)
     with pytest.raises(Exception, match="digit_01"):
-        load_shard_images(d, Shard(1, 2), channels=1, size=None)
+        load_shard_images(d, Shard(1, 2), channels=1)
 
 
 def test_combine_checks_the_ranks():

@@ -16,6 +16,8 @@ from ..config import AttributionSpec
 from ..distributed import Shard, load_shard_images, shard_image_size
 from ..errors import InputError, OptionError
 from ..loading import (
+    PRESETS,
+    Geometry,
     Images,
     UntrustedPickleWarning,
     WeightsConvertedWarning,
@@ -69,15 +71,15 @@ def check_output_paths(opts: Common) -> None:
             raise OptionError("--save-attributions needs a .safetensors file name")
 
 
-def folder_channels(model: torch.nn.Module, images: Path,
-                     size: tuple[int, int] | None, shard: Shard | None = None) -> int | None:
+def folder_channels(model: torch.nn.Module, images: Path, geometry: Geometry,
+                    shard: Shard | None = None) -> int | None:
     """For a folder of images, the channel count the model accepts (1 or 3, by a trial
-    forward at the images' size, read from the shard's first image with a shard);
+    forward at the size the first image (of the shard) has after ``geometry``);
     ``None`` for tensor files, which keep their own."""
     if not images.is_dir():
         return None
-    height, width = size or (first_image_size(images) if shard is None
-                             else shard_image_size(images, shard))
+    raw = first_image_size(images) if shard is None else shard_image_size(images, shard)
+    height, width = geometry.output(*raw)
     channels = infer_input_channels(model, height, width)
     if channels is None:
         raise InputError(f"the model accepts neither 1- nor 3-channel images of "
@@ -101,17 +103,17 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
     only the shard's images (:func:`attrcert.distributed.load_shard_images`)."""
     check_output_paths(opts)
     model = load_model_reporting(opts.model, opts.arch, opts.trust_pickle)
-    mean, std = floats(opts.mean, "mean"), floats(opts.std, "std")
-    if (mean is None) != (std is None):
-        raise OptionError("give --mean and --std together")
+    mean, std = normalization(opts)
     if mean is not None and std is not None:
         model = with_normalization(model, mean, std)
-    channels = folder_channels(model, opts.images, opts.size, shard)
+    geometry = opts.geometry()
+    channels = folder_channels(model, opts.images, geometry, shard)
     rows = None
     if shard is None:
-        images = load_images(opts.images, channels=channels, size=opts.size)
+        images = load_images(opts.images, channels=channels, geometry=geometry)
     else:
-        images, rows = load_shard_images(opts.images, shard, channels=channels, size=opts.size)
+        images, rows = load_shard_images(opts.images, shard, channels=channels,
+                                         geometry=geometry)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -125,19 +127,44 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
                          "attrcert needs logits of shape (N, k)")
     if not torch.isfinite(out).all():
         raise nonfinite(opts.model, images.sources[0 if rows is None else rows[0]])
-    target = (load_labels(opts.labels, images.sources, num_classes=int(out.shape[1]))
-              if opts.labels else None)
+    k = int(out.shape[1])
+    target = (load_labels(opts.labels, images.sources, num_classes=k) if opts.labels
+              else _folder_labels(images, opts.images, k))
     baseline = None
     if opts.baseline != "zero":
         if opts.method is not Method.integrated_gradients:
             raise OptionError("--baseline applies only to --method integrated_gradients")
-        base = load_images(Path(opts.baseline), size=opts.size, channels=channels).tensor
+        base = load_images(Path(opts.baseline), geometry=geometry, channels=channels).tensor
         if base.shape[0] != 1 or base.shape[1:] != images.tensor.shape[1:]:
             raise InputError(f"--baseline {opts.baseline} has shape {tuple(base.shape)}: "
                              f"need one image of shape {tuple(images.tensor.shape[1:])}")
         baseline = base[0]
     nonsmooth = find_nonsmooth(model, images.tensor[:1])
     return Loaded(model, images, target, baseline, nonsmooth, rows)
+
+
+def _folder_labels(images: Images, folder: Path, k: int) -> torch.Tensor | None:
+    """The labels of class folders, checked against the model's ``k`` classes."""
+    if images.labels is None:
+        return None
+    top = int(images.labels.max())
+    if top >= k:
+        where = images.sources[int(images.labels.argmax())]
+        raise InputError(f"{folder}: the class folder of {where} means label {top}, but the "
+                         f"model has {k} classes (class folders are numbered in sorted order, "
+                         "or by their names when all are integers): pass --labels FILE.csv")
+    return images.labels
+
+
+def normalization(opts: Common) -> tuple[list[float] | None, list[float] | None]:
+    """``--mean`` / ``--std``, else the preset's."""
+    mean, std = floats(opts.mean, "mean"), floats(opts.std, "std")
+    if (mean is None) != (std is None):
+        raise OptionError("give --mean and --std together")
+    if mean is None and opts.preset is not None:
+        preset = PRESETS[opts.preset.value]
+        mean, std = list(preset.mean), list(preset.std)
+    return mean, std
 
 
 def nonfinite(model: Path, source: str) -> InputError:
@@ -159,9 +186,12 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "method": opts.method.value,
         "steps": opts.steps if opts.method is Method.integrated_gradients else None,
         "baseline": opts.baseline if opts.method is Method.integrated_gradients else None,
-        "labels": str(opts.labels) if opts.labels else None,
-        "mean": floats(opts.mean, "mean"),
-        "std": floats(opts.std, "std"),
+        "labels": (str(opts.labels) if opts.labels else
+                   "class folders" if loaded.images.labels is not None else None),
+        "mean": normalization(opts)[0],
+        "std": normalization(opts)[1],
+        **({"preset": opts.preset.value} if opts.preset is not None else {}),
+        **({"geometry": opts.geometry_config()} if not opts.geometry().identity else {}),
         "device": opts.device,
         "dtype": opts.dtype.value,
         "spectral": opts.spectral.value,
@@ -175,10 +205,12 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
 
 
 def input_shape(net: torch.nn.Module, images: Path | None,
-                 size: tuple[int, int] | None) -> tuple[int, ...]:
+                size: tuple[int, int] | None) -> tuple[int, ...]:
+    """``(C, H, W)`` the model takes: from ``images``, the exported graph, or ``size``."""
     if images is not None:
-        channels = folder_channels(net, images, size)
-        return tuple(load_images(images, channels=channels, size=size).tensor.shape[1:])
+        geometry = Geometry(size=size)
+        channels = folder_channels(net, images, geometry)
+        return tuple(load_images(images, channels=channels, geometry=geometry).tensor.shape[1:])
     for node in getattr(getattr(net, "graph", None), "nodes", []):
         val = node.meta.get("val") if hasattr(node, "meta") else None
         if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.ndim == 4:

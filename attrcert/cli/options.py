@@ -19,6 +19,8 @@ from ..analysis import LABEL_GRADIENTS
 from ..attributions import METHODS
 from ..bounds import METRICS
 from ..config import AttackOptions, SolverOptions
+from ..errors import OptionError
+from ..loading import PRESETS, Geometry
 from ..memory import parse_size
 from ..sizing import SPECTRAL
 
@@ -58,6 +60,7 @@ Metric = choices("Metric", METRICS)
 DType = choices("DType", ("float32", "float64"))
 LabelGradient = choices("LabelGradient", LABEL_GRADIENTS)
 Spectral = choices("Spectral", SPECTRAL)
+PresetName = choices("PresetName", tuple(PRESETS))
 
 
 ModelArg = Annotated[Path, typer.Argument(
@@ -104,7 +107,18 @@ SHARED: dict[str, tuple[Any, Any]] = {
         "in pixel units.")], None),
     "std": (Annotated[str | None, typer.Option(
         help="Per-channel std, e.g. 0.229,0.224,0.225.")], None),
+    "preset": (Annotated[PresetName | None, typer.Option(
+        help="The input pipeline a model family expects: imagenet = resize the shorter side "
+        "to 256, centre-crop 224, ImageNet mean/std; cifar10 = CIFAR-10 mean/std. --mean, "
+        "--std, --size, --resize and --crop override its parts.", show_default=False)],
+        None),
     "size": (SizeOpt, None),
+    "resize": (Annotated[int | None, typer.Option(
+        min=1, max=MAX_SIDE, help="Resize so that the shorter side is this long, keeping "
+        "the aspect ratio (torchvision's Resize(int)).", show_default=False)], None),
+    "crop": (Annotated[tuple[int, int] | None, typer.Option(
+        help="Then centre-crop H W (torchvision's CenterCrop).", show_default=False,
+        callback=image_size)], None),
     "arch": (ArchOpt, None),
     "trust_pickle": (TrustOpt, False),
     "device": (Annotated[str, typer.Option(
@@ -177,6 +191,9 @@ class Common:
     mean: str | None = None
     std: str | None = None
     size: tuple[int, int] | None = None
+    preset: Any = None
+    resize: int | None = None
+    crop: tuple[int, int] | None = None
     arch: str | None = None
     trust_pickle: bool = False
     quiet: bool = False
@@ -191,6 +208,21 @@ class Common:
     def __post_init__(self) -> None:
         if self.memory_budget is not None:
             parse_size(self.memory_budget)  # a bad size fails before anything is loaded
+
+    def geometry(self) -> Geometry:
+        """Resize and crop: from --size / --resize / --crop if any is given, else the
+        preset's, else none."""
+        if self.size is not None or self.resize is not None or self.crop is not None:
+            if self.size is not None and self.resize is not None:
+                raise OptionError("give either --size H W or --resize S, not both")
+            return Geometry(size=self.size, shorter=self.resize, crop=self.crop)
+        return PRESETS[self.preset.value].geometry if self.preset is not None else Geometry()
+
+    def geometry_config(self) -> dict[str, Any]:
+        """The geometry as the configuration records it."""
+        shape = self.geometry()
+        return {"size": list(shape.size) if shape.size else None, "resize": shape.shorter,
+                "crop": list(shape.crop) if shape.crop else None}
 
     def solver(self, device: str) -> SolverOptions:
         """The solver options (on ``device``: a torchrun rank may differ from --device)."""

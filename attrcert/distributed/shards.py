@@ -12,7 +12,15 @@ from typing import Any
 import torch
 
 from ..errors import OptionError
-from ..loading import Images, image_files, load_image_files, load_images, read_image
+from ..loading import (
+    Geometry,
+    Images,
+    image_files,
+    image_size,
+    list_images,
+    load_images,
+    load_listed,
+)
 from ..results import dumps_strict
 from ..writing import cannot_write, write_text
 
@@ -126,30 +134,31 @@ def write_sidecar(path: Path, config: dict[str, Any], digest: str, shard: Shard)
 
 
 def shard_image_size(folder: Path, shard: Shard) -> tuple[int, int]:
-    """``(H, W)`` of the first image of ``shard`` in ``folder`` (not of another shard's)."""
+    """``(H, W)`` of the first image of ``shard`` in ``folder`` (not of another shard's), as
+    stored (before any resizing)."""
     files = image_files(folder)
     shard.check_size(len(files))
-    arr = read_image(files[shard.index], None, None)
-    return int(arr.shape[0]), int(arr.shape[1])
+    return image_size(files[shard.index])
 
 
 def load_shard_images(path: Path, shard: Shard, *, channels: int | None,
-                      size: tuple[int, int] | None) -> tuple[Images, list[int]]:
+                      geometry: Geometry | None = None) -> tuple[Images, list[int]]:
     """The images of ``shard`` and their indices among all images.
 
     Returns ``(images, rows)``: ``images.tensor`` holds only the shard's images, in the
-    order of ``rows`` (their indices among all images); ``images.sources`` names ALL images,
-    so that the configuration hash and labels are those of the whole run. For a folder only
-    the shard's files are decoded; a tensor file is read whole (it is one file).
+    order of ``rows`` (their indices among all images); ``images.sources`` (and the labels
+    of class folders) cover ALL images, so that the configuration hash and labels are those
+    of the whole run. For a folder only the shard's files are decoded; a tensor file is read
+    whole (it is one file).
     """
     if path.is_dir():
-        files = image_files(path)
-        shard.check_size(len(files))
-        rows = shard.indices(len(files))
-        mine = load_image_files([files[i] for i in rows], channels, size,
-                                 where=f"images of shard {shard.label} in {path}")
-        return Images(mine.tensor, [f.name for f in files]), rows
-    everything = load_images(path, channels=channels, size=size)
+        listing = list_images(path)
+        shard.check_size(len(listing.files))
+        rows = shard.indices(len(listing.files))
+        mine = load_listed(listing, rows, channels, geometry or Geometry(),
+                           where=f"images of shard {shard.label} in {path}")
+        return mine, rows
+    everything = load_images(path, channels=channels, geometry=geometry)
     n = len(everything.sources)
     shard.check_size(n)
     rows = shard.indices(n)

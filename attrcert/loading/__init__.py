@@ -15,29 +15,41 @@ from .formats import sniff_model
 from .images import (
     IMAGE_SUFFIXES,
     Images,
+    Listing,
     first_image_size,
     image_files,
+    image_size,
+    list_images,
     load_image_files,
     load_images,
+    load_listed,
     read_image,
 )
 from .labels import load_labels
 from .models import infer_input_channels, load_model
 from .normalization import Normalized, with_normalization
 from .pickles import UntrustedPickleWarning
+from .transforms import PRESETS, Geometry, Preset
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "PRESETS",
+    "Geometry",
     "Images",
+    "Listing",
     "Normalized",
+    "Preset",
     "UntrustedPickleWarning",
     "WeightsConvertedWarning",
     "first_image_size",
     "image_files",
+    "image_size",
     "infer_input_channels",
+    "list_images",
     "load_image_files",
     "load_images",
     "load_labels",
+    "load_listed",
     "load_model",
     "read_image",
     "sniff_model",

@@ -1,7 +1,8 @@
-"""Images (:func:`load_images`): a folder of PNG/JPEG files (sorted by name), one image
-file, or one tensor file (``.pt`` through ``torch.load(weights_only=True)``, ``.npy`` without
-pickles, ``.safetensors`` with exactly one tensor) of shape ``(N, C, H, W)`` or
-``(C, H, W)``; returned as float32 ``(N, C, H, W)``, 8-bit images scaled to ``[0, 1]``.
+"""Images (:func:`load_images`): a folder of PNG/JPEG files, a folder of class folders (as
+torchvision's ``ImageFolder``), one image file, or one tensor file
+(:mod:`attrcert.loading.tensors`) of shape ``(N, C, H, W)`` or ``(C, H, W)``; returned as
+float32 ``(N, C, H, W)`` in ``[0, 1]``, resized and cropped by a
+:class:`~attrcert.loading.transforms.Geometry`.
 
 Every failure is an :class:`~attrcert.errors.InputError` with a one-line message; no numpy
 or Pillow traceback escapes.
@@ -9,60 +10,111 @@ or Pillow traceback escapes.
 
 from __future__ import annotations
 
-import numbers
-import pickle
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError, OptionError, one_line
-from .formats import JPEG_MAGIC, KIND_NAMES, NPY_MAGIC, PNG_MAGIC, is_safetensors, sniff_model
-from .pickles import pickle_parses, pickle_reason, safe_torch_load
+from .formats import JPEG_MAGIC, PNG_MAGIC
+from .tensors import read_tensor_file
+from .transforms import Geometry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 @dataclass(frozen=True)
 class Images:
-    """A batch of images ``(N, C, H, W)`` in ``[0, 1]`` with one source name per image."""
+    """A batch of images ``(N, C, H, W)`` in ``[0, 1]`` with one source name per image.
+
+    Attributes:
+        tensor: the images.
+        sources: a name per image: the file name, ``class/file`` in a folder of class
+            folders, or ``file[i]`` for a tensor file.
+        labels: ``(N,)`` class indices read from class folders (else ``None``).
+        classes: the class folders' names, in label order (else ``None``).
+    """
 
     tensor: Tensor
     sources: list[str]
+    labels: Tensor | None = None
+    classes: list[str] | None = None
 
 
-def _check_options(channels: int | None, size: tuple[int, int] | None) -> None:
-    if channels is not None and channels not in (1, 3):
-        raise OptionError(f"channels must be 1 or 3, got {channels!r}")
-    if size is not None:
-        if (len(size) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
-                                      and s > 0 for s in size)):
-            raise OptionError(f"size must be two positive integers H W, got {size!r}")
+@dataclass(frozen=True)
+class Listing:
+    """The image files of a folder, in order, with their names and class labels.
+
+    A folder that holds PNG/JPEG files is read flat (sorted by name; subfolders ignored).
+    A folder that holds none but has subfolders that do is read as torchvision's
+    ``ImageFolder``: each subfolder is a class, its files sorted by name; the classes are
+    numbered in sorted order of their names, except when every name is an integer
+    (``0/``, ``17/``, ``281/``), which is then the label itself.
+    """
+
+    files: list[Path]
+    sources: list[str]
+    labels: list[int] | None = None
+    classes: list[str] | None = field(default=None)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith(".") and p.is_file()), key=lambda p: p.name)
+
+
+def list_images(folder: Path) -> Listing:
+    """The :class:`Listing` of ``folder`` (flat, or class folders)."""
+    try:
+        flat = _images_in(folder)
+        if flat:
+            return Listing(flat, [f.name for f in flat])
+        classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(
+            ".") and _images_in(p))
+    except OSError as exc:
+        raise InputError(f"cannot list images in {folder}: {one_line(exc)}") from None
+    if not classes:
+        raise InputError(f"folder {folder} has no PNG or JPEG images (nor class folders "
+                         "holding them)")
+    names = [c.name for c in classes]
+    numbered = all(n.isdigit() for n in names)
+    files, sources, labels = [], [], []
+    for index, cls in enumerate(classes):
+        for file in _images_in(cls):
+            files.append(file)
+            sources.append(f"{cls.name}/{file.name}")
+            labels.append(int(cls.name) if numbered else index)
+    return Listing(files, sources, labels, names)
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The PNG/JPEG files of ``folder``, sorted by name (hidden files skipped)."""
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                    and not p.name.startswith(".") and p.is_file()), key=lambda p: p.name)
-    if not files:
-        raise InputError(f"folder {folder} has no PNG or JPEG images")
-    return files
+    """The image files of ``folder`` in order (see :class:`Listing`)."""
+    return list_images(folder).files
 
 
 def first_image_size(folder: Path) -> tuple[int, int]:
     """``(H, W)`` of the first image of ``folder``, read from its header only."""
+    return image_size(image_files(folder)[0])
+
+
+def image_size(file: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file, read from its header only."""
     from PIL import Image
 
-    first = image_files(folder)[0]
     try:
-        with Image.open(first) as im:
+        with Image.open(file) as im:
             return im.height, im.width
     except Exception as exc:
-        raise InputError(f"cannot read image {first}: {exc.__class__.__name__}") from None
+        raise InputError(f"cannot read image {file}: {exc.__class__.__name__}") from None
+
+
+def _geometry(size: tuple[int, int] | None, geometry: Geometry | None) -> Geometry:
+    if size is not None and geometry is not None:
+        raise OptionError("give either size or geometry, not both")
+    return geometry if geometry is not None else Geometry(size=size)
 
 
 def load_images(
@@ -70,30 +122,36 @@ def load_images(
     *,
     channels: int | None = None,
     size: tuple[int, int] | None = None,
+    geometry: Geometry | None = None,
 ) -> Images:
-    """Images from a folder of PNG/JPEG files, one image file, or one tensor file.
+    """Images from a folder (flat or class folders, :class:`Listing`), one PNG/JPEG file,
+    or one ``.pt``/``.npy``/``.safetensors`` tensor file (the format is detected by
+    content).
 
     Args:
-        path: a folder (PNG/JPEG files sorted by name; other files are ignored), one
-            PNG/JPEG file, or a ``.pt``/``.npy``/``.safetensors`` tensor file of shape
-            ``(N, C, H, W)`` or ``(C, H, W)`` (the format is detected by content).
+        path: the folder or file.
         channels: 1 (grayscale, ITU-R 601 luma as Pillow's ``"L"``) or 3 (RGB); ``None``
             keeps what the files hold (grayscale files as 1 channel, others as RGB).
-        size: ``(H, W)`` to resize to (bilinear, antialiased when shrinking, as Pillow).
+        size: ``(H, W)`` to resize to (bilinear, antialiased when shrinking, as Pillow);
+            the same as ``geometry=Geometry(size=size)``.
+        geometry: resize and centre crop (:class:`~attrcert.loading.transforms.Geometry`).
 
     Returns:
         :class:`Images`: float32 ``(N, C, H, W)``, 8-bit (and 16-bit) images scaled to
-        ``[0, 1]``, float tensors as given; ``sources`` are file names, or
-        ``"name[i]"`` for a tensor file.
+        ``[0, 1]``, float tensors as given; labels from class folders.
 
     Raises:
         InputError: anything that cannot be read, with what to do.
-        OptionError: ``channels`` not 1 or 3, ``size`` not two positive integers.
+        OptionError: ``channels`` not 1 or 3, a bad size or geometry.
     """
-    _check_options(channels, size)
+    if channels is not None and channels not in (1, 3):
+        raise OptionError(f"channels must be 1 or 3, got {channels!r}")
+    shape = _geometry(size, geometry)
     path = Path(path)
     if path.is_dir():
-        return load_image_files(image_files(path), channels, size, where=f"images in {path}")
+        listing = list_images(path)
+        images = load_image_files(listing.files, channels, shape, where=f"images in {path}")
+        return _labelled(images, listing)
     if not path.exists():
         raise InputError(f"images path {path} does not exist")
     if not path.is_file():
@@ -104,113 +162,29 @@ def load_images(
     except OSError as exc:
         raise InputError(f"cannot read images from {path}: {one_line(exc)}") from None
     if head.startswith((PNG_MAGIC, JPEG_MAGIC)):
-        return load_image_files([path], channels, size, where=str(path))
-    tensor = _to_image_tensor(_load_tensor_file(path, head), path)
-    tensor = _convert_channels(tensor, channels, path)
-    if size is not None and tuple(tensor.shape[-2:]) != tuple(size):
-        tensor = F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False,
-                               antialias=True)
+        return load_image_files([path], channels, shape, where=str(path))
+    tensor = read_tensor_file(path, head, channels)
+    if not shape.identity:
+        try:
+            tensor = shape.apply_tensor(tensor)
+        except OptionError as exc:
+            raise InputError(f"{path}: {exc}") from None
     return Images(tensor.contiguous(), [f"{path.name}[{i}]" for i in range(tensor.shape[0])])
 
 
-def _native_order(arr: np.ndarray) -> np.ndarray:
-    """``arr`` in the machine's byte order (a big-endian ``.npy`` is a valid image tensor,
-    but torch only wraps native-order arrays)."""
-    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+def _labelled(images: Images, listing: Listing) -> Images:
+    """``images`` with the names (all of the listing) and labels of class folders."""
+    labels = (None if listing.labels is None
+              else torch.tensor(listing.labels, dtype=torch.long))
+    return Images(images.tensor, listing.sources, labels, listing.classes)
 
 
-def _refused_tensor_pickle(path: Path, reason: str) -> InputError:
-    return InputError(f"{path} is refused: {reason}, and loading it would run code from the "
-                      "file; save a plain tensor with torch.save(tensor), or use .npy or "
-                      ".safetensors")
-
-
-def _load_tensor_file(path: Path, head: bytes) -> object:
-    """The object in a tensor file, by content: npy, safetensors, else ``torch.load``."""
-    try:
-        if head.startswith(NPY_MAGIC):
-            try:
-                return torch.from_numpy(_native_order(np.load(path, allow_pickle=False)))
-            except ValueError as exc:
-                if "allow_pickle" in str(exc):
-                    raise _refused_tensor_pickle(path, "the .npy file holds Python objects "
-                                                 "(a pickle)") from None
-                raise
-        if is_safetensors(path, head):
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(path), device="cpu")
-            if len(tensors) != 1:
-                raise InputError(f"{path} holds {len(tensors)} tensors "
-                                 f"({', '.join(sorted(tensors)[:4])}): expected exactly one")
-            return next(iter(tensors.values()))
-        kind = sniff_model(path)
-        if kind == "empty":
-            raise InputError(f"images file {path} is empty")
-        if kind == "pickle":
-            raise _refused_tensor_pickle(path, "it is a plain Python pickle, not a torch.save "
-                                         "file")
-        if kind not in {"state_dict", "torch_legacy"}:
-            raise InputError(f"{path} is not a folder of images nor a .pt, .npy or "
-                             ".safetensors tensor file")
-        try:
-            return safe_torch_load(path)
-        except pickle.UnpicklingError as exc:
-            if not pickle_parses(path, kind):
-                raise InputError(f"cannot read images from {path}: a corrupt or truncated "
-                                 f"{KIND_NAMES[kind]} (its pickle does not decode)") from None
-            raise _refused_tensor_pickle(path, pickle_reason(exc)) from None
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot read images from {path} (expected a folder of PNG/JPEG "
-                         f"files or a .pt, .npy or .safetensors tensor): {one_line(exc)}"
-                         ) from None
-
-
-def _to_image_tensor(obj: object, path: Path) -> Tensor:
-    """float32 ``(N, C, H, W)``, integers scaled by 1/255, checked finite and non-empty."""
-    if not isinstance(obj, Tensor):
-        raise InputError(f"{path} holds a {type(obj).__name__}, not a tensor")
-    tensor = obj
-    if tensor.layout != torch.strided:
-        raise InputError(f"{path} holds a {tensor.layout} tensor: expected a dense tensor")
-    if tensor.is_complex():
-        raise InputError(f"{path} holds complex values: expected real pixel values")
-    if tensor.ndim == 3:
-        tensor = tensor.unsqueeze(0)
-    if tensor.ndim != 4:
-        raise InputError(f"{path} holds a tensor of shape {tuple(obj.shape)}: "
-                         "expected (N, C, H, W) or (C, H, W)")
-    if tensor.numel() == 0:
-        raise InputError(f"{path} holds no images (shape {tuple(obj.shape)})")
-    if tensor.dtype == torch.bool:
-        tensor = tensor.float()
-    elif not tensor.is_floating_point():
-        low, high = int(tensor.min()), int(tensor.max())
-        if low < 0 or high > 255:
-            raise InputError(f"{path} holds {tensor.dtype} values in {low}..{high}: integer "
-                             "images must be 0..255 (they are scaled by 1/255); save floats "
-                             "in [0, 1] instead")
-        tensor = tensor.float() / 255.0
-    else:
-        tensor = tensor.float()
-        if not torch.isfinite(tensor).all():
-            raise InputError(f"{path} contains NaN or infinite values")
-    return tensor
-
-
-def _convert_channels(tensor: Tensor, channels: int | None, path: Path) -> Tensor:
-    have = tensor.shape[1]
-    if channels is None or have == channels:
-        return tensor
-    if have == 1 and channels == 3:
-        return tensor.repeat(1, 3, 1, 1)
-    if have == 3 and channels == 1:
-        luma = torch.tensor([0.299, 0.587, 0.114], dtype=tensor.dtype).view(1, 3, 1, 1)
-        return (tensor * luma).sum(dim=1, keepdim=True)
-    raise InputError(f"{path} holds images with {have} channels: cannot convert them to "
-                     f"{channels}; expected 1 or 3 channels")
+def load_listed(listing: Listing, rows: list[int], channels: int | None, geometry: Geometry,
+                where: str) -> Images:
+    """The images at ``rows`` of ``listing`` (a shard), named and labelled as all of it:
+    ``sources`` and ``labels`` cover every file, ``tensor`` only ``rows``."""
+    images = load_image_files([listing.files[i] for i in rows], channels, geometry, where)
+    return _labelled(images, listing)
 
 
 def _grayscale(im: object) -> bool:
@@ -237,20 +211,13 @@ def _image_array(im: object, channels: int | None) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an ``(H, W, C)`` float array, channel by channel, in float."""
+def read_image(file: Path, channels: int | None,
+               geometry: Geometry | tuple[int, int] | None) -> np.ndarray:
+    """One image file as ``(H, W, C)`` float32 in ``[0, 1]``, transformed by ``geometry``
+    (or resized to ``(H, W)``)."""
     from PIL import Image
 
-    height, width = size
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., c], dtype=np.float32))
-                         .resize((width, height), Image.Resampling.BILINEAR))
-              for c in range(arr.shape[2])]
-    return np.clip(np.stack(planes, axis=2), 0.0, 1.0)
-
-
-def read_image(file: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
+    shape = geometry if isinstance(geometry, Geometry) else Geometry(size=geometry)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -263,25 +230,26 @@ def read_image(file: Path, channels: int | None, size: tuple[int, int] | None) -
     except Exception as exc:
         raise InputError(f"cannot read image {file} (corrupt or truncated?): "
                          f"{one_line(exc)}") from None
-    if size is not None and arr.shape[:2] != tuple(size):
-        arr = _resize(arr, size)
-    return arr
+    try:
+        return shape.apply_array(arr)
+    except OptionError as exc:
+        raise InputError(f"image {file}: {exc}") from None
 
 
-def load_image_files(
-    files: list[Path], channels: int | None, size: tuple[int, int] | None, where: str
-) -> Images:
-    arrays = [read_image(file, channels, size) for file in files]
+def load_image_files(files: list[Path], channels: int | None,
+                     geometry: Geometry | tuple[int, int] | None, where: str) -> Images:
+    """The image ``files`` as one batch (they must end up the same size)."""
+    arrays = [read_image(file, channels, geometry) for file in files]
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) != 1:
         listed = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
         raise InputError(f"{where} differ in size (H x W: {listed}): pass --size H W to "
-                         "resize them")
+                         "resize them, or --preset imagenet (resize 256, crop 224)")
     depths = {a.shape[2] for a in arrays}
     if len(depths) != 1:
         first_gray = next(f.name for f, a in zip(files, arrays, strict=True) if a.shape[2] == 1)
         first_rgb = next(f.name for f, a in zip(files, arrays, strict=True) if a.shape[2] == 3)
         raise InputError(f"{where} mix grayscale ({first_gray}) and colour ({first_rgb}) "
                          "images: pass channels=1 or channels=3")
-    tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    tensor = torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).permute(0, 3, 1, 2)
     return Images(tensor.contiguous(), [f.name for f in files])
