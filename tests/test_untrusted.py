@@ -357,3 +357,33 @@ def test_arch_help_says_it_runs_code(capfd):
     code, out, _ = run_main(["bound", "--help"], capfd)
     assert code == 0
     assert "imports and runs" in " ".join(out.split())
+
+
+@pytest.fixture(scope="module")
+def payloads(tmp_path_factory) -> dict[str, str]:
+    """Files that would run ``touch MARKER`` if unpickled, one per input that reads files."""
+    d = tmp_path_factory.mktemp("payloads")
+    marker = d / "MARKER"
+    torch.save({"x": hostile.Payload(marker)}, d / "payload.pt")
+    np.save(d / "objects.npy", np.array([hostile.Payload(marker)], dtype=object),
+            allow_pickle=True)
+    (d / "junk.csv").write_bytes(bytes(range(256)))
+    (d / "s.jsonl").write_bytes(bytes(range(256)))
+    (d / "s.config.json").write_bytes(bytes(range(256)))
+    return {"dir": str(d), "marker": str(marker)}
+
+
+@pytest.mark.parametrize("args,words", [
+    (["bound", MODEL, "{dir}/payload.pt"], ["payload.pt", "run code"]),
+    (["bound", MODEL, "{dir}/objects.npy"], ["objects.npy", "pickle"]),
+    (["bound", MODEL, "{one}", "--baseline", "{dir}/payload.pt"], ["payload.pt", "run code"]),
+    (["bound", MODEL, "{one}", "--labels", "{dir}/junk.csv"], ["junk.csv"]),
+    (["merge", "{dir}/out.json", "{dir}/s.jsonl"], ["s.config.json"]),
+])
+def test_every_file_input_refuses_code_and_junk(args, words, payloads, one_image, capfd):
+    argv = [a.format(dir=payloads["dir"], one=one_image) for a in args]
+    if argv[0] == "bound":
+        argv += ["--steps", "2", "--quiet"]
+    code, out, err = run_main(argv, capfd)
+    assert_one_line_error(code, out, err, *words)
+    assert not Path(payloads["marker"]).exists()
