@@ -43,8 +43,20 @@ Two bounds, each proved; the record reports the smaller as ``T_e_sound``:
   widened by ``1e-10 ||.||_F`` to cover their backward error; ``sigma_max`` of a
   nonnegative matrix is bounded by Collatz-Wielandt. torch's Softplus switches to the
   identity above its threshold, where its derivative jumps by ``sigmoid(-threshold)``; the
-  mean-value theorem is then applied to the smooth twin (:func:`smooth_chain`) and the
-  proved gap ``sup ||g - g_s||`` over the ball and at ``x`` is added (:class:`Enclosure`).
+  mean-value theorem is then applied to a twin (:func:`enclose`: the identity on the units
+  whose interval over the ball lies above the threshold, where it equals torch's function,
+  the smooth closed form elsewhere) and the proved gap ``sup ||g - g_s||`` over the ball
+  and at ``x``, which only the units whose interval straddles the threshold add to, is
+  added (:class:`Enclosure`).
+
+Rounding. Both bounds are proved for the exact function; torch computes ``g`` in the
+model's precision (``u = 2^-24`` for float32), at the float point ``x_hat'`` an attack
+reaches. ``||g_hat(x_hat') - g_hat(x)|| <= ||g(x') - g(x)|| + ||g_hat(x_hat') - g(x')||
++ ||g_hat(x) - g(x)||`` with ``x'`` a ball point within ``u (|x| + 3.01 eps)`` of
+``x_hat'``; the last two terms are bounded by a forward and backward error analysis
+(:func:`rounding_error`: ``gamma_n`` per dot product, an assumed ulp accuracy per
+activation kernel, propagated through the backward pass over the ball's intervals) and
+added to both bounds.
 
 Attributions (SPEC §1): saliency ``g = G``; input x gradient ``g = x * G``,
 ``J_g = diag(G) + diag(x) H`` with ``x'_i in [x_i - eps, x_i + eps]``; integrated gradients
@@ -77,6 +89,7 @@ from . import bounds
 from .attributions import Attribution, InputXGradient, IntegratedGradients, Saliency
 from .errors import InputError, OptionError
 from .intervals import (
+    REL,
     SUM_REL,
     TINY,
     Activation,
@@ -114,6 +127,9 @@ class Affine:
     bias: Tensor | None
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
+    fan_in: int = 0
+    fan_out: int = 0
+    bias_abs: Tensor | None = None
 
 
 @dataclass
@@ -335,8 +351,11 @@ def _affine(op: str, node: torch.fx.Node, args: tuple, kwargs: dict,
         def conv(t: Tensor, weight: Tensor = w) -> Tensor:
             return F.conv2d(t, weight, None, stride, padding, dilation, groups)
 
+        taps = int(w[0].numel())
         return Affine(name, conv, lambda t: conv(t, wa),
-                      None if b is None else b.view(1, -1, 1, 1))
+                      None if b is None else b.view(1, -1, 1, 1),
+                      fan_in=taps + 1,
+                      fan_out=(int(w.shape[0]) // int(groups)) * int(w[0, 0].numel()) + 1)
     if op in ("linear", "addmm", "mm"):
         if op == "linear":
             w, b, xarg = f64(val(args[1])), (f64(val(args[2])) if len(args) > 2 else None), \
@@ -349,14 +368,17 @@ def _affine(op: str, node: torch.fx.Node, args: tuple, kwargs: dict,
             raise _refuse(op)
         wa = w.abs()
         return Affine(name, lambda t: F.linear(t, w), lambda t: F.linear(t, wa),
-                      None if b is None else b.view(1, -1))
+                      None if b is None else b.view(1, -1),
+                      fan_in=int(w.shape[1]) + 1, fan_out=int(w.shape[0]))
     if op == "avg_pool2d":
         rest = [val(a) for a in args[1:]]
 
         def pool(t: Tensor) -> Tensor:
             return F.avg_pool2d(t, *rest)
 
-        return Affine(name, pool, pool, None)
+        kernel = rest[0] if isinstance(rest[0], (list, tuple)) else [rest[0]] * 2
+        taps = int(math.prod(int(k) for k in kernel)) + 1
+        return Affine(name, pool, pool, None, fan_in=taps, fan_out=taps)
     if op in ("batch_norm", "_native_batch_norm_legit_no_training"):
         if op == "batch_norm":
             weight, bias, mean, var, training, _, eps = (val(a) for a in args[1:8])
@@ -372,7 +394,12 @@ def _affine(op: str, node: torch.fx.Node, args: tuple, kwargs: dict,
         view = (1, -1) + (1,) * (len(node.meta["val"].shape) - 2 if "val" in node.meta
                                  else 2)
         s, sa, sh = scale.view(view), scale.abs().view(view), shift.view(view)
-        return Affine(name, lambda t: t * s, lambda t: t * sa, sh)
+        # torch computes scale and shift in the model's precision: rounding relative to
+        # |s t| + |bias| + |mean s|, a few roundings each (fan_in 10 covers them)
+        extra = ((f64(bias).abs() if bias is not None else 0.0)
+                 + (mean_t * scale).abs()).view(view)
+        return Affine(name, lambda t: t * s, lambda t: t * sa, sh, fan_in=10, fan_out=6,
+                      bias_abs=extra)
     if op in ("flatten", "view", "reshape", "_unsafe_view", "contiguous", "clone", "alias",
               "dropout", "detach", "squeeze", "unsqueeze"):
         if op == "dropout" and val(args[2] if len(args) > 2 else kwargs.get("train")):
@@ -388,18 +415,19 @@ def _affine(op: str, node: torch.fx.Node, args: tuple, kwargs: dict,
         left = uses_chain(args[0])
         c = f64(val(args[1] if left else args[0]))
         if op == "add":
-            return Affine(name, lambda t: t, lambda t: t, c)
+            return Affine(name, lambda t: t, lambda t: t, c, fan_in=1)
         if op == "sub":
             if left:
-                return Affine(name, lambda t: t, lambda t: t, -c)
-            return Affine(name, lambda t: -t, lambda t: t, c)
+                return Affine(name, lambda t: t, lambda t: t, -c, fan_in=1)
+            return Affine(name, lambda t: -t, lambda t: t, c, fan_in=1)
         if op == "mul":
             ca = c.abs()
-            return Affine(name, lambda t: t * c, lambda t: t * ca, None)
-        if left:  # div by a constant
+            return Affine(name, lambda t: t * c, lambda t: t * ca, None, fan_in=1, fan_out=1)
+        if left:  # div by a constant (the chain multiplies by 1/c, rounded: one more)
             inv = 1.0 / c
             inva = inv.abs()
-            return Affine(name, lambda t: t * inv, lambda t: t * inva, None)
+            return Affine(name, lambda t: t * inv, lambda t: t * inva, None, fan_in=2,
+                          fan_out=2)
         raise _refuse("div (constant / x)")
     raise _refuse(op)
 
@@ -484,6 +512,9 @@ class Enclosure:
     gap0: Tensor | None = None
     struct: Structured | None = None
     first: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    above: list[Tensor] | None = None
+    round_ball: Tensor | None = None
+    round_point: Tensor | None = None
 
 
 @dataclass
@@ -514,15 +545,149 @@ class Structured:
     cross: float = 0.0
 
 
+@dataclass
+class Rounding:
+    """The floating-point arithmetic torch runs the model in, for the rounding term.
+
+    ``u`` is the unit roundoff of the model's precision (``2^-24`` float32, ``2^-53``
+    float64, ``2^-8`` bfloat16, ``2^-11`` float16); ``dot`` an extra relative error per
+    product term of dot products (``2^-10`` where CUDA may use TF32, else 0). A dot product
+    or convolution with ``n`` terms (bias included), summed in any order and blocking, with
+    or without FMA, errs by at most ``gamma_n sum |terms|``, ``gamma_n = n u / (1 - n u)``
+    (Higham, Accuracy and Stability of Numerical Algorithms, Lemma 3.1 and Eq. 3.5).
+    Not covered: Winograd or FFT convolution algorithms (cuDNN may pick them on GPUs).
+    """
+
+    u: float
+    dot: float = 0.0
+
+    def gamma(self, n: int) -> float:
+        """``gamma_n`` (``inf`` when ``n u >= 1``), plus ``dot`` for sums of products."""
+        nu = n * self.u
+        if nu >= 1.0:
+            return math.inf
+        return nu / (1.0 - nu) * (1.0 + 1e-12) + (self.dot if n > 2 else 0.0)
+
+
+UNIT_ROUNDOFF = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24,
+                 torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+
+
+def model_rounding(model: torch.nn.Module, example: Tensor) -> Rounding:
+    """:class:`Rounding` of the lowest precision among the model's tensors and ``example``."""
+    tensors = [t for t in (example, *model.parameters(), *model.buffers())
+               if t.is_floating_point()]
+    u = max(UNIT_ROUNDOFF.get(t.dtype, 2.0 ** -8) for t in tensors)
+    cuda = any(t.is_cuda for t in tensors)
+    tf32 = cuda and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    return Rounding(max(u, 2.0 ** -53), 2.0 ** -10 if tf32 and u <= 2.0 ** -24 else 0.0)
+
+
+def _near_threshold(act: Activation, lo: Tensor, hi: Tensor, err: Tensor,
+                    u: float) -> Tensor | float:
+    """1 where ``[lo - err, hi + err]`` (widened by the rounding of ``beta z``) reaches torch's
+    Softplus threshold, so that the computed and the exact value may be on its two sides."""
+    if act.threshold is None:
+        return 0.0
+    pad = err + 2.0 * u * torch.maximum(lo.abs(), hi.abs()) + TINY
+    return ((lo - pad <= act.threshold) & (hi + pad >= act.threshold)).to(lo.dtype)
+
+
+def rounding_error(layers: list[Layer], inputs: list[tuple[Tensor, Tensor]],
+                   adjoints: list[tuple[Tensor, Tensor]], rnd: Rounding,
+                   e0: Tensor) -> Tensor:
+    """A bound on ``|G_hat - G|`` ``(d,)``: torch's computed gradient ``G_hat`` of ``f_y`` at a
+    point ``x_hat`` with ``|x_hat - x'| <= e0``, against the exact ``G(x')``, for every ``x'``
+    whose layer inputs lie in ``inputs`` and output adjoints in ``adjoints`` (``(lo, hi)`` per
+    layer, from :func:`enclose`). Forward (``e`` bounds ``|z_hat - z|``): an affine layer with
+    fan-in ``n`` gives ``|A| e + gamma_n (|A| (|z| + e) + |b|)``; an activation
+    ``L1 e + ulps u (|sigma| + |z|)`` (``L1 = sup |sigma'|``), plus the Softplus value jump
+    where the threshold is near. Backward (``f`` bounds ``|u_hat - u|``): ``A^T`` with fan-out
+    ``n'`` gives ``|A|^T f + gamma_n' |A|^T (|u| + f)``; an activation, with
+    ``|s_hat - s| <= ds = L2 e + ulps u (1 + kappa |z|)`` (``L2 = sup |sigma''|``, plus the
+    slope jump near the threshold), ``f (|s| + ds) + |u| ds + 4 u (|u| + f)(|s| + ds)``."""
+    u = rnd.u
+    e = e0
+    errs = []
+    for layer, (lo, hi) in zip(layers, inputs, strict=True):
+        errs.append(e)
+        mag = torch.maximum(lo.abs(), hi.abs()) + e
+        if layer.affine is not None:
+            a = layer.affine
+            e = a.lin_abs(e)
+            if a.fan_in:
+                babs = a.bias_abs if a.bias_abs is not None else (
+                    a.bias.abs() if a.bias is not None else 0.0)
+                e = e + rnd.gamma(a.fan_in) * (a.lin_abs(mag) + babs)
+            e = e * (1.0 + SUM_REL) + TINY
+            continue
+        act = layer.act
+        assert act is not None
+        vlo, vhi = act.range(0, lo, hi)
+        amag = torch.maximum(vlo.abs(), vhi.abs()) + act.scale[1] * e
+        e = (act.scale[1] * e + act.ulps * u * (amag + mag)
+             + _near_threshold(act, lo, hi, e, u) * act.gap) * (1.0 + REL) + TINY
+    f = torch.zeros_like(adjoints[-1][0])
+    for i in range(len(layers) - 1, -1, -1):
+        layer, (ulo, uhi) = layers[i], adjoints[i]
+        umag = torch.maximum(ulo.abs(), uhi.abs())
+        if layer.affine is not None:
+            a = layer.affine
+            ft = _transpose(a.lin_abs, f, a.in_shape)
+            if a.fan_out:
+                ft = ft + rnd.gamma(a.fan_out) * _transpose(a.lin_abs, umag + f, a.in_shape)
+            f = ft * (1.0 + SUM_REL) + TINY
+            continue
+        act = layer.act
+        assert act is not None
+        (lo, hi), e = inputs[i], errs[i]
+        slo, shi = act.range(1, lo, hi)
+        smag = torch.maximum(slo.abs(), shi.abs())
+        zmag = torch.maximum(lo.abs(), hi.abs()) + e
+        ds = act.scale[2] * e + act.ulps * u * (1.0 + act.kappa * zmag) \
+            + _near_threshold(act, lo, hi, e, u) * act.jump
+        f = (f * (smag + ds) + umag * ds + 4.0 * u * (umag + f) * (smag + ds)) \
+            * (1.0 + REL) + TINY
+    return f.reshape(-1)
+
+
+def _twin_range(act: Activation, k: int, lo: Tensor, hi: Tensor,
+                above: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``sigma^(k)`` over ``[lo, hi]`` for the twin of a thresholded Softplus: the identity on
+    the units ``above`` (whose whole ball interval lies above the threshold, where torch's
+    function is the identity), its smooth twin elsewhere; torch's own function when
+    ``above`` is None."""
+    if above is None or act.threshold is None:
+        return act.range(k, lo, hi)
+    assert act.smooth_twin is not None
+    slo, shi = act.smooth_twin.range(k, lo, hi)
+    if k == 0:
+        ilo, ihi = lo, hi
+    else:
+        ilo = ihi = torch.full_like(lo, 1.0 if k == 1 else 0.0)
+    return torch.where(above, ilo, slo), torch.where(above, ihi, shi)
+
+
 def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: int,
-            *, hessian: bool, defer_first: bool = False) -> Enclosure:
+            *, hessian: bool, defer_first: bool = False,
+            twin_above: list[Tensor] | None = None, rounding: Rounding | None = None,
+            e0: tuple[Tensor, Tensor] | None = None) -> Enclosure:
     """Enclose ``grad f_y`` (and ``Hess f_y`` when ``hessian``) over the ball of ``radius``
     around ``x0`` ``(1, *in_shape)``, float64. ``q`` is the dual norm of the ball (2 for l2,
     1 for l-inf); ``|delta_i| <= radius`` for both. See the module docstring for the math.
 
     ``defer_first``: leave the first activation's Hessian term out of ``struct`` and return
     its parts in ``first`` (its ``[J_1] = A_0`` does not depend on ``x0``, so integrated
-    gradients sums the weights over its ``m`` points and forms the ``d x d`` term once)."""
+    gradients sums the weights over its ``m`` points and forms the ``d x d`` term once).
+
+    ``twin_above``: enclose the twin ``f_s`` instead of torch's ``f``: every thresholded
+    Softplus replaced, unit by unit, by the identity where ``twin_above`` (from the ``above``
+    of the enclosure of ``f`` on the same ball) and by its smooth twin elsewhere; ``f_s`` is
+    twice differentiable and equals ``f`` except on the units whose interval straddles the
+    threshold. Without it, ``gap``/``gap0`` bound ``|G - G_s|`` (only those units add to it).
+
+    ``rounding``, ``e0``: also bound torch's rounding, ``|G_hat - G|`` over the ball and at
+    ``x0`` (:func:`rounding_error`, input errors ``e0 = (ball, point)``)."""
     dt = torch.float64
     x0 = x0.to(dt)
     d = x0[0].numel()
@@ -534,12 +699,19 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
         tc = torch.eye(d, dtype=dt, device=x0.device).view(d, *in_shape)
         tr = torch.zeros_like(tc)
     acts: list[tuple[Activation, tuple[Tensor, Tensor], tuple[Tensor, Tensor],
-                     tuple[Tensor, Tensor] | None]] = []
-    track = any(la.act is not None and la.act.threshold is not None for la in layers)
+                     tuple[Tensor, Tensor] | None, Tensor | None]] = []
+    track = twin_above is None and any(
+        la.act is not None and la.act.threshold is not None for la in layers)
     dzs: list[tuple[Tensor, Tensor]] = []  # |z - z_s| bounds (ball, point) per activation
     dball, dpoint = torch.zeros_like(x0), torch.zeros_like(x0)
+    ins_ball: list[tuple[Tensor, Tensor]] = []
+    ins_point: list[tuple[Tensor, Tensor]] = []
+    above_masks: list[Tensor] = []
+    twins = iter(twin_above or [])
     for layer in layers:
         if layer.affine is not None:
+            ins_ball.append(to_lohi(bc, br))
+            ins_point.append(to_lohi(pc, pr))
             pc, pr = _affine_cr(layer.affine, pc, pr)
             bc, br = _affine_cr(layer.affine, bc, br)
             if tangents:
@@ -555,15 +727,22 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
         if tangents and radius > 0:
             spread = radius * (_rownorm(tc, q) + _rownorm(tr, q)).unsqueeze(0)
             ball = intersect(ball, to_lohi(pc, pr + spread * (1.0 + SUM_REL)))
-        acts.append((act, ball, point, (tc, tr) if hessian else None))
+        ins_ball.append(ball)
+        ins_point.append(point)
+        above = next(twins) if twin_above is not None and act.threshold is not None else None
+        if twin_above is None and act.threshold is not None:
+            above_masks.append(ball[0] > act.threshold)
+        acts.append((act, ball, point, (tc, tr) if hessian else None, above))
         if track:
             dzs.append((dball, dpoint))
-            dball, dpoint = (_value_gap(act, iv[1]) + act.scale[1] * dz
-                             for iv, dz in ((ball, dball), (point, dpoint)))
-        bc, br = to_cr(*act.range(0, *ball))
-        pc, pr = to_cr(*act.range(0, *point))
+            straddle = _straddles(act, *ball)
+            dball, dpoint = (straddle * act.gap + act.scale[1] * dball,
+                             straddle * _reaches(act, point[1]) * act.gap
+                             + act.scale[1] * dpoint)
+        bc, br = to_cr(*_twin_range(act, 0, *ball, above))
+        pc, pr = to_cr(*_twin_range(act, 0, *point, above))
         if tangents:
-            slo, shi = act.range(1, *ball)
+            slo, shi = _twin_range(act, 1, *ball, above)
             tc, tr = mul_cr(slo, shi, tc, tr)
     k = pc.shape[1:].numel()
     if pc.ndim != 2:
@@ -582,7 +761,11 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
     mvt_ok = True
     first = None
     du, du0 = torch.zeros_like(e), torch.zeros_like(e)
-    for layer in reversed(layers):
+    adj_ball: list[tuple[Tensor, Tensor]] = [to_lohi(uc, ur)] * len(layers)
+    adj_point: list[tuple[Tensor, Tensor]] = [to_lohi(vc, vr)] * len(layers)
+    for li in range(len(layers) - 1, -1, -1):
+        layer = layers[li]
+        adj_ball[li], adj_point[li] = to_lohi(uc, ur), to_lohi(vc, vr)
         if layer.affine is not None:
             a = layer.affine
             uc, ur = _affine_t_cr(a, uc, ur)
@@ -592,29 +775,39 @@ def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: in
                            for t in (du, du0))
             continue
         index -= 1
-        act, ball, point, jac = acts[index]
-        mvt_ok = mvt_ok and not act.crosses_threshold(*ball)
+        act, ball, point, jac, above = acts[index]
+        if twin_above is None:
+            mvt_ok = mvt_ok and not act.crosses_threshold(*ball)
         if track:  # |w - w_s| <= jump |u| + sup|s''| |dz| |u| + sup|s'| |du|
-            du, du0 = ((_slope_gap(act, iv[1]) + act.scale[2] * dz) * (u_c.abs() + u_r)
+            straddle = _straddles(act, *ball)
+            du, du0 = ((jumps * act.jump + act.scale[2] * dz) * (u_c.abs() + u_r)
                        + act.scale[1] * dd
-                       for iv, dz, dd, u_c, u_r in ((ball, dzs[index][0], du, uc, ur),
-                                                    (point, dzs[index][1], du0, vc, vr)))
+                       for jumps, dz, dd, u_c, u_r in (
+                           (straddle, dzs[index][0], du, uc, ur),
+                           (straddle * _reaches(act, point[1]), dzs[index][1], du0, vc, vr)))
         if jac is not None:
             assert st is not None
-            wc, wr = to_cr(*mul(*to_lohi(uc, ur), *act.range(2, *ball)))
+            wc, wr = to_cr(*mul(*to_lohi(uc, ur), *_twin_range(act, 2, *ball, above)))
             wc, wr = wc.reshape(1, -1), wr.reshape(1, -1)
             tcm, trm = jac[0].reshape(d, -1), jac[1].reshape(d, -1)
             if index == 0 and defer_first:
                 first = (tcm, trm, wc, wr)
             else:
                 add_term(st, tcm, trm, wc, wr)
-        uc, ur = mul_cr(*act.range(1, *ball), uc, ur)
-        vc, vr = mul_cr(*act.range(1, *point), vc, vr)
+        uc, ur = mul_cr(*_twin_range(act, 1, *ball, above), uc, ur)
+        vc, vr = mul_cr(*_twin_range(act, 1, *point, above), vc, vr)
     hess = None if st is None else (st.c, st.r + st.q)
+    rnd_ball = rnd_point = None
+    if rounding is not None:
+        zeros = torch.zeros_like(x0)
+        eb, ep = e0 if e0 is not None else (zeros, zeros)
+        rnd_ball = rounding_error(layers, ins_ball, adj_ball, rounding, eb)
+        rnd_point = rounding_error(layers, ins_point, adj_point, rounding, ep)
     return Enclosure(tuple(t.reshape(-1) for t in to_lohi(uc, ur)),  # type: ignore[arg-type]
                      tuple(t.reshape(-1) for t in to_lohi(vc, vr)),  # type: ignore[arg-type]
                      hess, mvt_ok, du.reshape(-1) if track else None,
-                     du0.reshape(-1) if track else None, st, first)
+                     du0.reshape(-1) if track else None, st, first, above_masks,
+                     rnd_ball, rnd_point)
 
 
 def add_term(st: Structured, tcm: Tensor, trm: Tensor, wc: Tensor, wr: Tensor) -> None:
@@ -641,25 +834,19 @@ def add_term(st: Structured, tcm: Tensor, trm: Tensor, wc: Tensor, wr: Tensor) -
     st.p_err_sum += SUM_REL * float((wr * tabs.sum(0) ** 2).sum()) * (1.0 + SUM_REL)
 
 
-def _value_gap(act: Activation, hi: Tensor) -> Tensor | float:
-    """``|sigma(z) - sigma_s(z)|`` where the interval reaches above the threshold, else 0."""
+def _straddles(act: Activation, lo: Tensor, hi: Tensor) -> Tensor | float:
+    """1 where ``[lo, hi]`` straddles the Softplus threshold (there torch's function and the
+    twin of :func:`enclose` differ: by ``gap`` in value, ``jump`` in slope), else 0."""
     if act.threshold is None:
         return 0.0
-    return (hi >= act.threshold).to(hi.dtype) * act.gap
+    return ((lo <= act.threshold) & (hi >= act.threshold)).to(lo.dtype)
 
 
-def _slope_gap(act: Activation, hi: Tensor) -> Tensor | float:
-    """``|sigma'(z) - sigma_s'(z)|`` where the interval reaches above the threshold, else 0."""
+def _reaches(act: Activation, hi: Tensor) -> Tensor | float:
+    """1 where an interval reaches the Softplus threshold (torch's branch may switch)."""
     if act.threshold is None:
         return 0.0
-    return (hi >= act.threshold).to(hi.dtype) * act.jump
-
-
-def smooth_chain(layers: list[Layer]) -> list[Layer]:
-    """The chain with every thresholded Softplus replaced by its smooth twin."""
-    return [Layer(affine=la.affine) if la.affine is not None else
-            Layer(act=la.act.smooth_twin or la.act) for la in layers  # type: ignore[union-attr]
-            ]
+    return (hi >= act.threshold).to(hi.dtype)
 
 
 # --- from enclosures to bounds ------------------------------------------------------------
@@ -827,6 +1014,57 @@ def _diag_plus(jac: tuple[Tensor, Tensor], diag: tuple[Tensor, Tensor]) -> tuple
     return jc, jr
 
 
+class _Sums:
+    """Running sums of centre/radius vectors and of their magnitudes (integrated
+    gradients' ``m`` points): a float64 sum of ``m`` terms errs by at most ``SUM_REL`` times
+    the sum of their magnitudes."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[Tensor]] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.parts
+
+    def add(self, key: str, cr: tuple[Tensor, Tensor]) -> None:
+        c, r = cr
+        acc = self.parts.setdefault(key, [torch.zeros_like(c)] * 3)
+        self.parts[key] = [acc[0] + c, acc[1] + r, acc[2] + c.abs() + r]
+
+    def total(self, key: str, scale: float) -> tuple[Tensor, Tensor]:
+        c, r, mag = self.parts[key]
+        return c * scale, (r + SUM_REL * mag) * scale * (1.0 + 1e-12) + TINY
+
+
+def _add_struct(acc: Structured | None, st: Structured, w: float) -> Structured:
+    """``acc + w st`` (a new :class:`Structured` when ``acc`` is None)."""
+    assert st.r_round is not None
+    if acc is None:
+        return Structured(st.c * w, st.r * w, st.p * w, st.q * w, st.p_err * w,
+                          st.p_err_sum * w, st.r_round * w, st.cross * w)
+    assert acc.r_round is not None
+    acc.c += st.c * w
+    acc.r += st.r * w
+    acc.p += st.p * w
+    acc.q += st.q * w
+    acc.p_err += st.p_err * w
+    acc.p_err_sum += st.p_err_sum * w
+    acc.r_round += st.r_round * w
+    acc.cross += st.cross * w
+    return acc
+
+
+def _round_struct(st: Structured) -> None:
+    """Widen a sum of weighted :class:`Structured` by its own rounding (``SUM_REL`` of the
+    magnitudes)."""
+    assert st.r_round is not None
+    st.r_round += SUM_REL * (st.c.abs() + st.r_round + st.q)
+    st.cross *= 1.0 + 1e-10
+    st.r += SUM_REL * (st.c.abs() + st.r + st.q)
+    st.q *= 1.0 + SUM_REL
+    st.p_err += SUM_REL * float(torch.linalg.matrix_norm(st.p) + st.p_err)
+    st.p_err_sum += SUM_REL * float(st.p.abs().sum() + st.p_err_sum)
+
+
 class SoundBounder:
     """Proved bounds for one model, attribution and ball (see the module docstring).
 
@@ -842,7 +1080,7 @@ class SoundBounder:
         if not isinstance(model, torch.nn.Module):
             raise InputError("--sound needs a torch.nn.Module")
         self.layers = extract_chain(model, example[:1])
-        self.smooth = smooth_chain(self.layers)
+        self.rounding = model_rounding(model, example)
         self.has_threshold = any(la.act is not None and la.act.threshold is not None
                                  for la in self.layers)
         self.attribution = attribution
@@ -868,87 +1106,124 @@ class SoundBounder:
     def norm_used(self) -> str:
         return "inf" if self.linf else "2"
 
-    def _gather(self, layers: list[Layer], x: Tensor, target: int,
-                hessian: bool) -> tuple[Enclosure, Tensor | None]:
+    def _pair(self, z: Tensor, radius: float, target: int, hessian: bool, defer: bool,
+              e0: tuple[Tensor, Tensor]) -> tuple[Enclosure, Enclosure]:
+        """The enclosure of torch's ``f`` (with its rounding) and the one the mean-value
+        bound uses: ``f`` itself, or its twin where a Softplus threshold is in the chain."""
+        enc = enclose(self.layers, z, radius, self.q, target,
+                      hessian=hessian and not self.has_threshold, defer_first=defer,
+                      rounding=self.rounding, e0=e0)
+        if not (hessian and self.has_threshold):
+            return enc, enc
+        twin = enclose(self.layers, z, radius, self.q, target, hessian=True,
+                       defer_first=defer, twin_above=enc.above)
+        return enc, twin
+
+    def _gather(self, x: Tensor, target: int, hessian: bool
+                ) -> tuple[Enclosure, Enclosure, Tensor | None, Tensor]:
         """Enclosures of the gradient factor ``G`` of the attribution (IG: ``mean_a G(z_a)``,
-        ``H``: ``sum_a (a/m^2) Hess f_y(z_a)``), and ``u0`` (``x``, ``x - b``, or None)."""
-        eps, att = self.eps, self.attribution
+        ``H``: ``sum_a (a/m^2) Hess f_y(z_a)``) for torch's function and for the twin, ``u0``
+        (``x``, ``x - b``, or None) and ``r``, the bound on ``|x_hat' - x'|`` (the attack's
+        float point against the ball point it stands for: ``u (|x| + 3.01 eps)``)."""
+        eps, att, u = self.eps, self.attribution, self.rounding.u
+        r = (u * (x.abs() + 3.01 * eps)) * (1.0 + REL)
+        zero = torch.zeros_like(x)
         if not isinstance(att, IntegratedGradients):
-            enc = enclose(layers, x, eps, self.q, target, hessian=hessian)
-            return enc, (x.reshape(-1) if isinstance(att, InputXGradient) else None)
+            enc, twin = self._pair(x, eps, target, hessian, False, (r, zero))
+            return enc, twin, (x.reshape(-1) if isinstance(att, InputXGradient) else None), r
         base = att.baseline_for(x).to(torch.float64)
         m = att.steps
-        sums: dict[str, list[Tensor]] = {}
+        acc_t, acc_s = _Sums(), _Sums()
         ok = True
         st_sum: Structured | None = None
         wsum: list[Tensor] | None = None
         first_tangent: tuple[Tensor, Tensor] | None = None
+        span = (x - base).abs()
         for a in range(1, m + 1):
             alpha = a / m
-            enc = enclose(layers, base + alpha * (x - base), alpha * eps, self.q, target,
-                          hessian=hessian, defer_first=True)
-            if enc.first is not None:  # sum_a (a/m^2) w_a, and sum |terms| for its rounding
-                tcm, trm, wc, wr = enc.first
+            # the float path point b + alpha (x_hat - b), each operation rounded
+            e_ball = alpha * r + 5.0 * u * (base.abs() + alpha * (span + eps + r))
+            e_point = 5.0 * u * (base.abs() + alpha * span)
+            enc, tw = self._pair(base + alpha * (x - base), alpha * eps, target, hessian,
+                                 True, (e_ball, e_point))
+            if tw.first is not None:  # sum_a (a/m^2) w_a, and sum |terms| for its rounding
+                tcm, trm, wc, wr = tw.first
                 wsum = [wc * (alpha / m), wr * (alpha / m), (wc.abs() + wr) * (alpha / m)] \
                     if wsum is None else [wsum[0] + wc * (alpha / m), wsum[1] + wr * (alpha / m),
                                           wsum[2] + (wc.abs() + wr) * (alpha / m)]
                 first_tangent = (tcm, trm)
-            ok = ok and enc.mvt_ok
-            parts = {"g": to_cr(*enc.grad), "g0": to_cr(*enc.grad0)}
-            if enc.struct is not None:  # weight a/m^2; sums of m terms: rounding SUM_REL
-                w, st = alpha / m, enc.struct
-                assert st.r_round is not None
-                if st_sum is None:
-                    st_sum = Structured(st.c * w, st.r * w, st.p * w, st.q * w,
-                                        st.p_err * w, st.p_err_sum * w, st.r_round * w,
-                                        st.cross * w)
-                else:
-                    assert st_sum.r_round is not None
-                    st_sum.c += st.c * w
-                    st_sum.r += st.r * w
-                    st_sum.p += st.p * w
-                    st_sum.q += st.q * w
-                    st_sum.p_err += st.p_err * w
-                    st_sum.p_err_sum += st.p_err_sum * w
-                    st_sum.r_round += st.r_round * w
-                    st_sum.cross += st.cross * w
-            if enc.gap is not None and enc.gap0 is not None:
-                parts["gap"] = (torch.zeros_like(enc.gap), enc.gap)
-                parts["gap0"] = (torch.zeros_like(enc.gap0), enc.gap0)
-            for key, (c, r) in parts.items():
-                acc = sums.setdefault(key, [torch.zeros_like(c)] * 3)
-                sums[key] = [acc[0] + c, acc[1] + r, acc[2] + c.abs() + r]
-
-        def total(key: str, scale: float) -> tuple[Tensor, Tensor]:
-            c, r, mag = sums[key]  # a sum of m terms: rounding <= m u sum |terms|
-            return c * scale, (r + SUM_REL * mag) * scale * (1.0 + 1e-12) + TINY
-
+            ok = ok and tw.mvt_ok
+            if tw.struct is not None:  # weight a/m^2; sums of m terms: rounding SUM_REL
+                st_sum = _add_struct(st_sum, tw.struct, alpha / m)
+            acc_t.add("g", to_cr(*enc.grad))
+            acc_t.add("g0", to_cr(*enc.grad0))
+            acc_s.add("g", to_cr(*tw.grad))
+            acc_s.add("g0", to_cr(*tw.grad0))
+            for key, val in (("gap", enc.gap), ("gap0", enc.gap0), ("rb", enc.round_ball),
+                             ("rp", enc.round_point)):
+                if val is not None:
+                    acc_t.add(key, (torch.zeros_like(val), val))
+            assert enc.round_ball is not None and enc.round_point is not None
+            for key, g, rnd in (("mb", enc.grad, enc.round_ball),
+                                ("mp", enc.grad0, enc.round_point)):
+                acc_t.add(key, (torch.zeros_like(rnd),
+                                torch.maximum(g[0].abs(), g[1].abs()) + rnd))
         if st_sum is not None and wsum is not None and first_tangent is not None:
             add_term(st_sum, *first_tangent, wsum[0],
                      wsum[1] * (1.0 + SUM_REL) + SUM_REL * wsum[2] + TINY)
         hess = None
         if st_sum is not None:  # the accumulated sums' rounding: <= SUM_REL of the magnitude
-            assert st_sum.r_round is not None
-            st_sum.r_round += SUM_REL * (st_sum.c.abs() + st_sum.r_round + st_sum.q)
-            st_sum.cross *= 1.0 + 1e-10
-            st_sum.r += SUM_REL * (st_sum.c.abs() + st_sum.r + st_sum.q)
-            st_sum.q *= 1.0 + SUM_REL
-            st_sum.p_err += SUM_REL * float(torch.linalg.matrix_norm(st_sum.p) + st_sum.p_err)
-            st_sum.p_err_sum += SUM_REL * float(st_sum.p.abs().sum() + st_sum.p_err_sum)
+            _round_struct(st_sum)
             hess = (st_sum.c, st_sum.r + st_sum.q)
-        enc = Enclosure(to_lohi(*total("g", 1.0 / m)), to_lohi(*total("g0", 1.0 / m)),
-                        hess, ok,
-                        total("gap", 1.0 / m)[1] if "gap" in sums else None,
-                        total("gap0", 1.0 / m)[1] if "gap0" in sums else None, st_sum)
-        return enc, (x - base).reshape(-1)
+        # torch's mean of m gradients: w_hat = fl(1/m), m products and a sum of m terms,
+        # gamma_{m+2} times sum |G_hat_a| / m, plus the mean of the gradients' own errors
+        gam = self.rounding.gamma(m + 2)
+        rb = acc_t.total("rb", 1.0 / m)[1] + gam * acc_t.total("mb", 1.0 / m)[1]
+        rp = acc_t.total("rp", 1.0 / m)[1] + gam * acc_t.total("mp", 1.0 / m)[1]
+        enc = Enclosure(to_lohi(*acc_t.total("g", 1.0 / m)),
+                        to_lohi(*acc_t.total("g0", 1.0 / m)), None, ok,
+                        acc_t.total("gap", 1.0 / m)[1] if "gap" in acc_t else None,
+                        acc_t.total("gap0", 1.0 / m)[1] if "gap0" in acc_t else None,
+                        round_ball=rb * (1.0 + REL), round_point=rp * (1.0 + REL))
+        twin = Enclosure(to_lohi(*acc_s.total("g", 1.0 / m)),
+                         to_lohi(*acc_s.total("g0", 1.0 / m)), hess, ok, struct=st_sum)
+        return enc, twin, (x - base).reshape(-1), r
+
+    def rounding_term(self, enc: Enclosure, u0: Tensor | None, r: Tensor) -> float:
+        """``sup ||g_hat(x_hat') - g(x')||_2 + ||g_hat(x) - g(x)||_2``: torch's rounding of the
+        attribution over the ball and at ``x`` (:func:`rounding_error` bounds that of the
+        gradient factor, ``enc.round_ball``/``round_point``; IG: of the mean over its points).
+        Saliency: those. ``g = u * G`` (input x gradient ``u = x``, IG ``u = x - b``): torch
+        computes ``fl(fl(x_hat' - b) * G_hat)``, which errs from ``u' G`` by at most
+        ``|r| (|G| + F) + (|u| + eps) F + 2.01 u_r (|u| + eps + |r|)(|G| + F)`` over the ball
+        (``F`` the factor's bound, ``u_r`` the unit roundoff) and ``|u| F + 2.01 u_r |u| (|G| +
+        F)`` at ``x``."""
+        assert enc.round_ball is not None and enc.round_point is not None
+        fb, fp = enc.round_ball, enc.round_point
+        if u0 is None:
+            eb, ep = fb, fp
+        else:
+            ur, eps, rr = self.rounding.u, self.eps, r.reshape(-1)
+            gb = torch.maximum(enc.grad[0].abs(), enc.grad[1].abs()) + fb
+            gp = torch.maximum(enc.grad0[0].abs(), enc.grad0[1].abs()) + fp
+            span = u0.abs()
+            eb = rr * gb + (span + eps) * fb + 2.01 * ur * (span + eps + rr) * gb
+            ep = span * fp + 2.01 * ur * span * gp
+        total = float(torch.linalg.vector_norm(eb) + torch.linalg.vector_norm(ep))
+        return total * (1.0 + SUM_REL) + TINY
 
     def bound(self, x: Tensor, target: int, jac_center: Tensor | None = None) -> SoundResult:
-        """Bounds on ``sup ||g(x + delta) - g(x)||_2`` for one sample ``x`` ``(1, C, H, W)``.
+        """Bounds on ``sup ||g_hat(x_hat') - g_hat(x)||_2`` for one sample ``x``
+        ``(1, C, H, W)``, ``g_hat`` the attribution as torch computes it in the model's
+        precision and ``x_hat'`` any float point for a point of the ball.
 
-        ``interval`` encloses torch's own function (Softplus thresholds included). The
-        mean-value bound is applied to the smooth twin ``g_s`` (:func:`smooth_chain`) when the
-        chain has a Softplus threshold inside the ball, plus ``sup ||g - g_s||`` over the ball
-        and at ``x`` (``Enclosure.gap``), which is ``O(exp(-threshold))``.
+        Both bounds are proved for the exact function ``g`` (torch's, Softplus thresholds
+        included) and then the rounding term (:meth:`rounding_term`) is added.
+        ``interval`` encloses ``g`` itself. The mean-value bound is applied to the twin
+        ``g_s`` of :func:`enclose` when the chain has a Softplus threshold (the identity on
+        the units whose interval lies above it, the smooth twin elsewhere), plus
+        ``sup ||g - g_s||`` over the ball and at ``x`` (``Enclosure.gap``), which only the
+        units whose interval straddles the threshold add to.
         ``jac_center``: another centre ``C`` to try, e.g. ``J_g(x)`` (any matrix is valid);
         the enclosure's own centre ``Mc`` is always tried, and since ``J_g(x)`` lies in
         ``[Mc - R, Mc + R]`` with ``R = O(eps)`` that bound already tends to ``T_e``.
@@ -956,10 +1231,7 @@ class SoundBounder:
         x = x.detach().to(torch.float64)
         eps = self.eps
         hessian = x[0].numel() <= MAX_D
-        enc, u0 = self._gather(self.layers, x, target, hessian and not self.has_threshold)
-        smooth = enc
-        if hessian and self.has_threshold:
-            smooth, _ = self._gather(self.smooth, x, target, True)
+        enc, smooth, u0, r = self._gather(x, target, hessian)
         if u0 is None:  # saliency: g = G, J_g = H
             g, g0 = enc.grad, enc.grad0
             jac = smooth.hess
@@ -986,7 +1258,10 @@ class SoundBounder:
                 mean_value += float(torch.linalg.vector_norm(scale * enc.gap)
                                     + torch.linalg.vector_norm(scale0 * enc.gap0)) \
                     * (1.0 + 1e-10)
-        return SoundResult(interval, mean_value)
+        extra = self.rounding_term(enc, u0, r)
+        grow = 1.0 + (x.numel() + 3) * 2.0 ** -52  # the float64 norm of the attack's deviation
+        return SoundResult((interval + extra) * grow,
+                           None if mean_value is None else (mean_value + extra) * grow)
 
     def jacobian(self, x: Tensor, target: int) -> Tensor:
         """``J_g(x)`` ``(d, d)`` by autograd through the float64 chain (the centre ``C``)."""
