@@ -25,9 +25,9 @@ from attrcert.attack import attack
 from attrcert.attributions import get_method
 from attrcert.cli import app
 from attrcert.errors import InputError
-from attrcert.intervals import activation
 from attrcert.perturbation import Perturbation
 from attrcert.sound import SoundBounder, enclose, extract_chain, forward
+from attrcert.sound.activations import activation
 
 DT = torch.float64
 ACTS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid,

@@ -3,7 +3,7 @@ float32 attribution, not only its float64 copy, and the Softplus threshold gap s
 with eps.
 
 The rounding term rests on an assumed accuracy of torch's elementwise kernels
-(:attr:`attrcert.intervals.Activation.ulps`); the first test measures it on dense grids so
+(:attr:`attrcert.sound.activations.Activation.ulps`); the first test measures it on dense grids so
 that a platform whose kernels are less accurate fails here rather than silently.
 """
 
@@ -14,9 +14,9 @@ from torch import nn
 
 from attrcert.attack import attack
 from attrcert.attributions import get_method
-from attrcert.intervals import activation
 from attrcert.perturbation import Perturbation
 from attrcert.sound import SoundBounder, enclose
+from attrcert.sound.activations import activation
 
 U32 = 2.0 ** -24
 KERNELS = [("tanh", (), nn.Tanh()), ("sigmoid", (), nn.Sigmoid()),
