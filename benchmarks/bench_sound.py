@@ -106,13 +106,13 @@ class _Chain(torch.nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         from attrcert.sound import forward
-        return forward(self.bounder.layers, t)
+        return forward(self.bounder.graph, t)
 
 
 def bounder_forward(bounder: SoundBounder, x: torch.Tensor) -> torch.Tensor:
     from attrcert.sound import forward
     with torch.no_grad():
-        return forward(bounder.layers, x)
+        return forward(bounder.graph, x)
 
 
 if __name__ == "__main__":

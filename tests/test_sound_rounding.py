@@ -124,8 +124,9 @@ def test_softplus_threshold_gap_shrinks_with_eps() -> None:
     att = get_method("saliency")
     y = int(net(x).argmax())
     bounder = SoundBounder(net, x, att, Perturbation(2, 1e-3))
-    above = enclose(bounder.layers, x, 1e-3, 2.0, y, hessian=False).above
-    assert above is not None and bool(above[0].any())  # the case the test is about
+    one = torch.ones(1, dtype=torch.float64)
+    above = enclose(bounder.graph, bounder.pats, x, one * 1e-3, 2.0, y).above
+    assert above and bool(next(iter(above.values())).any())  # the case the test is about
     jac = bounder.jacobian(x, y)
     t_e = 1e-3 * float(torch.linalg.matrix_norm(jac, 2))
     assert bounder.bound(x, y).value <= 1.01 * t_e

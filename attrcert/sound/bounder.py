@@ -14,15 +14,17 @@ from ..bounds import cosine_bound
 from ..errors import InputError, OptionError
 from ..perturbation import Perturbation, l2_radius_factor
 from ..results import Record, finite_or_none
-from .bounds import diag_plus, interval_bound, mean_value_bound, structured_bound
-from .enclosures import Enclosure, enclose
-from .graph import extract_chain
-from .intervals import REL, SUM_REL, TINY, mul, mul_cr, to_cr, to_lohi
-from .layers import forward
+from .bounds import interval_bound, structured_bound
+from .enclosures import fixed_tangents
+from .graph import read_graph
+from .hessian import HessianSum
+from .intervals import REL, SUM_REL, TINY, mul, to_lohi
+from .nodes import forward, patterns
+from .pieces import Centres, centres, chunk_size, run, weighted
 from .rounding import model_rounding
-from .structured import Structured, add_scaled, add_term, round_sums
 
 MAX_D = 4096  # the mean-value bound forms d x d matrices; above this only ``interval`` runs
+SPLITS = 4  # nested radii of the mean-value bound (saliency, input x gradient)
 
 
 @dataclass
@@ -43,242 +45,185 @@ class SoundResult:
             else "mean_value"
 
 
-class _Sums:
-    """Running sums of centre/radius vectors and of their magnitudes (integrated
-    gradients' ``m`` points): a float64 sum of ``m`` terms errs by at most ``SUM_REL`` times
-    the sum of their magnitudes."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, list[Tensor]] = {}
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.parts
-
-    def add(self, key: str, cr: tuple[Tensor, Tensor]) -> None:
-        c, r = cr
-        acc = self.parts.setdefault(key, [torch.zeros_like(c)] * 3)
-        self.parts[key] = [acc[0] + c, acc[1] + r, acc[2] + c.abs() + r]
-
-    def total(self, key: str, scale: float) -> tuple[Tensor, Tensor]:
-        c, r, mag = self.parts[key]
-        return c * scale, (r + SUM_REL * mag) * scale * (1.0 + 1e-12) + TINY
+def widen_by(box: tuple[Tensor, Tensor], w: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``[lo - w, hi + w]`` (``box`` itself when ``w`` is None)."""
+    if w is None:
+        return box
+    return box[0] - w - REL * box[0].abs(), box[1] + w + REL * box[1].abs()
 
 
 class SoundBounder:
-    """Proved bounds for one model, attribution and ball (see the module docstring).
+    """Proved bounds for one model, attribution and ball (see :mod:`attrcert.sound`).
 
-    The model is read once (:func:`extract_chain`) and checked against its own forward pass
-    on ``example``; ``bound(x, target, jac_center)`` then bounds one sample.
+    The model is read once (:func:`.graph.read_graph`) and checked against its own forward
+    pass on ``example``; :meth:`bound` then bounds one sample. ``splits``: the number ``K`` of
+    nested radii (:mod:`.pieces`); by default ``SPLITS`` for saliency and input x gradient,
+    1 for integrated gradients (whose ``m`` points already cost ``m`` pieces each).
     """
 
     def __init__(self, model: torch.nn.Module, example: Tensor, attribution: Attribution,
-                 perturbation: Perturbation) -> None:
+                 perturbation: Perturbation, *, splits: int | None = None) -> None:
         if not isinstance(attribution, (Saliency, InputXGradient, IntegratedGradients)):
             raise OptionError(f"--sound supports saliency, input_x_gradient and "
                               f"integrated_gradients, not {attribution!r}")
         if not isinstance(model, torch.nn.Module):
             raise InputError("--sound needs a torch.nn.Module")
-        self.layers = extract_chain(model, example[:1])
+        self.graph = read_graph(model, example[:1])
         self.rounding = model_rounding(model, example)
-        self.has_threshold = any(la.act is not None and la.act.threshold is not None
-                                 for la in self.layers)
+        self.has_threshold = any(n.act is not None and n.act.threshold is not None
+                                 for n in self.graph.nodes)
         self.attribution = attribution
+        self.splits = splits if splits is not None else (
+            1 if isinstance(attribution, IntegratedGradients) else SPLITS)
         # the ball used: l-inf for p = inf; for 2 < p < inf the l2 ball of radius
         # d^(1/2 - 1/p) eps (Lemma 1, as Corollary 1), for 1 <= p <= 2 that of radius eps
         self.linf = math.isinf(perturbation.norm)
         self.q = 1.0 if self.linf else 2.0
         d = example[0].numel()
+        self.d = d
         self.eps = perturbation.eps * (1.0 if self.linf
                                        else l2_radius_factor(d, perturbation.norm))
+        self.pats = patterns(self.graph, d)
+        self.chunk = chunk_size(self.graph, d)
+        self.fixed = fixed_tangents(self.graph, self.pats, example[:1])
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ours = forward(self.layers, example[:1].detach().to(torch.float64))
+            ours = forward(self.graph, example[:1].detach().to(torch.float64))
             theirs = model(example[:1]).detach().to(torch.float64)
         scale = float(theirs.abs().max()) + 1.0
         tol = 1e-9 if theirs.dtype == torch.float64 and example.dtype == torch.float64 \
             else 1e-4
         if ours.shape != theirs.shape or float((ours - theirs).abs().max()) > tol * scale:
             raise InputError("--sound could not read this model's graph faithfully (its "
-                             "chain of layers does not reproduce the model's output)")
+                             "graph of operations does not reproduce the model's output)")
 
     @property
     def norm_used(self) -> str:
         return "inf" if self.linf else "2"
 
-    def _pair(self, z: Tensor, radius: float, target: int, hessian: bool, defer: bool,
-              e0: tuple[Tensor, Tensor]) -> tuple[Enclosure, Enclosure]:
-        """The enclosure of torch's ``f`` (with its rounding) and the one the mean-value
-        bound uses: ``f`` itself, or its twin where a Softplus threshold is in the chain."""
-        enc = enclose(self.layers, z, radius, self.q, target,
-                      hessian=hessian and not self.has_threshold, defer_first=defer,
-                      rounding=self.rounding, e0=e0)
-        if not (hessian and self.has_threshold):
-            return enc, enc
-        twin = enclose(self.layers, z, radius, self.q, target, hessian=True,
-                       defer_first=defer, twin_above=enc.above)
-        return enc, twin
-
-    def _gather(self, x: Tensor, target: int, hessian: bool
-                ) -> tuple[Enclosure, Enclosure, Tensor | None, Tensor]:
-        """Enclosures of the gradient factor ``G`` of the attribution (IG: ``mean_a G(z_a)``,
-        ``H``: ``sum_a (a/m^2) Hess f_y(z_a)``) for torch's function and for the twin, ``u0``
-        (``x``, ``x - b``, or None) and ``r``, the bound on ``|x_hat' - x'|`` (the attack's
-        float point against the ball point it stands for: ``u (|x| + 3.01 eps)``)."""
-        eps, att, u = self.eps, self.attribution, self.rounding.u
-        r = (u * (x.abs() + 3.01 * eps)) * (1.0 + REL)
-        zero = torch.zeros_like(x)
-        if not isinstance(att, IntegratedGradients):
-            enc, twin = self._pair(x, eps, target, hessian, False, (r, zero))
-            return enc, twin, (x.reshape(-1) if isinstance(att, InputXGradient) else None), r
-        base = att.baseline_for(x).to(torch.float64)
-        m = att.steps
-        acc_t, acc_s = _Sums(), _Sums()
-        ok = True
-        st_sum: Structured | None = None
-        wsum: list[Tensor] | None = None
-        first_tangent: tuple[Tensor, Tensor] | None = None
-        span = (x - base).abs()
-        for a in range(1, m + 1):
-            alpha = a / m
-            # the float path point b + alpha (x_hat - b), each operation rounded
-            e_ball = alpha * r + 5.0 * u * (base.abs() + alpha * (span + eps + r))
-            e_point = 5.0 * u * (base.abs() + alpha * span)
-            enc, tw = self._pair(base + alpha * (x - base), alpha * eps, target, hessian,
-                                 True, (e_ball, e_point))
-            if tw.first is not None:  # sum_a (a/m^2) w_a, and sum |terms| for its rounding
-                tcm, trm, wc, wr = tw.first
-                wsum = [wc * (alpha / m), wr * (alpha / m), (wc.abs() + wr) * (alpha / m)] \
-                    if wsum is None else [wsum[0] + wc * (alpha / m), wsum[1] + wr * (alpha / m),
-                                          wsum[2] + (wc.abs() + wr) * (alpha / m)]
-                first_tangent = (tcm, trm)
-            ok = ok and tw.mvt_ok
-            if tw.struct is not None:  # weight a/m^2; sums of m terms: rounding SUM_REL
-                st_sum = add_scaled(st_sum, tw.struct, alpha / m)
-            acc_t.add("g", to_cr(*enc.grad))
-            acc_t.add("g0", to_cr(*enc.grad0))
-            acc_s.add("g", to_cr(*tw.grad))
-            acc_s.add("g0", to_cr(*tw.grad0))
-            for key, val in (("gap", enc.gap), ("gap0", enc.gap0), ("rb", enc.round_ball),
-                             ("rp", enc.round_point)):
-                if val is not None:
-                    acc_t.add(key, (torch.zeros_like(val), val))
-            assert enc.round_ball is not None and enc.round_point is not None
-            for key, g, rnd in (("mb", enc.grad, enc.round_ball),
-                                ("mp", enc.grad0, enc.round_point)):
-                acc_t.add(key, (torch.zeros_like(rnd),
-                                torch.maximum(g[0].abs(), g[1].abs()) + rnd))
-        if st_sum is not None and wsum is not None and first_tangent is not None:
-            add_term(st_sum, *first_tangent, wsum[0],
-                     wsum[1] * (1.0 + SUM_REL) + SUM_REL * wsum[2] + TINY)
-        hess = None
-        if st_sum is not None:  # the accumulated sums' rounding: <= SUM_REL of the magnitude
-            round_sums(st_sum)
-            hess = (st_sum.c, st_sum.r + st_sum.q)
-        # torch's mean of m gradients: w_hat = fl(1/m), m products and a sum of m terms,
-        # gamma_{m+2} times sum |G_hat_a| / m, plus the mean of the gradients' own errors
-        gam = self.rounding.gamma(m + 2)
-        rb = acc_t.total("rb", 1.0 / m)[1] + gam * acc_t.total("mb", 1.0 / m)[1]
-        rp = acc_t.total("rp", 1.0 / m)[1] + gam * acc_t.total("mp", 1.0 / m)[1]
-        enc = Enclosure(to_lohi(*acc_t.total("g", 1.0 / m)),
-                        to_lohi(*acc_t.total("g0", 1.0 / m)), None, ok,
-                        acc_t.total("gap", 1.0 / m)[1] if "gap" in acc_t else None,
-                        acc_t.total("gap0", 1.0 / m)[1] if "gap0" in acc_t else None,
-                        round_ball=rb * (1.0 + REL), round_point=rp * (1.0 + REL))
-        twin = Enclosure(to_lohi(*acc_s.total("g", 1.0 / m)),
-                         to_lohi(*acc_s.total("g0", 1.0 / m)), hess, ok, struct=st_sum)
-        return enc, twin, (x - base).reshape(-1), r
-
-    def rounding_term(self, enc: Enclosure, u0: Tensor | None, r: Tensor) -> float:
+    def rounding_term(self, gsum: tuple[Tensor, Tensor], fb: Tensor, fp: Tensor,
+                      gpoint: tuple[Tensor, Tensor], u0: Tensor | None, r: Tensor) -> float:
         """``sup ||g_hat(x_hat') - g(x')||_2 + ||g_hat(x) - g(x)||_2``: torch's rounding of the
-        attribution over the ball and at ``x`` (:func:`rounding_error` bounds that of the
-        gradient factor, ``enc.round_ball``/``round_point``; IG: of the mean over its points).
-        Saliency: those. ``g = u * G`` (input x gradient ``u = x``, IG ``u = x - b``): torch
-        computes ``fl(fl(x_hat' - b) * G_hat)``, which errs from ``u' G`` by at most
+        attribution over the ball and at ``x``, from ``fb``/``fp``, the bounds on that of its
+        gradient factor (IG: of the mean over its points), and the factor's enclosures
+        ``gsum`` (ball) and ``gpoint`` (``(centre, radius)``). Saliency: ``fb`` and ``fp``.
+        ``g = u * G`` (input x gradient ``u = x``, IG ``u = x - b``): torch computes
+        ``fl(fl(x_hat' - b) * G_hat)``, which errs from ``u' G`` by at most
         ``|r| (|G| + F) + (|u| + eps) F + 2.01 u_r (|u| + eps + |r|)(|G| + F)`` over the ball
-        (``F`` the factor's bound, ``u_r`` the unit roundoff) and ``|u| F + 2.01 u_r |u| (|G| +
-        F)`` at ``x``."""
-        assert enc.round_ball is not None and enc.round_point is not None
-        fb, fp = enc.round_ball, enc.round_point
+        (``F`` the factor's bound, ``u_r`` the unit roundoff) and ``|u| F + 2.01 u_r |u|
+        (|G| + F)`` at ``x``."""
         if u0 is None:
             eb, ep = fb, fp
         else:
             ur, eps, rr = self.rounding.u, self.eps, r.reshape(-1)
-            gb = torch.maximum(enc.grad[0].abs(), enc.grad[1].abs()) + fb
-            gp = torch.maximum(enc.grad0[0].abs(), enc.grad0[1].abs()) + fp
+            gb = gsum[0].abs() + gsum[1] + fb
+            gp = gpoint[0].abs() + gpoint[1] + fp
             span = u0.abs()
             eb = rr * gb + (span + eps) * fb + 2.01 * ur * (span + eps + rr) * gb
             ep = span * fp + 2.01 * ur * span * gp
         total = float(torch.linalg.vector_norm(eb) + torch.linalg.vector_norm(ep))
         return total * (1.0 + SUM_REL) + TINY
 
-    def bound(self, x: Tensor, target: int, jac_center: Tensor | None = None) -> SoundResult:
+    def bound(self, x: Tensor, target: int) -> SoundResult:
         """Bounds on ``sup ||g_hat(x_hat') - g_hat(x)||_2`` for one sample ``x``
         ``(1, C, H, W)``, ``g_hat`` the attribution as torch computes it in the model's
         precision and ``x_hat'`` any float point for a point of the ball.
 
         Both bounds are proved for the exact function ``g`` (torch's, Softplus thresholds
-        included) and then the rounding term (:meth:`rounding_term`) is added.
-        ``interval`` encloses ``g`` itself. The mean-value bound is applied to the twin
-        ``g_s`` of :func:`enclose` when the chain has a Softplus threshold (the identity on
-        the units whose interval lies above it, the smooth twin elsewhere), plus
-        ``sup ||g - g_s||`` over the ball and at ``x`` (``Enclosure.gap``), which only the
-        units whose interval straddles the threshold add to.
-        ``jac_center``: another centre ``C`` to try, e.g. ``J_g(x)`` (any matrix is valid);
-        the enclosure's own centre ``Mc`` is always tried, and since ``J_g(x)`` lies in
-        ``[Mc - R, Mc + R]`` with ``R = O(eps)`` that bound already tends to ``T_e``.
+        included), and the rounding term (:meth:`rounding_term`) is added. ``interval``
+        encloses ``g`` itself over the ball. The mean-value bound (:mod:`.pieces`,
+        :func:`.bounds.structured_bound`) is applied to the twin ``g_s`` of
+        :func:`.enclosures.enclose` when the graph has a Softplus threshold, plus
+        ``sup ||g - g_s||`` over the ball and at ``x``, which only the units whose interval
+        straddles the threshold add to.
         """
         x = x.detach().to(torch.float64)
-        eps = self.eps
-        hessian = x[0].numel() <= MAX_D
-        enc, smooth, u0, r = self._gather(x, target, hessian)
-        if u0 is None:  # saliency: g = G, J_g = H
-            g, g0 = enc.grad, enc.grad0
-            jac = smooth.hess
+        eps, d, k = self.eps, self.d, self.splits
+        cen, u0, r = centres(self.attribution, x, eps, self.rounding.u)
+        acc = HessianSum(d, x.device, track_a=u0 is not None) if d <= MAX_D else None
+        common = {"q": self.q, "target": target, "chunk": self.chunk, "fixed": self.fixed}
+        full = run(self.graph, self.pats, cen.z, cen.radius, rounding=self.rounding,
+                   e0=(cen.e_ball, cen.e_point), hessian=acc, h=cen.hw / k, t=cen.hw / k,
+                   **common)
+        gsum = weighted(*full.grad, cen.gw / k)
+        if acc is not None and k > 1:
+            gsum = self._partial(cen, full.above or None, acc, gsum, common)
+        gap_b = gap_p = None
+        if full.gap is not None and full.gap0 is not None:
+            gap_b = weighted(full.gap, full.gap, cen.gw)[0]
+            gap_p = weighted(full.gap0, full.gap0, cen.gw)[0]
+        # torch's G: the twin's, within the gap
+        gball = weighted(*widen_by(full.grad, full.gap), cen.gw)
+        gpoint = weighted(*widen_by(full.grad0, full.gap0), cen.gw)
+        assert full.round_ball is not None and full.round_point is not None
+        fb = weighted(full.round_ball, full.round_ball, cen.gw)[0]
+        fp = weighted(full.round_point, full.round_point, cen.gw)[0]
+        if isinstance(self.attribution, IntegratedGradients):
+            # torch's mean of m gradients: w_hat = fl(1/m), m products and a sum of m terms,
+            # gamma_{m+2} times sum |G_hat_a| / m, plus the mean of the gradients' own errors
+            gam = self.rounding.gamma(self.attribution.steps + 2)
+            gb, gp = widen_by(full.grad, full.gap), widen_by(full.grad0, full.gap0)
+            mags_b = gb[0].abs().maximum(gb[1].abs()) + full.round_ball
+            mags_p = gp[0].abs().maximum(gp[1].abs()) + full.round_point
+            fb = fb + gam * weighted(mags_b, mags_b, cen.gw)[0]
+            fp = fp + gam * weighted(mags_p, mags_p, cen.gw)[0]
+        if u0 is None:  # saliency: g = G
+            g, g0 = to_lohi(*gball), to_lohi(*gpoint)
             scale, scale0 = 1.0, 1.0
-        else:  # g = u * G with u = x - b (IG) or x, du/dx = I: J_g = diag(G) + diag(u) H
-            ub = (u0 - eps, u0 + eps)
-            g = mul(*ub, *enc.grad)
-            g0 = mul(u0, u0, *enc.grad0)
-            jac = None
-            if smooth.hess is not None:
-                jac = diag_plus(mul_cr(ub[0].view(-1, 1), ub[1].view(-1, 1), *smooth.hess),
-                                 smooth.grad)
+        else:  # g = u * G with u = x - b (IG) or x
+            g = mul(u0 - eps, u0 + eps, *to_lohi(*gball))
+            g0 = mul(u0, u0, *to_lohi(*gpoint))
             scale, scale0 = u0.abs() + eps, u0.abs()
         interval = interval_bound(g, g0)
         mean_value = None
-        if jac is not None and smooth.mvt_ok:
-            centers = [jac[0]] + ([] if jac_center is None
-                                  else [jac_center.to(torch.float64).cpu()])
-            mean_value = min(mean_value_bound(jac, c, eps, self.linf) for c in centers)
-            if smooth.struct is not None:
-                mean_value = min(mean_value, structured_bound(
-                    smooth.struct, smooth.grad, u0, eps, self.linf))
-            if smooth is not enc and enc.gap is not None and enc.gap0 is not None:
-                mean_value += float(torch.linalg.vector_norm(scale * enc.gap)
-                                    + torch.linalg.vector_norm(scale0 * enc.gap0)) \
+        if acc is not None:
+            mean_value = structured_bound(acc.finish(), gsum, u0, eps, self.linf)
+            if gap_b is not None and gap_p is not None:
+                mean_value += float(torch.linalg.vector_norm(scale * gap_b)
+                                    + torch.linalg.vector_norm(scale0 * gap_p)) \
                     * (1.0 + 1e-10)
-        extra = self.rounding_term(enc, u0, r)
+        extra = self.rounding_term(gball, fb, fp, gpoint, u0, r)
         grow = 1.0 + (x.numel() + 3) * 2.0 ** -52  # the float64 norm of the attack's deviation
         return SoundResult((interval + extra) * grow,
                            None if mean_value is None else (mean_value + extra) * grow)
+
+    def _partial(self, cen: Centres, masks: dict[int, Tensor] | None, acc: HessianSum,
+                 gsum: tuple[Tensor, Tensor], common: dict) -> tuple[Tensor, Tensor]:
+        """The pieces at ``t_i = i / K < 1`` (the twin of the whole ball's pass: its masks
+        hold on every smaller ball), added to ``acc``; ``gsum`` plus their weighted ``G``."""
+        k = self.splits
+        ts = torch.arange(1, k, dtype=torch.float64) / k
+        n = cen.z.shape[0]
+        z = cen.z.repeat(k - 1, *([1] * (cen.z.ndim - 1)))
+        radius = (ts.view(-1, 1) * cen.radius.view(1, -1)).reshape(-1)
+        h = (cen.hw / k).repeat(k - 1)
+        t = (ts.view(-1, 1) * (cen.hw / k).view(1, -1)).reshape(-1)
+        twin = None if masks is None else {
+            key: v.repeat(k - 1, *([1] * (v.ndim - 1))) for key, v in masks.items()}
+        enc = run(self.graph, self.pats, z, radius, hessian=acc, h=h, t=t, twin=twin,
+                  **common)
+        gw = (cen.gw / k).repeat(k - 1)
+        c, rr = weighted(*enc.grad, gw)
+        del n
+        return gsum[0] + c, (gsum[1] + rr + SUM_REL * (gsum[0].abs() + c.abs())) \
+            * (1.0 + SUM_REL)
 
     def jacobian(self, x: Tensor, target: int) -> Tensor:
         """``J_g(x)`` ``(d, d)`` by autograd through the float64 chain (the centre ``C``)."""
         from ..jacobian import attribution_jacobian
 
         def chain(t: Tensor) -> Tensor:
-            return forward(self.layers, t)
+            return forward(self.graph, t)
 
         y = torch.tensor([target], device=x.device)
         return attribution_jacobian(self.attribution, chain, x, y)[0].detach()
 
     def update(self, x: Tensor, targets: Tensor, attr_norms: list[float],
-               records: list[Record], jac_centers: list[Tensor | None] | None = None) -> None:
+               records: list[Record]) -> None:
         """Add ``T_e_sound``, ``T_e_sound_method``, ``T_c_sound``, ``T_c_sound_deg`` to each
         record of a batch (Corollary 2 applied to ``T_e_sound``)."""
         for i, rec in enumerate(records):
-            res = self.bound(x[i:i + 1], int(targets[i]),
-                             None if jac_centers is None else jac_centers[i])
+            res = self.bound(x[i:i + 1], int(targets[i]))
             cos = cosine_bound(res.value, attr_norms[i])
             rec.update({
                 "T_e_sound": finite_or_none(res.value),

@@ -1,58 +1,69 @@
-"""Enclosures of ``grad f_y`` and ``Hess f_y`` over a ball (forward and backward interval
-passes through the layers)."""
+"""Enclosures of ``G = grad f_y`` (and the Hessian terms) over balls: the passes through the graph.
+
+For ``P`` pieces at once (centres ``x0`` ``(P, *in_shape)``, radii ``(P,)``, ``|delta_i| <=
+radius`` and ``||delta||_p <= radius`` with ``q`` the dual norm), in float64 with outward
+rounding (:mod:`.intervals`):
+
+- forward: every node's value over the point (rounding only) and over the ball (interval
+  arithmetic: Rump's rule for affine maps, corner products for ``mul``, the proved ranges of
+  :mod:`.activations`), and its Jacobian enclosure ``[J_v] = Jc +- Jr`` ``(P, d, *shape)``
+  (``A [J]``, ``[J_a] + s [J_b]``, ``diag([b]) [J_a] + diag([a]) [J_b]``,
+  ``diag([sigma'(z)]) [J]``). The ball interval of a node that feeds an activation or a
+  product is intersected with the mean-value form ``z_v(x0) +- radius ||row([J_v])||_q``;
+- backward: the adjoints ``u_v = d f_y / d z_v`` over the ball and at the point
+  (``A^T u``, ``u`` to both addends, ``u * [b]`` and ``u * [a]`` for a product,
+  ``[sigma'] u``), and the Hessian terms (:mod:`.hessian`): ``[J_z]^T diag([u sigma''])
+  [J_z]`` per activation, ``[J_a]^T diag([u]) [J_b]`` and its transpose per product.
+
+``twin``: enclose the twin ``f_s`` instead of torch's ``f``: every thresholded Softplus
+replaced, unit by unit, by the identity where ``twin[node]`` (the units whose ball interval
+lies above the threshold, where torch's function is the identity) and by its smooth closed
+form elsewhere; ``f_s`` is twice differentiable, so the mean-value theorem applies to it.
+Without it the pass returns those masks (``above``) and, with ``gap``, ``|G - G_s|`` over
+the ball and at the centre (:func:`.propagation.gap_error`); ``rounding`` adds torch's
+rounding (:func:`.propagation.rounding_error`, input errors ``e0 = (ball, point)``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ..errors import InputError
 from .activations import Activation
-from .intervals import SUM_REL, TINY, intersect, mul, mul_cr, to_cr, to_lohi
-from .layers import Layer, affine_cr, affine_t_cr, transpose
-from .rounding import Rounding, rounding_error
-from .structured import Structured, add_term
+from .hessian import HessianSum
+from .intervals import REL, SUM_REL, TINY, intersect, mul, mul_cr, to_cr, to_lohi
+from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Graph, Node, affine_cr, affine_t_cr
+from .propagation import ErrorModel, backward_errors, forward_step, rounding_error
+from .rounding import Rounding
 
-
-def _rownorm(tc: Tensor, q: float) -> Tensor:
-    """``||column||_q`` of a tangent batch ``(d, *shape)`` over its ``d`` axis, rounded up."""
-    norm = tc.abs().sum(0) if q == 1.0 else torch.sqrt((tc * tc).sum(0))
-    return norm * (1.0 + SUM_REL) + TINY
+CR = tuple[Tensor, Tensor]
 
 
 @dataclass
 class Enclosure:
-    """Proved enclosures at one centre ``x0`` for a ball of radius ``radius``.
-
-    ``grad``/``grad0``: ``(lo, hi)`` of ``G = grad f_y`` over the ball and at ``x0`` (``(d,)``);
-    ``hess``: ``(centre, radius)`` ``(d, d)`` of ``Hess f_y`` over the ball, or ``None``;
-    ``mvt_ok``: the mean-value theorem applies to this chain (no Softplus threshold inside
-    an interval); ``gap``/``gap0``: ``(d,)`` bounds on ``|G(x') - G_s(x')|`` over the ball and at
-    ``x0``, ``G_s`` the gradient of the chain with every Softplus replaced by its smooth twin
-    (no threshold; ``None`` when the chain has no threshold).
-    """
+    """Per piece: ``grad``/``grad0`` ``(lo, hi)`` ``(P, d)`` of ``G`` over the ball and at the
+    centre; ``mvt_ok``: no Softplus threshold inside a ball interval (or the twin was
+    enclosed); ``above``: per thresholded activation node, the mask of units above the
+    threshold over the whole ball; ``gap``/``gap0``: bounds on ``|G - G_s|``; ``round_ball``/
+    ``round_point``: bounds on torch's rounding ``|G_hat - G|``."""
 
     grad: tuple[Tensor, Tensor]
     grad0: tuple[Tensor, Tensor]
-    hess: tuple[Tensor, Tensor] | None
-    mvt_ok: bool
+    mvt_ok: bool = True
+    above: dict[int, Tensor] = field(default_factory=dict)
     gap: Tensor | None = None
     gap0: Tensor | None = None
-    struct: Structured | None = None
-    first: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
-    above: list[Tensor] | None = None
     round_ball: Tensor | None = None
     round_point: Tensor | None = None
 
 
 def _twin_range(act: Activation, k: int, lo: Tensor, hi: Tensor,
                 above: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``sigma^(k)`` over ``[lo, hi]`` for the twin of a thresholded Softplus: the identity on
-    the units ``above`` (whose whole ball interval lies above the threshold, where torch's
-    function is the identity), its smooth twin elsewhere; torch's own function when
-    ``above`` is None."""
+    """``sigma^(k)`` over ``[lo, hi]`` for the twin (see the module docstring); torch's own
+    function when ``above`` is None."""
     if above is None or act.threshold is None:
         return act.range(k, lo, hi)
     assert act.smooth_twin is not None
@@ -64,158 +75,272 @@ def _twin_range(act: Activation, k: int, lo: Tensor, hi: Tensor,
     return torch.where(above, ilo, slo), torch.where(above, ihi, shi)
 
 
-def enclose(layers: list[Layer], x0: Tensor, radius: float, q: float, target: int,
-            *, hessian: bool, defer_first: bool = False,
-            twin_above: list[Tensor] | None = None, rounding: Rounding | None = None,
-            e0: tuple[Tensor, Tensor] | None = None) -> Enclosure:
-    """Enclose ``grad f_y`` (and ``Hess f_y`` when ``hessian``) over the ball of ``radius``
-    around ``x0`` ``(1, *in_shape)``, float64. ``q`` is the dual norm of the ball (2 for l2,
-    1 for l-inf); ``|delta_i| <= radius`` for both. See the module docstring for the math.
+def _tmul(s: tuple[Tensor, Tensor], tan: CR, pad: Tensor) -> CR:
+    """``diag([s]) [J]`` for tangents ``(P, d, *shape)`` (midpoint-radius, Rump)."""
+    sc, sr = to_cr(*s)
+    sc, sr = sc.unsqueeze(1), sr.unsqueeze(1)
+    tc, tr = tan
+    m = sc.abs() * tr + sr * (tc.abs() + tr)
+    c = sc * tc
+    return c, m + REL * (c.abs() + m) + pad
 
-    ``defer_first``: leave the first activation's Hessian term out of ``struct`` and return
-    its parts in ``first`` (its ``[J_1] = A_0`` does not depend on ``x0``, so integrated
-    gradients sums the weights over its ``m`` points and forms the ``d x d`` term once).
 
-    ``twin_above``: enclose the twin ``f_s`` instead of torch's ``f``: every thresholded
-    Softplus replaced, unit by unit, by the identity where ``twin_above`` (from the ``above``
-    of the enclosure of ``f`` on the same ball) and by its smooth twin elsewhere; ``f_s`` is
-    twice differentiable and equals ``f`` except on the units whose interval straddles the
-    threshold. Without it, ``gap``/``gap0`` bound ``|G - G_s|`` (only those units add to it).
+def _sum(a: CR, b: CR, s: float = 1.0, pad: Tensor | float = TINY) -> CR:
+    """``[a] + s [b]``, rounded."""
+    c = a[0] + s * b[0]
+    r = a[1] + abs(s) * b[1]
+    return c, r + REL * (a[0].abs() + abs(s) * b[0].abs() + r) + pad
 
-    ``rounding``, ``e0``: also bound torch's rounding, ``|G_hat - G|`` over the ball and at
-    ``x0`` (:func:`rounding_error`, input errors ``e0 = (ball, point)``)."""
+
+def _rownorm(tc: Tensor, q: float) -> Tensor:
+    """``||column||_q`` of tangents ``(P, d, *shape)`` over the ``d`` axis, rounded up."""
+    norm = tc.abs().sum(1) if q == 1.0 else torch.sqrt((tc * tc).sum(1))
+    return norm * (1.0 + SUM_REL) + TINY
+
+
+def exact_nodes(graph: Graph) -> list[bool]:
+    """Whether each node is affine in ``x`` (only affine maps, sums and concatenations
+    above it): its ``[J]`` is exact and the same at every point."""
+    out: list[bool] = []
+    for node in graph.nodes:
+        out.append(node.kind == INPUT or (node.kind in (AFFINE, ADD, CAT)
+                                          and all(out[j] for j in node.inputs)))
+    return out
+
+
+def fixed_tangents(graph: Graph, pats: list[Tensor], x0: Tensor) -> dict[int, CR]:
+    """The tangents ``(1, d, *shape)`` of the nodes affine in ``x`` (:func:`exact_nodes`):
+    the same for every centre and radius, so computed once per model."""
+    exact = exact_nodes(graph)
+    d = x0[0].numel()
+    tan: list[CR | None] = []
+    out: dict[int, CR] = {}
+    for i, node in enumerate(graph.nodes):
+        if not exact[i]:
+            tan.append(None)
+            continue
+        pad = TINY * pats[i].to(torch.float64).unsqueeze(0)
+        t = _tangent(node, i, tan, [], pad, 1, d, x0[:1].to(torch.float64), None, None)
+        tan.append(t)
+        out[i] = (t[0].contiguous(), t[1].contiguous())
+    return out
+
+
+def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: float,
+            target: int, *, hessian: HessianSum | None = None, h: Tensor | None = None,
+            t: Tensor | None = None, twin: dict[int, Tensor] | None = None,
+            rounding: Rounding | None = None, e0: tuple[Tensor, Tensor] | None = None,
+            fixed: dict[int, CR] | None = None) -> Enclosure:
+    """The passes of the module docstring for the pieces ``x0`` ``(P, *in_shape)``, ``radius``
+    ``(P,)``; ``hessian`` accumulates ``sum_p h_p Hess f_s`` (``t``: the weights of its ``A``).
+
+    ``twin`` None: decide the twin here (``above`` in the result), from the bound ``dz`` on
+    ``|z - z_s|`` of each activation's input, computed node by node
+    (:func:`.propagation.forward_step`): a unit is the identity if ``lo - dz`` is above the
+    threshold, and ``gap``/``gap0`` then bound ``|G - G_s|``; torch's values lie within ``dz``
+    of the twin's and its adjoints within the backward bounds, which is what ``rounding``
+    uses. ``fixed``: the tangents of nodes affine in ``x`` (the same for every piece)."""
     dt = torch.float64
     x0 = x0.to(dt)
-    d = x0[0].numel()
-    in_shape = tuple(x0.shape[1:])
-    pc, pr = x0, torch.zeros_like(x0)  # the point x0 (rounding only)
-    bc, br = x0, torch.full_like(x0, radius)  # the box containing the ball
-    tangents = hessian or radius > 0
-    if tangents:
-        tc = torch.eye(d, dtype=dt, device=x0.device).view(d, *in_shape)
-        tr = torch.zeros_like(tc)
-    acts: list[tuple[Activation, tuple[Tensor, Tensor], tuple[Tensor, Tensor],
-                     tuple[Tensor, Tensor] | None, Tensor | None]] = []
-    track = twin_above is None and any(
-        la.act is not None and la.act.threshold is not None for la in layers)
-    dzs: list[tuple[Tensor, Tensor]] = []  # |z - z_s| bounds (ball, point) per activation
-    dball, dpoint = torch.zeros_like(x0), torch.zeros_like(x0)
-    ins_ball: list[tuple[Tensor, Tensor]] = []
-    ins_point: list[tuple[Tensor, Tensor]] = []
-    above_masks: list[Tensor] = []
-    twins = iter(twin_above or [])
-    for layer in layers:
-        if layer.affine is not None:
-            ins_ball.append(to_lohi(bc, br))
-            ins_point.append(to_lohi(pc, pr))
-            pc, pr = affine_cr(layer.affine, pc, pr)
-            bc, br = affine_cr(layer.affine, bc, br)
-            if tangents:
-                tc, tr = affine_cr(layer.affine, tc, tr, bias=False)
-            if track:
-                dball, dpoint = (layer.affine.lin_abs(t) * (1.0 + SUM_REL) + TINY
-                                 for t in (dball, dpoint))
-            continue
-        act = layer.act
-        assert act is not None
-        point = to_lohi(pc, pr)
-        ball = to_lohi(bc, br)
-        if tangents and radius > 0:
-            spread = radius * (_rownorm(tc, q) + _rownorm(tr, q)).unsqueeze(0)
-            ball = intersect(ball, to_lohi(pc, pr + spread * (1.0 + SUM_REL)))
-        ins_ball.append(ball)
-        ins_point.append(point)
-        above = next(twins) if twin_above is not None and act.threshold is not None else None
-        if twin_above is None and act.threshold is not None:
-            above_masks.append(ball[0] > act.threshold)
-        acts.append((act, ball, point, (tc, tr) if hessian else None, above))
-        if track:
-            dzs.append((dball, dpoint))
-            straddle = _straddles(act, *ball)
-            dball, dpoint = (straddle * act.gap + act.scale[1] * dball,
-                             straddle * _reaches(act, point[1]) * act.gap
-                             + act.scale[1] * dpoint)
-        bc, br = to_cr(*_twin_range(act, 0, *ball, above))
-        pc, pr = to_cr(*_twin_range(act, 0, *point, above))
+    n_p, d = x0.shape[0], x0[0].numel()
+    nodes = graph.nodes
+    exact = exact_nodes(graph)
+    need = [any(nodes[u].kind in (ACT, MUL) for u in graph.users[i])
+            for i in range(len(nodes))]
+    positive = bool((radius > 0).any())
+    tangents = hessian is not None or positive
+    decide = twin is None and any(n.act is not None and n.act.threshold is not None
+                                  for n in nodes)
+    masks: dict[int, Tensor] = {} if twin is None else twin
+    gaps, gaps0 = ErrorModel(), ErrorModel()
+    dz: list[Tensor] = []
+    dz0: list[Tensor] = []
+    blo: list[tuple[Tensor, Tensor]] = []
+    pts: list[tuple[Tensor, Tensor]] = []
+    pt: list[CR] = []
+    box: list[CR] = []
+    tan: list[CR | None] = []
+    for i, node in enumerate(nodes):
+        pad = TINY * pats[i].to(dt).unsqueeze(0) if tangents else TINY
+        ins = node.inputs
+        if node.kind == INPUT:
+            pt.append((x0, torch.zeros_like(x0)))
+            box.append((x0, radius.to(dt).view(n_p, *([1] * (x0.ndim - 1)))
+                        .expand_as(x0).clone()))
+        elif node.kind == AFFINE:
+            assert node.affine is not None
+            pt.append(affine_cr(node.affine, *pt[ins[0]]))
+            box.append(affine_cr(node.affine, *box[ins[0]]))
+        elif node.kind == ADD:
+            pt.append(_sum(pt[ins[0]], pt[ins[1]], node.sign))
+            box.append(_sum(box[ins[0]], box[ins[1]], node.sign))
+        elif node.kind == MUL:
+            pt.append(to_cr(*mul(*to_lohi(*pt[ins[0]]), *to_lohi(*pt[ins[1]]))))
+            box.append(to_cr(*mul(*to_lohi(*box[ins[0]]), *to_lohi(*box[ins[1]]))))
+        elif node.kind == CAT:
+            pt.append(tuple(torch.cat([pt[j][k] for j in ins], node.dim + 1)
+                            for k in (0, 1)))  # type: ignore[arg-type]
+            box.append(tuple(torch.cat([box[j][k] for j in ins], node.dim + 1)
+                             for k in (0, 1)))  # type: ignore[arg-type]
+        else:
+            act = node.act
+            assert act is not None
+            lo, hi = to_lohi(*box[ins[0]])
+            plo, phi = to_lohi(*pt[ins[0]])
+            if decide and act.threshold is not None:  # torch's z is within dz of the twin's
+                wide = dz[ins[0]]
+                masks[i] = lo - wide > act.threshold
+                gaps.straddle[i] = ((lo - wide <= act.threshold)
+                                    & (hi + wide >= act.threshold)).to(dt)
+                gaps0.straddle[i] = (~masks[i] & (phi + dz0[ins[0]] >= act.threshold)).to(dt)
+            mask = masks.get(i)
+            pt.append(to_cr(*_twin_range(act, 0, plo, phi, mask)))
+            box.append(to_cr(*_twin_range(act, 0, lo, hi, mask)))
         if tangents:
-            slo, shi = _twin_range(act, 1, *ball, above)
-            tc, tr = mul_cr(slo, shi, tc, tr)
-    k = pc.shape[1:].numel()
-    if pc.ndim != 2:
-        raise InputError(f"--sound needs logits of shape (N, k), the chain gives "
-                         f"{tuple(pc.shape)}")
-    e = torch.zeros((1, k), dtype=dt, device=x0.device)
-    e[0, target] = 1.0
-    uc, ur = e, torch.zeros_like(e)
-    vc, vr = e, torch.zeros_like(e)  # the point version
-    st = None
-    if hessian:
-        zero = torch.zeros((d, d), dtype=dt, device=x0.device)
-        st = Structured(zero, zero.clone(), zero.clone(), zero.clone(), 0.0, 0.0,
-                        zero.clone())
-    index = len(acts)
-    mvt_ok = True
-    first = None
-    du, du0 = torch.zeros_like(e), torch.zeros_like(e)
-    adj_ball: list[tuple[Tensor, Tensor]] = [to_lohi(uc, ur)] * len(layers)
-    adj_point: list[tuple[Tensor, Tensor]] = [to_lohi(vc, vr)] * len(layers)
-    for li in range(len(layers) - 1, -1, -1):
-        layer = layers[li]
-        adj_ball[li], adj_point[li] = to_lohi(uc, ur), to_lohi(vc, vr)
-        if layer.affine is not None:
-            a = layer.affine
-            uc, ur = affine_t_cr(a, uc, ur)
-            vc, vr = affine_t_cr(a, vc, vr)
-            if track:
-                du, du0 = (transpose(a.lin_abs, t, a.in_shape) * (1.0 + SUM_REL) + TINY
-                           for t in (du, du0))
-            continue
-        index -= 1
-        act, ball, point, jac, above = acts[index]
-        if twin_above is None:
-            mvt_ok = mvt_ok and not act.crosses_threshold(*ball)
-        if track:  # |w - w_s| <= jump |u| + sup|s''| |dz| |u| + sup|s'| |du|
-            straddle = _straddles(act, *ball)
-            du, du0 = ((jumps * act.jump + act.scale[2] * dz) * (u_c.abs() + u_r)
-                       + act.scale[1] * dd
-                       for jumps, dz, dd, u_c, u_r in (
-                           (straddle, dzs[index][0], du, uc, ur),
-                           (straddle * _reaches(act, point[1]), dzs[index][1], du0, vc, vr)))
-        if jac is not None:
-            assert st is not None
-            wc, wr = to_cr(*mul(*to_lohi(uc, ur), *_twin_range(act, 2, *ball, above)))
-            wc, wr = wc.reshape(1, -1), wr.reshape(1, -1)
-            tcm, trm = jac[0].reshape(d, -1), jac[1].reshape(d, -1)
-            if index == 0 and defer_first:
-                first = (tcm, trm, wc, wr)
+            tan.append(_tangent(node, i, tan, box, pad, n_p, d, x0, fixed, masks.get(i)))
+            if need[i] and positive:
+                tc, tr = tan[i]  # type: ignore[misc]
+                spread = radius.to(dt).view(n_p, *([1] * (tc.ndim - 2))) \
+                    * (_rownorm(tc, q) + _rownorm(tr, q))
+                box[i] = to_cr(*intersect(to_lohi(*box[i]), to_lohi(
+                    pt[i][0], pt[i][1] + spread * (1.0 + SUM_REL))))
+            for j in ins:  # free tangents nobody needs any more
+                if (hessian is None or not need[j]) and all(u <= i for u in graph.users[j]):
+                    tan[j] = None
+        else:
+            tan.append(None)
+        if decide:
+            blo.append(to_lohi(*box[i]))
+            pts.append(to_lohi(*pt[i]))
+            if node.kind == INPUT:
+                dz.append(torch.zeros_like(x0))
+                dz0.append(torch.zeros_like(x0))
             else:
-                add_term(st, tcm, trm, wc, wr)
-        uc, ur = mul_cr(*_twin_range(act, 1, *ball, above), uc, ur)
-        vc, vr = mul_cr(*_twin_range(act, 1, *point, above), vc, vr)
-    hess = None if st is None else (st.c, st.r + st.q)
-    rnd_ball = rnd_point = None
+                dz.append(forward_step(graph, i, blo, dz, gaps))
+                dz0.append(forward_step(graph, i, pts, dz0, gaps0))
+    out = graph.output
+    if pt[out][0].ndim != 2:
+        raise InputError(f"--sound needs logits of shape (N, k), the model gives "
+                         f"{tuple(pt[out][0].shape)}")
+    e = torch.zeros((n_p, pt[out][0].shape[1]), dtype=dt, device=x0.device)
+    e[:, target] = 1.0
+    adj = _backward(graph, box, tan, e, exact, hessian, h, t, masks)
+    adj0 = _backward(graph, pt, tan, e, exact, None, None, None, masks)
+    res = Enclosure(to_lohi(*(v.reshape(n_p, -1) for v in adj[0])),
+                    to_lohi(*(v.reshape(n_p, -1) for v in adj0[0])), True,
+                    masks if decide else {})
+    if not decide and rounding is None:
+        return res
+    lohi = [to_lohi(*b) for b in box]
+    lohi0 = [to_lohi(*b) for b in pt]
+    alohi = [to_lohi(*a) for a in adj]
+    alohi0 = [to_lohi(*a) for a in adj0]
+    if decide:  # torch's values and adjoints: the twin's, widened by the gap's bounds
+        du = backward_errors(graph, lohi, alohi, dz, gaps)
+        du0 = backward_errors(graph, lohi0, alohi0, dz0, gaps0)
+        res.gap, res.gap0 = (v[0].reshape(n_p, -1) for v in (du, du0))
+        lohi, lohi0, alohi, alohi0 = (
+            [(b[0] - w, b[1] + w) for b, w in zip(bs, ws, strict=True)]
+            for bs, ws in ((lohi, dz), (lohi0, dz0), (alohi, du), (alohi0, du0)))
     if rounding is not None:
-        zeros = torch.zeros_like(x0)
-        eb, ep = e0 if e0 is not None else (zeros, zeros)
-        rnd_ball = rounding_error(layers, ins_ball, adj_ball, rounding, eb)
-        rnd_point = rounding_error(layers, ins_point, adj_point, rounding, ep)
-    return Enclosure(tuple(t.reshape(-1) for t in to_lohi(uc, ur)),  # type: ignore[arg-type]
-                     tuple(t.reshape(-1) for t in to_lohi(vc, vr)),  # type: ignore[arg-type]
-                     hess, mvt_ok, du.reshape(-1) if track else None,
-                     du0.reshape(-1) if track else None, st, first, above_masks,
-                     rnd_ball, rnd_point)
+        zero = torch.zeros_like(x0)
+        eb, ep = e0 if e0 is not None else (zero, zero)
+        res.round_ball = rounding_error(graph, lohi, alohi, rounding, eb)
+        res.round_point = rounding_error(graph, lohi0, alohi0, rounding, ep)
+    return res
 
 
-def _straddles(act: Activation, lo: Tensor, hi: Tensor) -> Tensor | float:
-    """1 where ``[lo, hi]`` straddles the Softplus threshold (there torch's function and the
-    twin of :func:`enclose` differ: by ``gap`` in value, ``jump`` in slope), else 0."""
-    if act.threshold is None:
-        return 0.0
-    return ((lo <= act.threshold) & (hi >= act.threshold)).to(lo.dtype)
+def _tangent(node: Node, i: int, tan: list[CR | None], box: list[CR], pad: Tensor | float,
+             n_p: int, d: int, x0: Tensor, fixed: dict[int, CR] | None,
+             mask: Tensor | None) -> CR:
+    """``[J]`` of node ``i`` ``(P, d, *shape)`` (module docstring), or the fixed one."""
+    if fixed is not None and i in fixed:
+        tc, tr = fixed[i]
+        return tc.expand(n_p, *tc.shape[1:]), tr.expand(n_p, *tr.shape[1:])
+    ins = node.inputs
+    if node.kind == INPUT:
+        eye = torch.eye(d, dtype=x0.dtype, device=x0.device).view(1, d, *x0.shape[1:])
+        return eye.expand(n_p, d, *x0.shape[1:]), torch.zeros_like(eye).expand(
+            n_p, d, *x0.shape[1:])
+    if node.kind == AFFINE:
+        assert node.affine is not None
+        tc, tr = tan[ins[0]]  # type: ignore[misc]
+        flat = (tc.shape[0] * d, *tc.shape[2:])
+        oc, orr = affine_cr(node.affine, tc.reshape(flat), tr.reshape(flat), bias=False,
+                            pad=0.0, crude=True)
+        return oc.view(tc.shape[0], d, *oc.shape[1:]), orr.view(
+            tc.shape[0], d, *oc.shape[1:]) + pad
+    if node.kind == ADD:
+        return _sum(tan[ins[0]], tan[ins[1]], node.sign, pad)  # type: ignore[arg-type]
+    if node.kind == MUL:
+        ja = _tmul(to_lohi(*box[ins[1]]), tan[ins[0]], pad)  # type: ignore[arg-type]
+        jb = _tmul(to_lohi(*box[ins[0]]), tan[ins[1]], pad)  # type: ignore[arg-type]
+        return _sum(ja, jb, 1.0, pad)
+    if node.kind == CAT:
+        return tuple(torch.cat([tan[j][k] for j in ins], node.dim + 2)  # type: ignore[index, return-value]
+                     for k in (0, 1))
+    assert node.act is not None
+    return _tmul(_twin_range(node.act, 1, *to_lohi(*box[ins[0]]), mask),
+                 tan[ins[0]], pad)  # type: ignore[arg-type]
 
 
-def _reaches(act: Activation, hi: Tensor) -> Tensor | float:
-    """1 where an interval reaches the Softplus threshold (torch's branch may switch)."""
-    if act.threshold is None:
-        return 0.0
-    return (hi >= act.threshold).to(hi.dtype)
+def _backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
+              exact: list[bool], hessian: HessianSum | None, h: Tensor | None,
+              t: Tensor | None, twin: dict[int, Tensor] | None) -> list[CR]:
+    """The adjoints of every node over the enclosures ``vals`` (and the Hessian terms)."""
+    nodes = graph.nodes
+    adj: list[CR | None] = [None] * len(nodes)
+    adj[graph.output] = (seed, torch.zeros_like(seed))
+
+    def put(j: int, v: CR) -> None:
+        old = adj[j]
+        adj[j] = v if old is None else _sum(old, v)
+
+    for i in range(len(nodes) - 1, 0, -1):
+        node, ui = nodes[i], adj[i]
+        if ui is None:
+            continue
+        ins = node.inputs
+        if node.kind == AFFINE:
+            assert node.affine is not None
+            put(ins[0], affine_t_cr(node.affine, *ui))
+        elif node.kind == ADD:
+            put(ins[0], ui)
+            put(ins[1], (node.sign * ui[0], abs(node.sign) * ui[1]
+                         + REL * (node.sign * ui[0]).abs()))
+        elif node.kind == MUL:
+            (a_lo, a_hi), (b_lo, b_hi) = (to_lohi(*vals[j]) for j in ins)
+            if hessian is not None:
+                assert h is not None
+                wc, wr = (v.reshape(v.shape[0], -1) for v in ui)
+                ta, tb = tan[ins[0]], tan[ins[1]]
+                assert ta is not None and tb is not None
+                hessian.add_pair(_flat(ta), _flat(tb), (wc, wr), h, t)
+            put(ins[0], mul_cr(b_lo, b_hi, *ui))
+            put(ins[1], mul_cr(a_lo, a_hi, *ui))
+        elif node.kind == CAT:
+            sizes = [nodes[j].shape[node.dim] for j in ins]
+            for j, c, r in zip(ins, ui[0].split(sizes, node.dim + 1),
+                               ui[1].split(sizes, node.dim + 1), strict=True):
+                put(j, (c, r))
+        else:
+            act = node.act
+            assert act is not None
+            lo, hi = to_lohi(*vals[ins[0]])
+            mask = twin.get(i) if twin is not None else None
+            if hessian is not None:
+                assert h is not None
+                wc, wr = to_cr(*mul(*to_lohi(*ui), *_twin_range(act, 2, lo, hi, mask)))
+                tj = tan[ins[0]]
+                assert tj is not None
+                hessian.add(ins[0], _flat(tj), (wc.reshape(wc.shape[0], -1),
+                                                wr.reshape(wr.shape[0], -1)), h, t,
+                            exact[ins[0]])
+            put(ins[0], mul_cr(*_twin_range(act, 1, lo, hi, mask), *ui))
+    return [a if a is not None else (torch.zeros_like(v[0]), torch.zeros_like(v[0]))
+            for a, v in zip(adj, vals, strict=True)]
+
+
+def _flat(t: CR) -> CR:
+    return t[0].reshape(t[0].shape[0], t[0].shape[1], -1), \
+        t[1].reshape(t[1].shape[0], t[1].shape[1], -1)
