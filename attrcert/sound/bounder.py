@@ -21,7 +21,9 @@ from .hessian import HessianSum
 from .intervals import REL, SUM_REL, TINY, mul, to_lohi
 from .nodes import forward, patterns
 from .pieces import Centres, centres, chunk_size, run, weighted
+from .pointpass import cheap_masks, telescope_at
 from .rounding import model_rounding
+from .telescope import eligible
 
 MAX_D = 4096  # the mean-value bound forms d x d matrices; above this only ``interval`` runs
 SPLITS = 4  # nested radii of the mean-value bound (saliency, input x gradient)
@@ -59,10 +61,13 @@ class SoundBounder:
     pass on ``example``; :meth:`bound` then bounds one sample. ``splits``: the number ``K`` of
     nested radii (:mod:`.pieces`); by default ``SPLITS`` for saliency and input x gradient,
     1 for integrated gradients (whose ``m`` points already cost ``m`` pieces each).
+    ``telescope``: use the telescoped cross terms (:mod:`.telescope`) where they apply (one
+    centre: saliency and input x gradient).
     """
 
     def __init__(self, model: torch.nn.Module, example: Tensor, attribution: Attribution,
-                 perturbation: Perturbation, *, splits: int | None = None) -> None:
+                 perturbation: Perturbation, *, splits: int | None = None,
+                 telescope: bool = True) -> None:
         if not isinstance(attribution, (Saliency, InputXGradient, IntegratedGradients)):
             raise OptionError(f"--sound supports saliency, input_x_gradient and "
                               f"integrated_gradients, not {attribution!r}")
@@ -86,6 +91,7 @@ class SoundBounder:
         self.pats = patterns(self.graph, d)
         self.chunk = chunk_size(self.graph, d)
         self.fixed = fixed_tangents(self.graph, self.pats, example[:1])
+        self.ups = eligible(self.graph) if telescope else {}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ours = forward(self.graph, example[:1].detach().to(torch.float64))
@@ -141,13 +147,24 @@ class SoundBounder:
         eps, d, k = self.eps, self.d, self.splits
         cen, u0, r = centres(self.attribution, x, eps, self.rounding.u)
         acc = HessianSum(d, x.device, track_a=u0 is not None) if d <= MAX_D else None
-        common = {"q": self.q, "target": target, "chunk": self.chunk, "fixed": self.fixed}
+        common: dict = {"q": self.q, "target": target, "chunk": self.chunk,
+                        "fixed": self.fixed}
+        masks = None
+        if acc is not None and self.ups and cen.z.shape[0] == 1:
+            # one centre: the telescoped cross terms, their point pass first (with the
+            # twin's masks from a cheap pass over the ball, so that every pass shares them)
+            if self.has_threshold:
+                masks = cheap_masks(self.graph, cen.z, cen.radius, self.q, self.fixed)
+            common["tel"] = telescope_at(self.graph, self.pats, cen.z, self.q, target,
+                                         self.fixed, masks, self.ups)
         full = run(self.graph, self.pats, cen.z, cen.radius, rounding=self.rounding,
                    e0=(cen.e_ball, cen.e_point), hessian=acc, h=cen.hw / k, t=cen.hw / k,
-                   **common)
+                   twin=masks, gap=self.has_threshold, **common)
+        if masks is None and full.above:
+            masks = full.above
         gsum = weighted(*full.grad, cen.gw / k)
         if acc is not None and k > 1:
-            gsum = self._partial(cen, full.above or None, acc, gsum, common)
+            gsum = self._partial(cen, masks, acc, gsum, common)
         gap_b = gap_p = None
         if full.gap is not None and full.gap0 is not None:
             gap_b = weighted(full.gap, full.gap, cen.gw)[0]

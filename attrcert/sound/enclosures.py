@@ -38,6 +38,7 @@ from .intervals import REL, SUM_REL, TINY, intersect, mul, mul_cr, to_cr, to_loh
 from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Graph, Node, affine_cr, affine_t_cr
 from .propagation import ErrorModel, backward_errors, forward_step, rounding_error
 from .rounding import Rounding
+from .telescope import Telescope, cross
 
 CR = tuple[Tensor, Tensor]
 
@@ -58,6 +59,8 @@ class Enclosure:
     gap0: Tensor | None = None
     round_ball: Tensor | None = None
     round_point: Tensor | None = None
+    boxes: list[tuple[Tensor, Tensor]] | None = None
+    tangents: dict[int, tuple[Tensor, Tensor]] | None = None
 
 
 def _twin_range(act: Activation, k: int, lo: Tensor, hi: Tensor,
@@ -130,7 +133,8 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
             target: int, *, hessian: HessianSum | None = None, h: Tensor | None = None,
             t: Tensor | None = None, twin: dict[int, Tensor] | None = None,
             rounding: Rounding | None = None, e0: tuple[Tensor, Tensor] | None = None,
-            fixed: dict[int, CR] | None = None) -> Enclosure:
+            fixed: dict[int, CR] | None = None, gap: bool = False,
+            tel: Telescope | None = None, keep: bool = False) -> Enclosure:
     """The passes of the module docstring for the pieces ``x0`` ``(P, *in_shape)``, ``radius``
     ``(P,)``; ``hessian`` accumulates ``sum_p h_p Hess f_s`` (``t``: the weights of its ``A``).
 
@@ -139,7 +143,11 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
     (:func:`.propagation.forward_step`): a unit is the identity if ``lo - dz`` is above the
     threshold, and ``gap``/``gap0`` then bound ``|G - G_s|``; torch's values lie within ``dz``
     of the twin's and its adjoints within the backward bounds, which is what ``rounding``
-    uses. ``fixed``: the tangents of nodes affine in ``x`` (the same for every piece)."""
+    uses. With ``twin`` given, ``gap`` still asks for those bounds (the units not marked
+    identity whose interval reaches the threshold). ``fixed``: the tangents of nodes affine
+    in ``x`` (the same for every piece); ``tel``: the point quantities of the telescoped
+    cross terms (:mod:`.telescope`); ``keep``: return the point boxes and the tangents of
+    the activations' inputs (for :func:`.pointpass.telescope_at`)."""
     dt = torch.float64
     x0 = x0.to(dt)
     n_p, d = x0.shape[0], x0[0].numel()
@@ -148,9 +156,10 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
     need = [any(nodes[u].kind in (ACT, MUL) for u in graph.users[i])
             for i in range(len(nodes))]
     positive = bool((radius > 0).any())
-    tangents = hessian is not None or positive
-    decide = twin is None and any(n.act is not None and n.act.threshold is not None
-                                  for n in nodes)
+    tangents = hessian is not None or positive or keep
+    thr = any(n.act is not None and n.act.threshold is not None for n in nodes)
+    decide = twin is None and thr
+    track = thr and (decide or gap)
     masks: dict[int, Tensor] = {} if twin is None else twin
     gaps, gaps0 = ErrorModel(), ErrorModel()
     dz: list[Tensor] = []
@@ -187,11 +196,11 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
             assert act is not None
             lo, hi = to_lohi(*box[ins[0]])
             plo, phi = to_lohi(*pt[ins[0]])
-            if decide and act.threshold is not None:  # torch's z is within dz of the twin's
+            if track and act.threshold is not None:  # torch's z is within dz of the twin's
                 wide = dz[ins[0]]
-                masks[i] = lo - wide > act.threshold
-                gaps.straddle[i] = ((lo - wide <= act.threshold)
-                                    & (hi + wide >= act.threshold)).to(dt)
+                if decide:
+                    masks[i] = lo - wide > act.threshold
+                gaps.straddle[i] = (~masks[i] & (hi + wide >= act.threshold)).to(dt)
                 gaps0.straddle[i] = (~masks[i] & (phi + dz0[ins[0]] >= act.threshold)).to(dt)
             mask = masks.get(i)
             pt.append(to_cr(*_twin_range(act, 0, plo, phi, mask)))
@@ -205,11 +214,12 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
                 box[i] = to_cr(*intersect(to_lohi(*box[i]), to_lohi(
                     pt[i][0], pt[i][1] + spread * (1.0 + SUM_REL))))
             for j in ins:  # free tangents nobody needs any more
-                if (hessian is None or not need[j]) and all(u <= i for u in graph.users[j]):
+                if ((hessian is None and not keep) or not need[j]) and all(
+                        u <= i for u in graph.users[j]):
                     tan[j] = None
         else:
             tan.append(None)
-        if decide:
+        if track:
             blo.append(to_lohi(*box[i]))
             pts.append(to_lohi(*pt[i]))
             if node.kind == INPUT:
@@ -224,18 +234,21 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
                          f"{tuple(pt[out][0].shape)}")
     e = torch.zeros((n_p, pt[out][0].shape[1]), dtype=dt, device=x0.device)
     e[:, target] = 1.0
-    adj = _backward(graph, box, tan, e, exact, hessian, h, t, masks)
-    adj0 = _backward(graph, pt, tan, e, exact, None, None, None, masks)
+    adj = backward(graph, box, tan, e, exact, hessian, h, t, masks, tel=tel, pvals=pt)
+    adj0 = backward(graph, pt, tan, e, exact, None, None, None, masks)
     res = Enclosure(to_lohi(*(v.reshape(n_p, -1) for v in adj[0])),
                     to_lohi(*(v.reshape(n_p, -1) for v in adj0[0])), True,
                     masks if decide else {})
-    if not decide and rounding is None:
+    if keep:
+        res.boxes = pt
+        res.tangents = {j: tan[j] for j in range(len(nodes)) if tan[j] is not None}  # type: ignore[misc]
+    if not track and rounding is None:
         return res
     lohi = [to_lohi(*b) for b in box]
     lohi0 = [to_lohi(*b) for b in pt]
     alohi = [to_lohi(*a) for a in adj]
     alohi0 = [to_lohi(*a) for a in adj0]
-    if decide:  # torch's values and adjoints: the twin's, widened by the gap's bounds
+    if track:  # torch's values and adjoints: the twin's, widened by the gap's bounds
         du = backward_errors(graph, lohi, alohi, dz, gaps)
         du0 = backward_errors(graph, lohi0, alohi0, dz0, gaps0)
         res.gap, res.gap0 = (v[0].reshape(n_p, -1) for v in (du, du0))
@@ -284,13 +297,15 @@ def _tangent(node: Node, i: int, tan: list[CR | None], box: list[CR], pad: Tenso
                  tan[ins[0]], pad)  # type: ignore[arg-type]
 
 
-def _backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
-              exact: list[bool], hessian: HessianSum | None, h: Tensor | None,
-              t: Tensor | None, twin: dict[int, Tensor] | None) -> list[CR]:
-    """The adjoints of every node over the enclosures ``vals`` (and the Hessian terms)."""
+def backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
+             exact: list[bool], hessian: HessianSum | None, h: Tensor | None,
+             t: Tensor | None, twin: dict[int, Tensor] | None, *, start: int | None = None,
+             tel: Telescope | None = None, pvals: list[CR] | None = None) -> list[CR]:
+    """The adjoints of every node over the enclosures ``vals`` (and the Hessian terms),
+    seeded with ``seed`` at node ``start`` (the output by default)."""
     nodes = graph.nodes
     adj: list[CR | None] = [None] * len(nodes)
-    adj[graph.output] = (seed, torch.zeros_like(seed))
+    adj[graph.output if start is None else start] = (seed, torch.zeros_like(seed))
 
     def put(j: int, v: CR) -> None:
         old = adj[j]
@@ -333,12 +348,31 @@ def _backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
                 wc, wr = to_cr(*mul(*to_lohi(*ui), *_twin_range(act, 2, lo, hi, mask)))
                 tj = tan[ins[0]]
                 assert tj is not None
-                hessian.add(ins[0], _flat(tj), (wc.reshape(wc.shape[0], -1),
-                                                wr.reshape(wr.shape[0], -1)), h, t,
-                            exact[ins[0]])
+                wc, wr = wc.reshape(wc.shape[0], -1), wr.reshape(wr.shape[0], -1)
+                centre = spec = None
+                if tel is not None and ins[0] in tel.jx and not exact[ins[0]]:
+                    assert pvals is not None
+                    centre = tel.jx[ins[0]]
+                    spec = cross(tel, ins[0], wc.abs() + wr,
+                                 {a: _deviation(nodes[a].act, vals[nodes[a].inputs[0]],  # type: ignore[arg-type]
+                                                pvals[nodes[a].inputs[0]], twin.get(a)
+                                                if twin is not None else None)
+                                  for a in tel.ups[ins[0]]},
+                                 {a: tan[nodes[a].inputs[0]] for a in tel.ups[ins[0]]})  # type: ignore[misc]
+                hessian.add(ins[0], _flat(tj), (wc, wr), h, t, exact[ins[0]], centre=centre,
+                            cross=spec)
             put(ins[0], mul_cr(*_twin_range(act, 1, lo, hi, mask), *ui))
     return [a if a is not None else (torch.zeros_like(v[0]), torch.zeros_like(v[0]))
             for a, v in zip(adj, vals, strict=True)]
+
+
+def _deviation(act: Activation, ball: CR, point: CR, mask: Tensor | None) -> Tensor:
+    """``max |sigma'(z(x')) - sigma'(z(x))|`` over the ball, per unit ``(P, n)``: ``z(x')`` in
+    the ball's interval, ``z(x)`` in the point's, both through the twin's slope range."""
+    slo, shi = _twin_range(act, 1, *to_lohi(*ball), mask)
+    plo, phi = _twin_range(act, 1, *to_lohi(*point), mask)
+    dev = torch.maximum(shi - plo, phi - slo).clamp(min=0.0)
+    return (dev * (1.0 + REL) + TINY).reshape(dev.shape[0], -1)
 
 
 def _flat(t: CR) -> CR:

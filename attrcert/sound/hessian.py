@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .intervals import REL, SUM_REL, TINY
+from .linalg import smax_nonneg
 
 SPARSE = 0.15  # density below which products use scipy.sparse
 
@@ -50,7 +51,8 @@ class Structured:
     """``sum_p h_p Hess f_y(piece p) = C + F^T E' F + E + E_round`` with ``P = F^T F``,
     ``|E| <= R`` entrywise, ``||E_round|| <= slack``, ``P``'s own rounding at most ``p_err``
     in Frobenius norm and ``p_err_sum`` in ``sum |.|``; ``A`` (or None) bounds
-    ``sum_p t_p |Hess f_y(piece p)|`` entrywise."""
+    ``sum_p t_p |Hess f_y(piece p)|`` entrywise. ``slack`` also holds the telescoped cross
+    terms (:mod:`.telescope`) of the terms that use them."""
 
     c: Tensor
     r: Tensor
@@ -92,7 +94,7 @@ class HessianSum:
         zero = torch.zeros((d, d), dtype=torch.float64, device=device)
         self.c, self.p, self.r = zero, zero.clone(), zero.clone()
         self.a = zero.clone() if track_a else None
-        self.slack = self.p_err = self.p_err_sum = 0.0
+        self.slack = self.p_err = self.p_err_sum = self.spec = 0.0
         self.exact: dict[int, list[Tensor]] = {}
 
     def _acc(self, name: str, add: Tensor) -> None:
@@ -114,9 +116,17 @@ class HessianSum:
         self.p_err_sum += SUM_REL * float((vr * x.abs().sum(1) ** 2).sum()) * (1.0 + SUM_REL)
 
     def add(self, key: int, tan: tuple[Tensor, Tensor], w: tuple[Tensor, Tensor], h: Tensor,
-            t: Tensor | None, exact: bool) -> None:
+            t: Tensor | None, exact: bool, centre: tuple[Tensor, Tensor] | None = None,
+            cross: Tensor | None = None) -> None:
         """``sum_p h_p J_p^T diag(w_p) J_p`` for tangents ``(P, d, n)`` and weights ``(P, n)``;
-        ``exact``: ``[J]`` is exact and the same for every piece (formed in :meth:`finish`)."""
+        ``exact``: ``[J]`` is exact and the same for every piece (formed in :meth:`finish`).
+        ``centre``: ``J(x)`` ``(d, n)`` as ``(c, r)``, the centre of every piece's term (then
+        ``C`` and ``P`` use the pieces' summed weights, and the entrywise ``R`` the radius
+        ``|Jc - J(x)| + Jr``); ``cross`` ``(P,)``: the telescoped spectral bound on each
+        piece's cross terms (:mod:`.telescope`), used instead of ``R`` when smaller."""
+        if centre is not None and not exact:
+            self._centred(tan, w, h, t, centre, cross)
+            return
         wc, wr = (w[0] * h.unsqueeze(1), w[1] * h.unsqueeze(1))
         wa = (w[0].abs() + w[1]) * (t if t is not None else h).unsqueeze(1)
         if exact:
@@ -135,6 +145,28 @@ class HessianSum:
         self._acc("r", (gram(xr, va, xa + xr) + gram(xa, va, xr)) * (1.0 + SUM_REL))
         if self.a is not None:
             self._acc("a", gram(xa + xr, wa.reshape(-1), xa + xr) * (1.0 + SUM_REL))
+
+    def _centred(self, tan: tuple[Tensor, Tensor], w: tuple[Tensor, Tensor], h: Tensor,
+                 t: Tensor | None, centre: tuple[Tensor, Tensor], cross: Tensor | None) -> None:
+        h1 = h.unsqueeze(1)
+        wc, wr = w[0] * h1, w[1] * h1
+        n = tan[0].shape[1]
+        x0 = centre[0].reshape(n, -1).T
+        mag = (wc.abs() + wr).sum(0)
+        self._core(x0, wc.sum(0), wr.sum(0) * (1.0 + SUM_REL) + SUM_REL * mag + TINY)
+        xr = _stack((tan[0] - centre[0].reshape(1, n, -1)).abs() + tan[1]
+                    + centre[1].reshape(1, n, -1))
+        xa = x0.abs().repeat(tan[0].shape[0], 1)
+        va = ((w[0].abs() + w[1]) * h1).reshape(-1)
+        r = (gram(xr, va, xa + xr) + gram(xa, va, xr)) * (1.0 + SUM_REL)
+        spectral = math.inf if cross is None else float((h * cross).sum()) * (1.0 + REL)
+        if spectral < smax_nonneg(r.cpu().numpy()):
+            self.spec += spectral
+        else:
+            self._acc("r", r)
+        if self.a is not None:
+            ta = ((w[0].abs() + w[1]) * (t if t is not None else h).unsqueeze(1)).reshape(-1)
+            self._acc("a", gram(xa + xr, ta, xa + xr) * (1.0 + SUM_REL))
 
     def add_pair(self, ta: tuple[Tensor, Tensor], tb: tuple[Tensor, Tensor],
                  w: tuple[Tensor, Tensor], h: Tensor, t: Tensor | None) -> None:
@@ -174,5 +206,5 @@ class HessianSum:
                 self._acc("a", gram(xa, wa * (1.0 + SUM_REL) + SUM_REL * mag, xa)
                           * (1.0 + SUM_REL))
         self.exact = {}
-        return Structured(self.c, self.r, self.p, self.a, self.slack * (1.0 + REL),
+        return Structured(self.c, self.r, self.p, self.a, (self.slack + self.spec) * (1.0 + REL),
                           self.p_err * (1.0 + REL), self.p_err_sum * (1.0 + REL))
