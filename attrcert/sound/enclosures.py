@@ -38,7 +38,7 @@ from .intervals import REL, SUM_REL, TINY, intersect, mul, mul_cr, to_cr, to_loh
 from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Graph, Node, affine_cr, affine_t_cr
 from .propagation import ErrorModel, backward_errors, forward_step, rounding_error
 from .rounding import Rounding
-from .telescope import Telescope, cross
+from .telescope import Telescope, cross, row_bounds
 
 CR = tuple[Tensor, Tensor]
 
@@ -165,6 +165,7 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
     dz: list[Tensor] = []
     dz0: list[Tensor] = []
     blo: list[tuple[Tensor, Tensor]] = []
+    tcache: dict = {}  # the telescope's second factors, for this batch of pieces
     pts: list[tuple[Tensor, Tensor]] = []
     pt: list[CR] = []
     box: list[CR] = []
@@ -213,6 +214,15 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
                     * (_rownorm(tc, q) + _rownorm(tr, q))
                 box[i] = to_cr(*intersect(to_lohi(*box[i]), to_lohi(
                     pt[i][0], pt[i][1] + spread * (1.0 + SUM_REL))))
+                if tel is not None and i in tel.jx and q == 2.0:  # the telescoped rows
+                    ups = tel.ups[i]
+                    rows = row_bounds(tel, i, {a: _deviation(
+                        nodes[a].act, box[nodes[a].inputs[0]], pt[nodes[a].inputs[0]],  # type: ignore[arg-type]
+                        masks.get(a)) for a in ups},
+                        {a: tan[nodes[a].inputs[0]] for a in ups}, tcache)  # type: ignore[misc]
+                    spread = radius.to(dt).view(n_p, 1) * rows
+                    box[i] = to_cr(*intersect(to_lohi(*box[i]), to_lohi(
+                        pt[i][0], pt[i][1] + (spread * (1.0 + SUM_REL)).view_as(pt[i][0]))))
             for j in ins:  # free tangents nobody needs any more
                 if ((hessian is None and not keep) or not need[j]) and all(
                         u <= i for u in graph.users[j]):
@@ -234,7 +244,8 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
                          f"{tuple(pt[out][0].shape)}")
     e = torch.zeros((n_p, pt[out][0].shape[1]), dtype=dt, device=x0.device)
     e[:, target] = 1.0
-    adj = backward(graph, box, tan, e, exact, hessian, h, t, masks, tel=tel, pvals=pt)
+    adj = backward(graph, box, tan, e, exact, hessian, h, t, masks, tel=tel, pvals=pt,
+                   cache=tcache)
     adj0 = backward(graph, pt, tan, e, exact, None, None, None, masks)
     res = Enclosure(to_lohi(*(v.reshape(n_p, -1) for v in adj[0])),
                     to_lohi(*(v.reshape(n_p, -1) for v in adj0[0])), True,
@@ -300,12 +311,14 @@ def _tangent(node: Node, i: int, tan: list[CR | None], box: list[CR], pad: Tenso
 def backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
              exact: list[bool], hessian: HessianSum | None, h: Tensor | None,
              t: Tensor | None, twin: dict[int, Tensor] | None, *, start: int | None = None,
-             tel: Telescope | None = None, pvals: list[CR] | None = None) -> list[CR]:
+             tel: Telescope | None = None, pvals: list[CR] | None = None,
+             cache: dict | None = None) -> list[CR]:
     """The adjoints of every node over the enclosures ``vals`` (and the Hessian terms),
     seeded with ``seed`` at node ``start`` (the output by default)."""
     nodes = graph.nodes
     adj: list[CR | None] = [None] * len(nodes)
     adj[graph.output if start is None else start] = (seed, torch.zeros_like(seed))
+    cache = {} if cache is None else cache  # the telescope's second factors
 
     def put(j: int, v: CR) -> None:
         old = adj[j]
@@ -358,7 +371,8 @@ def backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
                                                 pvals[nodes[a].inputs[0]], twin.get(a)
                                                 if twin is not None else None)
                                   for a in tel.ups[ins[0]]},
-                                 {a: tan[nodes[a].inputs[0]] for a in tel.ups[ins[0]]})  # type: ignore[misc]
+                                 {a: tan[nodes[a].inputs[0]] for a in tel.ups[ins[0]]},  # type: ignore[misc]
+                                 cache)
                 hessian.add(ins[0], _flat(tj), (wc, wr), h, t, exact[ins[0]], centre=centre,
                             cross=spec)
             put(ins[0], mul_cr(*_twin_range(act, 1, lo, hi, mask), *ui))

@@ -92,4 +92,6 @@ def telescope_at(graph: Graph, pats: list[Tensor], x: Tensor, q: float, target: 
             assert graph.nodes[a].kind == ACT
             lc, lr = adj[a]
             lmat[(k, a)] = (lc.reshape(n, -1), lr.reshape(n, -1))
-    return Telescope(jx, lmat, ups)
+    acts = {a for above in ups.values() for a in above}
+    return Telescope(jx, lmat, ups, {a: fixed[graph.nodes[a].inputs[0]] for a in acts
+                                     if graph.nodes[a].inputs[0] in fixed})
