@@ -756,8 +756,10 @@ def bound(
     shard: ShardOpt = None,
     sound: Annotated[bool, typer.Option(
         help="Also prove T_e_sound, a bound with no linearity assumption (interval "
-        "arithmetic and the mean-value theorem, float64); needs a chain of Linear, Conv2d, "
-        "AvgPool2d, Flatten, BatchNorm and Tanh/Sigmoid/Softplus/SiLU/GELU.")] = False,
+        "arithmetic and the mean-value theorem in float64, plus torch's rounding in the "
+        "model's precision); needs a graph of Linear, Conv2d, average pooling/means, "
+        "Flatten, BatchNorm, residual adds, products, concatenation and "
+        "Tanh/Sigmoid/Softplus/SiLU/GELU.")] = False,
 ) -> None:
     """Bound how far each image's attribution can move within the eps-ball.
 

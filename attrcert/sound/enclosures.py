@@ -60,6 +60,7 @@ class Enclosure:
     round_ball: Tensor | None = None
     round_point: Tensor | None = None
     boxes: list[tuple[Tensor, Tensor]] | None = None
+    ball: list[tuple[Tensor, Tensor]] | None = None
     tangents: dict[int, tuple[Tensor, Tensor]] | None = None
 
 
@@ -216,7 +217,7 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
                     pt[i][0], pt[i][1] + spread * (1.0 + SUM_REL))))
                 if tel is not None and i in tel.jx and q == 2.0:  # the telescoped rows
                     ups = tel.ups[i]
-                    rows = row_bounds(tel, i, {a: _deviation(
+                    rows = row_bounds(tel, i, {a: slope_deviation(
                         nodes[a].act, box[nodes[a].inputs[0]], pt[nodes[a].inputs[0]],  # type: ignore[arg-type]
                         masks.get(a)) for a in ups},
                         {a: tan[nodes[a].inputs[0]] for a in ups}, tcache)  # type: ignore[misc]
@@ -251,7 +252,7 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
                     to_lohi(*(v.reshape(n_p, -1) for v in adj0[0])), True,
                     masks if decide else {})
     if keep:
-        res.boxes = pt
+        res.boxes, res.ball = pt, box
         res.tangents = {j: tan[j] for j in range(len(nodes)) if tan[j] is not None}  # type: ignore[misc]
     if not track and rounding is None:
         return res
@@ -367,7 +368,7 @@ def backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
                     assert pvals is not None
                     centre = tel.jx[ins[0]]
                     spec = cross(tel, ins[0], wc.abs() + wr,
-                                 {a: _deviation(nodes[a].act, vals[nodes[a].inputs[0]],  # type: ignore[arg-type]
+                                 {a: slope_deviation(nodes[a].act, vals[nodes[a].inputs[0]],  # type: ignore[arg-type]
                                                 pvals[nodes[a].inputs[0]], twin.get(a)
                                                 if twin is not None else None)
                                   for a in tel.ups[ins[0]]},
@@ -380,7 +381,7 @@ def backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
             for a, v in zip(adj, vals, strict=True)]
 
 
-def _deviation(act: Activation, ball: CR, point: CR, mask: Tensor | None) -> Tensor:
+def slope_deviation(act: Activation, ball: CR, point: CR, mask: Tensor | None) -> Tensor:
     """``max |sigma'(z(x')) - sigma'(z(x))|`` over the ball, per unit ``(P, n)``: ``z(x')`` in
     the ball's interval, ``z(x)`` in the point's, both through the twin's slope range."""
     slo, shi = _twin_range(act, 1, *to_lohi(*ball), mask)

@@ -87,12 +87,6 @@ class Graph:
                 node.affine.in_shape = self.nodes[node.inputs[0]].shape
                 node.affine.out_shape = node.shape
 
-    @property
-    def chain(self) -> bool:
-        """Whether every node has at most one user and one input (a plain chain)."""
-        return all(len(u) <= 1 for u in self.users) and all(
-            len(n.inputs) <= 1 for n in self.nodes)
-
 
 def step(node: Node, args: list[Tensor]) -> Tensor:
     """The node's value from its inputs' values (batches), float64, differentiable."""
