@@ -29,6 +29,9 @@ Two bounds, each proved; the record reports the smaller as ``T_e_sound``:
   ``H`` with ``[J_v]``, ``[u_v]``, ``[sigma'']`` in the structured form ``C + F^T E' F + E``
   (:mod:`.hessian`), whose spectral norm is at most ``sigma_max(C) + lambda_max(F^T F) +
   sigma_max(R)`` (:func:`.bounds.structured_bound`; Theorem 2 and Corollary 1 for l-inf).
+  For l2 and one centre, the cross terms of a layer whose Jacobian varies over the ball are
+  bounded spectrally instead, by telescoping that variation over the activations above it
+  (:mod:`.telescope`, :mod:`.pointpass`), when that is smaller than the entrywise ``R``.
   Its excess over ``J_g(x)`` is ``O(eps)``, so the bound tends to ``T_e`` (Theorem 1 /
   Theorem 2) as ``eps -> 0``. ``sigma_max`` and ``lambda_max`` are LAPACK's, widened by their
   backward error; ``sigma_max`` of a nonnegative matrix is bounded by Collatz-Wielandt
@@ -69,6 +72,7 @@ Modules: :mod:`.graph` reads the model (:mod:`.torchscript`, :mod:`.ops`, :mod:`
 into :mod:`.nodes`; :mod:`.intervals` and :mod:`.activations` are the interval arithmetic
 and the derivative ranges; :mod:`.enclosures` runs the passes over a batch of balls,
 :mod:`.pieces` chooses the balls, :mod:`.hessian` sums the Hessian's structured enclosure,
+:mod:`.telescope` and :mod:`.pointpass` bound its cross terms spectrally,
 :mod:`.propagation` and :mod:`.rounding` the rounding and gap terms; :mod:`.linalg` and
 :mod:`.bounds` turn enclosures into numbers; :mod:`.bounder` is the entry point.
 """
