@@ -6,13 +6,14 @@ Usage (from the repository root)::
     python benchmarks/bench_sound.py [--models mlp,cnn,resnet] [--samples 4]
         [--eps 0.01,0.05,0.1] [--norm 2] [--dtype float64] [--threads 1]
     python benchmarks/bench_sound.py --cost [--samples 2]     # IG (m = 16) against saliency
+    python benchmarks/bench_sound.py --method integrated_gradients ...  # m = 16
 
 Models: ``mlp`` is ``sample_models/digits_tanh_mlp.pt2`` (the scikit-learn tanh MLP, d = 64,
 on ``sample_models/digits8.pt``), ``cnn`` ``sample_models/digits_softplus.pt2`` (the Softplus
 CNN, d = 784, on ``sample_models/digits.pt``), ``resnet`` a ResNet-shaped net (Softplus,
 eval BatchNorm, one residual block, global average pooling, d = 64) trained here on
 scikit-learn's bundled 8x8 digits (needs the ``train`` extra; no download). The first
-``--samples`` held-out images of each, saliency, target = the predicted class.
+``--samples`` held-out images of each, saliency (``--method``), target = the predicted class.
 
 For each sample: ``T_e_sound`` (:class:`attrcert.sound.SoundBounder`; seconds measured, the
 attack not included), ``T_e`` (Theorem 1, or Theorem 2 for l-inf) and ``T_e_hat``, the
@@ -118,7 +119,8 @@ def best_attack(model: nn.Module, x: torch.Tensor, att: object, y: int, pert: Pe
 
 def tightness(args: argparse.Namespace) -> None:
     dt = torch.float64 if args.dtype == "float64" else torch.float32
-    att = get_method("saliency")
+    att = get_method(args.method, steps=16)
+    print(f"({args.method}{', m = 16' if args.method == 'integrated_gradients' else ''})")
     print("| model | ball | eps | T_e_sound / T_e_hat (mean, max) | T_e_sound / T_e (mean) "
           "| winner | s / sample |")
     print("|---|---|---|---|---|---|---|")
@@ -192,6 +194,8 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cost", action="store_true")
+    ap.add_argument("--method", default="saliency",
+                    choices=("saliency", "input_x_gradient", "integrated_gradients"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cost:

@@ -27,6 +27,7 @@ from .telescope import eligible
 
 MAX_D = 4096  # the mean-value bound forms d x d matrices; above this only ``interval`` runs
 SPLITS = 4  # nested radii of the mean-value bound (saliency, input x gradient)
+SPLITS_IG = 2  # integrated gradients: its m points already cost m pieces each
 
 
 @dataclass
@@ -60,7 +61,8 @@ class SoundBounder:
     The model is read once (:func:`.graph.read_graph`) and checked against its own forward
     pass on ``example``; :meth:`bound` then bounds one sample. ``splits``: the number ``K`` of
     nested radii (:mod:`.pieces`); by default ``SPLITS`` for saliency and input x gradient,
-    1 for integrated gradients (whose ``m`` points already cost ``m`` pieces each).
+    ``SPLITS_IG`` for integrated gradients (whose ``m`` points already cost ``m`` pieces
+    each).
     ``telescope``: use the telescoped cross terms (:mod:`.telescope`) where they apply (one
     centre: saliency and input x gradient).
     """
@@ -79,7 +81,7 @@ class SoundBounder:
                                  for n in self.graph.nodes)
         self.attribution = attribution
         self.splits = splits if splits is not None else (
-            1 if isinstance(attribution, IntegratedGradients) else SPLITS)
+            SPLITS_IG if isinstance(attribution, IntegratedGradients) else SPLITS)
         # the ball used: l-inf for p = inf; for 2 < p < inf the l2 ball of radius
         # d^(1/2 - 1/p) eps (Lemma 1, as Corollary 1), for 1 <= p <= 2 that of radius eps
         self.linf = math.isinf(perturbation.norm)
