@@ -84,7 +84,7 @@ class CatNet(nn.Module):
         return self.fc(torch.tanh(h).flatten(1))
 
 
-def _make(name: str, scale: float = 2.0) -> nn.Module:
+def make_net(name: str, scale: float = 2.0) -> nn.Module:
     torch.manual_seed({"resnet": 0, "se": 1, "cat": 2}[name])
     net = {"resnet": ResNet, "se": SENet, "cat": CatNet}[name]()
     with torch.no_grad():
@@ -99,12 +99,12 @@ def _make(name: str, scale: float = 2.0) -> nn.Module:
     return net.to(DT).eval()
 
 
-def _x(seed: int = 1, n: int = 1) -> torch.Tensor:
+def sample_input(seed: int = 1, n: int = 1) -> torch.Tensor:
     return torch.rand(n, 3, 8, 8, dtype=DT, generator=torch.Generator().manual_seed(seed))
 
 
 def _forms(net: nn.Module) -> dict[str, nn.Module]:
-    x = _x(9, 2)
+    x = sample_input(9, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exported = torch.export.export(net, (x,), dynamic_shapes=(
@@ -118,8 +118,8 @@ NAMES = ["resnet", "se", "cat"]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_graph_reproduces_the_model_in_every_format(name: str) -> None:
-    net = _make(name)
-    x = _x(3, 3)
+    net = make_net(name)
+    x = sample_input(3, 3)
     kinds = None
     for form, model in _forms(net).items():
         graph = read_graph(model, x[:1])
@@ -133,7 +133,7 @@ def test_enclosure_at_a_point_holds_the_hessian(name: str) -> None:
     """At radius 0 the gradient and the Hessian enclosures contain autograd's, to 1e-6: with
     residual additions, and with the product's bilinear term (without it the SE net's Hessian
     would be off by ``J_a^T diag(u) J_b + J_b^T diag(u) J_a``)."""
-    net, x = _make(name), _x()
+    net, x = make_net(name), sample_input()
     graph = read_graph(net, x)
     bounder = SoundBounder(net, x, get_method("saliency"), Perturbation(2, 0.1))
     y = int(net(x).argmax())
@@ -151,7 +151,7 @@ def test_enclosure_at_a_point_holds_the_hessian(name: str) -> None:
     assert spread + st.slack < 1e-6 * (1.0 + float(hess.abs().max()))
 
 
-def _best(net: nn.Module, x: torch.Tensor, method: str, norm: float | str,
+def strongest(net: nn.Module, x: torch.Tensor, method: str, norm: float | str,
           eps: float) -> float:
     att, pert = get_method(method, steps=4), Perturbation(norm, eps)
     y = torch.tensor([int(net(x).argmax())])
@@ -180,12 +180,12 @@ def _best(net: nn.Module, x: torch.Tensor, method: str, norm: float | str,
     ("cat", "saliency", 2, 0.5), ("cat", "input_x_gradient", 2, 0.1)])
 def test_graph_bounds_hold_against_attacks(name: str, method: str, norm: float | str,
                                            eps: float) -> None:
-    net, x = _make(name), _x()
+    net, x = make_net(name), sample_input()
     bounder = SoundBounder(_forms(net)["export"], x, get_method(method, steps=4),
                            Perturbation(norm, eps))
     y = int(net(x).argmax())
     res = bounder.bound(x, y)
-    found = _best(net, x, method, norm, eps)
+    found = strongest(net, x, method, norm, eps)
     assert res.mean_value is not None
     assert res.interval >= found and res.mean_value >= found, (res, found)
     # the attack is strong: it reaches the linearisation's worst case (eps sigma_max(J) for
@@ -216,13 +216,13 @@ def test_layer_norm_and_attention_are_refused_by_name() -> None:
 
 
 def test_cli_sound_verify_on_an_exported_resnet(tmp_path) -> None:
-    net = _make("resnet")
+    net = make_net("resnet")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(net.float(), (_x(9, 2).float(),),
+        program = torch.export.export(net.float(), (sample_input(9, 2).float(),),
                                       dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(program, str(tmp_path / "resnet.pt2"))
-    torch.save(_x(4, 3).float(), tmp_path / "x.pt")
+    torch.save(sample_input(4, 3).float(), tmp_path / "x.pt")
     result = CliRunner().invoke(app, [
         "bound", str(tmp_path / "resnet.pt2"), str(tmp_path / "x.pt"), "--method",
         "saliency", "--eps", "0.05", "--sound", "--verify", "--restarts", "2",

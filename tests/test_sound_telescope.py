@@ -17,7 +17,7 @@ from attrcert.sound.nodes import evaluate
 from attrcert.sound.pointpass import telescope_at
 from attrcert.sound.telescope import deviation
 
-from .test_sound_graphs import _best, _make, _x
+from .test_sound_graphs import make_net, sample_input, strongest
 
 DT = torch.float64
 
@@ -34,7 +34,7 @@ def _cnn() -> tuple[nn.Module, torch.Tensor]:
 
 
 def test_telescoped_deviation_holds_at_sampled_points() -> None:
-    for net, x, eps in ((*_cnn(), 0.3), (_make("resnet"), _x(), 0.2)):
+    for net, x, eps in ((*_cnn(), 0.3), (make_net("resnet"), sample_input(), 0.2)):
         b = SoundBounder(net, x, get_method("saliency"), Perturbation(2, eps))
         y = int(net(x).argmax())
         assert b.ups, "the test needs layers the telescope applies to"
@@ -74,6 +74,6 @@ def test_telescope_tightens_and_stays_sound() -> None:
     att, pert = get_method("saliency"), Perturbation(2, 0.3)
     with_t = SoundBounder(net, x, att, pert).bound(x, y)
     without = SoundBounder(net, x, att, pert, telescope=False).bound(x, y)
-    found = _best(net, x, "saliency", 2, 0.3)
+    found = strongest(net, x, "saliency", 2, 0.3)
     assert with_t.mean_value is not None and without.mean_value is not None
     assert found <= with_t.mean_value <= without.mean_value * (1 + 1e-9), (with_t, without)

@@ -145,7 +145,9 @@ class SoundBounder:
         :func:`.bounds.structured_bound`) is applied to the twin ``g_s`` of
         :func:`.enclosures.enclose` when the graph has a Softplus threshold, plus
         ``sup ||g - g_s||`` over the ball and at ``x``, which only the units whose interval
-        straddles the threshold add to.
+        straddles the threshold add to. The twin is decided by the whole ball's pass, or,
+        with one centre and layers the telescope applies to (:mod:`.telescope`), by a cheap
+        pass before the point pass, so that every pass encloses the same function.
         """
         x = x.detach().to(torch.float64)
         eps, d, k = self.eps, self.d, self.splits
