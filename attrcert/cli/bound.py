@@ -81,9 +81,10 @@ def certify_command(opts: Common, command: str, *, eps: float, norm: str,
          f"attribution bounds, l{norm} ball, eps = {eps}", summary_keys,
          f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
          f"linear attribution (SPEC §6); {checked}."
-         + ("\nT_e sound: proved for every x' in the ball, in float64 with outward rounding, "
-            "no linearity assumption (interval arithmetic / mean-value theorem, "
-            "attrcert.sound)." if sound else ""))
+         + ("\nT_e sound: proved for every x' in the ball, in float64 with outward rounding "
+            "plus a bound on torch's rounding in the model's precision, no linearity "
+            "assumption (interval arithmetic / mean-value theorem, attrcert.sound)."
+            if sound else ""))
     for r in records:
         r.pop("attack_ratio", None)
         r.pop("verdict", None)
@@ -102,8 +103,10 @@ def bound(
         help="Also attack each attribution and mark bounds the attack exceeded.")] = False,
     sound: Annotated[bool, typer.Option(
         help="Also prove T_e_sound, a bound with no linearity assumption (interval "
-        "arithmetic and the mean-value theorem, float64); needs a chain of Linear, Conv2d, "
-        "AvgPool2d, Flatten, BatchNorm and Tanh/Sigmoid/Softplus/SiLU/GELU.")] = False,
+        "arithmetic and the mean-value theorem in float64, plus torch's rounding in the "
+        "model's precision); needs a graph of Linear, Conv2d, average pooling/means, "
+        "Flatten, BatchNorm, residual adds, products, concatenation and "
+        "Tanh/Sigmoid/Softplus/SiLU/GELU.")] = False,
     fail_above_te: Annotated[float | None, typer.Option(
         callback=finite, help="Exit 1 if any sample's T_e exceeds this.")] = None,
     fail_above_tc_deg: Annotated[float | None, typer.Option(
