@@ -34,9 +34,8 @@ from typing import TypeVar
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from .attributions.differentiable import probe_forward
+from .attributions.differentiable import ProbeMode, probe_forward
 from .errors import AttrcertError, OptionError
 
 #: The default budget: this fraction of the memory that is free on the device when the run
@@ -138,7 +137,7 @@ def default_budget(device: torch.device) -> int:
     return int(DEFAULT_FRACTION * free_memory(device))
 
 
-class _Allocations(TorchDispatchMode):
+class _Allocations(ProbeMode):
     """Sums the bytes of every tensor an operation returns."""
 
     def __init__(self) -> None:

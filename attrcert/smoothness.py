@@ -18,10 +18,9 @@ which is then reported, since it has no derivative at all).
 from __future__ import annotations
 
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .attributions import Model
-from .attributions.differentiable import FAST_PATH_OPS, probe_forward
+from .attributions.differentiable import FAST_PATH_OPS, ProbeMode, probe_forward
 
 #: ATen operators (overload packet names) whose first or second derivative jumps.
 NONSMOOTH_OPS: dict[str, str] = {
@@ -90,7 +89,7 @@ class NonSmoothModelWarning(UserWarning):
     """The model contains operations for which the bounds are not certificates."""
 
 
-class _OpRecorder(TorchDispatchMode):
+class _OpRecorder(ProbeMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: set[str] = set()

@@ -51,7 +51,7 @@ _ERROR_NODES = ("DelayedError", "Error")
 _OP_IN_MESSAGE = re.compile(r"derivative for (?:aten::)?([\w.:]+) is not implemented")
 
 
-Mode = TypeVar("Mode", bound=TorchDispatchMode)
+Mode = TypeVar("Mode", bound="ProbeMode")
 
 
 class NotDifferentiableError(InputError):
@@ -76,7 +76,20 @@ def differentiable_forward() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-class _FastPathSeen(TorchDispatchMode):
+class ProbeMode(TorchDispatchMode):
+    """Base of the dispatch modes that watch one forward pass (:func:`probe_forward`).
+
+    torch wraps a mode's ``__torch_dispatch__`` so that ``torch.compile`` skips it, which
+    imports ``torch._dynamo`` on the first op (1.3 s of every CLI run with a TorchScript
+    model); these modes never run under ``torch.compile``, so they opt out.
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+
+class _FastPathSeen(ProbeMode):
     def __init__(self) -> None:
         super().__init__()
         self.seen = False
