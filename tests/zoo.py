@@ -199,8 +199,10 @@ class MBConv(nn.Module):
                  act: type[nn.Module] = nn.SiLU, gate: type[nn.Module] = nn.Sigmoid) -> None:
         super().__init__()
         mid = cin * expand
+        expansion = ([nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), act()]
+                     if expand != 1 else [])
         self.block = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), act(),
+            *expansion,
             nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False),
             nn.BatchNorm2d(mid), act(),
             SqueezeExcite(mid, max(1, cin // 4), act, gate),
@@ -212,24 +214,31 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-def efficientnet(stages: tuple[tuple[int, int, int, int], ...] = ((8, 8, 1, 1),
-                                                                  (8, 16, 2, 1)),
+def efficientnet(stages: tuple[tuple[int, ...], ...] = ((8, 8, 1, 1, 4, 3),
+                                                    (8, 16, 2, 1, 4, 3)),
                  stem: int = 8, head: int = 32, classes: int = 5,
                  act: type[nn.Module] = nn.SiLU, gate: type[nn.Module] = nn.Sigmoid
                  ) -> nn.Module:
-    """EfficientNet-style: conv stem, MBConv stages ``(cin, cout, stride, repeats)``,
-    1x1 head conv, average pooling. ``act=nn.Hardswish, gate=nn.Hardsigmoid`` gives the
-    MobileNetV3 flavour."""
+    """EfficientNet-style: conv stem, MBConv stages ``(cin, cout, stride, repeats, expand,
+    kernel)``, 1x1 head conv, average pooling (:data:`EFFICIENTNET_B0` is B0's layout).
+    ``act=nn.Hardswish`` gives the MobileNetV3 flavour (:func:`mobilenet`)."""
     layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem),
                                act()]
-    for cin, cout, stride, repeats in stages:
+    for cin, cout, stride, repeats, expand, kernel in stages:
         for r in range(repeats):
             layers.append(MBConv(cin if r == 0 else cout, cout, stride if r == 0 else 1,
-                                 act=act, gate=gate))
+                                 expand=expand, kernel=kernel, act=act, gate=gate))
     last = stages[-1][1]
     layers += [nn.Conv2d(last, head, 1, bias=False), nn.BatchNorm2d(head), act(),
                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(head, classes)]
     return nn.Sequential(*layers)
+
+
+#: EfficientNet-B0's stages (stem 32, head 1280): ``(cin, cout, stride, repeats, expand,
+#: kernel)``.
+EFFICIENTNET_B0 = ((32, 16, 1, 1, 1, 3), (16, 24, 2, 2, 6, 3), (24, 40, 2, 2, 6, 5),
+                   (40, 80, 2, 3, 6, 3), (80, 112, 1, 3, 6, 5), (112, 192, 2, 4, 6, 5),
+                   (192, 320, 1, 1, 6, 3))
 
 
 def mobilenet(gate: type[nn.Module] = nn.Sigmoid, **kwargs: object) -> nn.Module:
