@@ -113,15 +113,20 @@ def _script_ops(model: Model) -> set[str]:
 
 
 def find_nonsmooth(model: Model, example: Tensor) -> list[str]:
-    """The non-smooth operations ``model`` uses on ``example`` (sorted, human names).
+    """The non-smooth operations ``model`` uses on ``example``: sorted human names, each
+    with the ATen ops behind it, e.g. ``"max-pooling (aten.max_pool2d,
+    aten.max_pool2d_with_indices)"``.
 
     ``example`` is one input batch ``(N, C, H, W)``; only ops actually executed are seen
     (plus, for TorchScript, every ATen op of its graph). The model runs on ``example[:1]``
     as the attributions run it (module docstring, :func:`probe_forward`).
     """
     ops = probe_forward(model, example[:1], _OpRecorder).ops | _script_ops(model)
-    found = {f"{NONSMOOTH_OPS[op]} (aten.{op.rstrip('_')})" for op in ops if op in NONSMOOTH_OPS}
-    return sorted(found)
+    by_name: dict[str, set[str]] = {}
+    for op in ops:
+        if op in NONSMOOTH_OPS:
+            by_name.setdefault(NONSMOOTH_OPS[op], set()).add(f"aten.{op.rstrip('_')}")
+    return sorted(f"{name} ({', '.join(sorted(aten))})" for name, aten in by_name.items())
 
 
 def nonsmooth_message(ops: list[str]) -> str:
