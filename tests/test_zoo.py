@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -276,3 +277,16 @@ def test_math_attention_gives_the_default_kernels_gradient():
     (reference,) = torch.autograd.grad(model(leaf).gather(1, target.view(-1, 1)).sum(), leaf)
     ours = get_method("saliency")(model, x, target)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_a_scripted_vit_needs_no_remedy():
+    """``torch.jit.script`` keeps the fast path's conditions, which fail when the input
+    needs a gradient: the scripted ViT certifies as the exported one does."""
+    model, x = seeded(ViT), inputs(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(model)
+    ours = certify(scripted, x, eps=EPS, method="saliency", spectral="full")
+    ref = certify(model, x, eps=EPS, method="saliency", spectral="full")
+    assert ours[0]["smooth"] is True
+    assert ours[0]["xi_max"] == pytest.approx(ref[0]["xi_max"], rel=1e-5)

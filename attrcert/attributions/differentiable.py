@@ -135,8 +135,8 @@ def remedy(op: str, *, twice: bool) -> str:
         module = FAST_PATH_OPS[op]
         return (f"the model calls aten.{op}, the inference fast path of {module}, which "
                 "has no derivative (torch.jit.trace records it when tracing in eval mode): "
-                "export the model with torch.export instead, or trace it inside "
-                "torch.backends.mha.set_fastpath_enabled(False)")
+                "export the model with torch.export instead, or call "
+                "torch.backends.mha.set_fastpath_enabled(False) before torch.jit.trace")
     if "scaled_dot_product" in op:
         return (f"the model calls the fused attention kernel aten.{op}, whose backward "
                 "pass has no derivative, and attribution Jacobians differentiate twice: "
