@@ -139,6 +139,7 @@ METHODS = ("saliency", "integrated_gradients")
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -215,6 +216,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` now, MiB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -237,8 +239,9 @@ def run_case(arch: str, size: int, method: str, args: argparse.Namespace) -> dic
         if peak > limit or time.monotonic() - start > args.timeout:
             proc.kill()
             proc.wait()
-            why = (f"stopped at {peak / 1024:.1f} GB RSS (limit {args.rss_limit})"
-                   if peak > limit else f"timed out after {args.timeout:.0f} s")
+            why = (f"stopped at {peak * 2**20 / 1e9:.1f} GB RSS (limit {args.rss_limit}) "
+                   f"after {time.monotonic() - start:.0f} s" if peak > limit
+                   else f"timed out after {args.timeout:.0f} s")
             return {"failed": why}
         time.sleep(0.2)
     out = proc.stdout.read() if proc.stdout else ""
@@ -257,7 +260,7 @@ def row(arch: str, size: int, method: str, res: dict) -> str:
         op.split(" (")[0] for op in res["nonsmooth_ops"])
     return (f"| {name} | 3x{size}x{size} | {meth} | {res['seconds']:.3g} "
             f"({res['spectrum_seconds']:.3g}) | {res['products']:.0f} | "
-            f"{res['peak_mb'] / 1024:.2f} GB | | {res['params'] / 1e6:.2f} M params, "
+            f"{res['peak_mb'] * 2**20 / 1e9:.2f} GB | | {res['params'] / 1e6:.2f} M params, "
             f"{smooth}, load {res['load']:.1f} |")
 
 
