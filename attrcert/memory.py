@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,8 @@ from typing import TypeVar
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from .attributions.differentiable import ProbeMode, probe_forward
 from .errors import AttrcertError, OptionError
 
 #: The default budget: this fraction of the memory that is free on the device when the run
@@ -138,7 +137,7 @@ def default_budget(device: torch.device) -> int:
     return int(DEFAULT_FRACTION * free_memory(device))
 
 
-class _Allocations(TorchDispatchMode):
+class _Allocations(ProbeMode):
     """Sums the bytes of every tensor an operation returns."""
 
     def __init__(self) -> None:
@@ -155,12 +154,10 @@ class _Allocations(TorchDispatchMode):
 
 def activation_bytes(model: Callable[[Tensor], Tensor], x: Tensor) -> int:
     """``A``: bytes of the tensors one forward pass of ``model`` on ``x[:1]`` produces (an
-    upper estimate of what autograd keeps for the backward pass)."""
-    probe = _Allocations()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with probe:
-            model(x[:1].detach())
+    upper estimate of what autograd keeps for the backward pass), run as the attributions
+    run it (:func:`attrcert.attributions.differentiable.probe_forward`: e.g. attention by
+    its math kernel, which holds the attention matrix)."""
+    probe = probe_forward(model, x[:1], _Allocations)
     return max(probe.total, x[0].numel() * x.element_size())
 
 

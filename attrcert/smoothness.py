@@ -8,18 +8,19 @@ perturbations. This module lists such operations so every result can carry a war
 The check runs one forward pass under a dispatch mode that records every ATen operator
 the model calls (which catches ``F.relu`` inside ``forward`` as well as ``nn.ReLU``, and
 works for eager, torch.export and TorchScript models alike), and also reads the
-operator names of TorchScript graphs.
+ATen operator names of TorchScript graphs. The forward runs as the attributions run it
+(:func:`attrcert.attributions.differentiable.probe_forward`), so that what is recorded is
+what the attribution graph holds: e.g. the activation inside ``nn.TransformerEncoderLayer``,
+not the fused op of its inference fast path (which a traced archive may still hold, and
+which is then reported, since it has no derivative at all).
 """
 
 from __future__ import annotations
 
-import warnings
-
-import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .attributions import Model
+from .attributions.differentiable import FAST_PATH_OPS, ProbeMode, probe_forward
 
 #: ATen operators (overload packet names) whose first or second derivative jumps.
 NONSMOOTH_OPS: dict[str, str] = {
@@ -80,6 +81,7 @@ NONSMOOTH_OPS: dict[str, str] = {
     "amin": "min",
     "topk": "topk",
     "sort": "sort",
+    **{op: f"{module} fast path, no derivative" for op, module in FAST_PATH_OPS.items()},
 }
 
 
@@ -87,7 +89,7 @@ class NonSmoothModelWarning(UserWarning):
     """The model contains operations for which the bounds are not certificates."""
 
 
-class _OpRecorder(TorchDispatchMode):
+class _OpRecorder(ProbeMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: set[str] = set()
@@ -98,26 +100,33 @@ class _OpRecorder(TorchDispatchMode):
 
 
 def _script_ops(model: Model) -> set[str]:
+    """The ATen ops of a TorchScript graph, those in branches not taken included (not
+    ``prim::`` ops such as ``prim::max`` of two ints, nor the fast-path ops, which a
+    scripted ``nn.TransformerEncoderLayer`` holds in a branch taken only without
+    gradients)."""
     graph = getattr(model, "inlined_graph", None)
     if graph is None:
         return set()
-    return {node.kind().split("::", 1)[-1] for node in graph.nodes()}
+    kinds = (node.kind() for node in graph.nodes())
+    return {kind[len("aten::"):] for kind in kinds
+            if kind.startswith("aten::") and kind[len("aten::"):] not in FAST_PATH_OPS}
 
 
 def find_nonsmooth(model: Model, example: Tensor) -> list[str]:
-    """The non-smooth operations ``model`` uses on ``example`` (sorted, human names).
+    """The non-smooth operations ``model`` uses on ``example``: sorted human names, each
+    with the ATen ops behind it, e.g. ``"max-pooling (aten.max_pool2d,
+    aten.max_pool2d_with_indices)"``.
 
     ``example`` is one input batch ``(N, C, H, W)``; only ops actually executed are seen
-    (plus, for TorchScript, every op of its graph).
+    (plus, for TorchScript, every ATen op of its graph). The model runs on ``example[:1]``
+    as the attributions run it (module docstring, :func:`probe_forward`).
     """
-    recorder = _OpRecorder()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with recorder:
-            model(example[:1])
-    ops = recorder.ops | _script_ops(model)
-    found = {f"{NONSMOOTH_OPS[op]} (aten.{op.rstrip('_')})" for op in ops if op in NONSMOOTH_OPS}
-    return sorted(found)
+    ops = probe_forward(model, example[:1], _OpRecorder).ops | _script_ops(model)
+    by_name: dict[str, set[str]] = {}
+    for op in ops:
+        if op in NONSMOOTH_OPS:
+            by_name.setdefault(NONSMOOTH_OPS[op], set()).add(f"aten.{op.rstrip('_')}")
+    return sorted(f"{name} ({', '.join(sorted(aten))})" for name, aten in by_name.items())
 
 
 def nonsmooth_message(ops: list[str]) -> str:

@@ -67,3 +67,12 @@ def test_certify_on_smooth_model_does_not_warn(cnn, images):
         records = certify(cnn, images[:1], eps=0.1, steps=2)
     assert records[0]["smooth"] is True and records[0]["warnings"] == []
     assert records[0]["attack_checked"] is False
+
+
+def test_each_kind_of_operation_is_listed_once_with_its_aten_ops(images):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.trace(make_cnn(smooth=False), images[:1])
+    found = find_nonsmooth(scripted, images)  # the graph holds max_pool2d, the run its kernel
+    assert [item for item in found if item.startswith("max-pooling")] == [
+        "max-pooling (aten.max_pool2d, aten.max_pool2d_with_indices)"]

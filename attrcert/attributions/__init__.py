@@ -6,6 +6,7 @@ from torch import Tensor
 
 from ..errors import OptionError
 from .base import Attribution, Model, target_gradient
+from .differentiable import NotDifferentiableError, differentiable_forward
 from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
 from .saliency import Saliency
@@ -32,7 +33,9 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "Model",
+    "NotDifferentiableError",
     "Saliency",
+    "differentiable_forward",
     "get_method",
     "target_gradient",
 ]

@@ -11,8 +11,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
+
+from .differentiable import checked_gradient, differentiable_forward
 
 Model = Callable[[Tensor], Tensor]
 
@@ -28,16 +29,22 @@ def target_gradient(model: Model, x: Tensor, target: Tensor, *, create_graph: bo
     One backward pass of ``sum_n f_{y_n}(x_n)``: samples are independent (eval mode),
     so the gradient of the sum with respect to ``x_n`` is the gradient of ``f_{y_n}(x_n)``.
     ``x`` must be tracked by autograd (see :func:`as_differentiable`).
+
+    The model runs inside :func:`differentiable_forward` (attention by its math kernel, no
+    fused fast paths), so that with ``create_graph=True`` the gradient can be
+    differentiated again; a model that cannot be raises :class:`NotDifferentiableError`
+    naming the op (:func:`checked_gradient`).
     """
-    logits = model(x)
+    with differentiable_forward():
+        logits = model(x)
     if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
         raise ValueError(
             f"the model returned shape {tuple(logits.shape)} for a batch of {x.shape[0]}: "
             "attrcert needs logits of shape (N, k)"
         )
     selected = logits.gather(1, target.view(-1, 1)).sum()
-    (grad,) = torch.autograd.grad(selected, x, create_graph=create_graph)
-    return grad
+    with differentiable_forward():
+        return checked_gradient(selected, x, create_graph=create_graph)
 
 
 class Attribution(ABC):
