@@ -136,6 +136,7 @@ def analyse(
     progress: Progress | None = None,
     abs_sum_blocked: bool = False,
     first_index: int = 0,
+    classes_per_pass: int | None = None,
 ) -> Analysis:
     """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
 
@@ -175,7 +176,8 @@ def analyse(
                                    progress=progress)
         spectrum = spectrum_full(jac)
         del jac
-    label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient)
+    label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient,
+                                   classes_per_pass)
     gap = None
     if attribution.complete:
         base = attribution.baseline_for(x)  # type: ignore[attr-defined]
@@ -197,25 +199,34 @@ def analyse(
     )
 
 
-def _label_gradients(
-    model: Model, x: Tensor, attribution: Attribution, k: int, how: str
-) -> Tensor:
+def _label_gradients(model: Model, x: Tensor, attribution: Attribution, k: int, how: str,
+                     classes_per_pass: int | None = None) -> Tensor:
     """``(N, k, d)``: per class ``j``, ``grad_x f_j`` (completeness, SPEC §4 default) or
-    ``grad_x sum_i g^j_i`` (through the attribution: one second-order pass)."""
-    n = x.shape[0]
-    copies = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
-    copies = copies.clone().requires_grad_(True)
-    classes = torch.arange(k, device=x.device).repeat_interleave(n)
-    if how == "completeness":
-        grads = target_gradient(model, copies, classes, create_graph=False)
-    elif how == "attribution":
-        g = attribution(model, copies, classes, create_graph=True)
-        if not g.requires_grad:  # g does not depend on x: its gradient is zero
-            return torch.zeros(n, k, x[0].numel(), dtype=x.dtype, device=x.device)
-        (grads,) = torch.autograd.grad(g.sum(), copies, materialize_grads=True)
-    else:
+    ``grad_x sum_i g^j_i`` (through the attribution: one second-order pass).
+
+    Each pass stacks ``classes_per_pass`` copies of the batch (all ``k`` by default), so
+    that 1000 classes of ImageNet-sized images need not fit in memory at once; each class's
+    gradient is computed from its own copy, so the chunking does not change it."""
+    if how not in LABEL_GRADIENTS:
         raise OptionError(f"unknown label_gradient {how!r}: use {' or '.join(LABEL_GRADIENTS)}")
-    return grads.reshape(k, n, -1).transpose(0, 1).detach()
+    n = x.shape[0]
+    step = max(1, min(k, classes_per_pass or k))
+    parts = []
+    for first in range(0, k, step):
+        count = min(step, k - first)
+        copies = x.unsqueeze(0).expand(count, *x.shape).reshape(count * n, *x.shape[1:])
+        copies = copies.clone().requires_grad_(True)
+        classes = torch.arange(first, first + count, device=x.device).repeat_interleave(n)
+        if how == "completeness":
+            grads = target_gradient(model, copies, classes, create_graph=False)
+        else:
+            g = attribution(model, copies, classes, create_graph=True)
+            if not g.requires_grad:  # g does not depend on x: its gradient is zero
+                grads = torch.zeros_like(copies)
+            else:
+                (grads,) = torch.autograd.grad(g.sum(), copies, materialize_grads=True)
+        parts.append(grads.reshape(count, n, -1).detach())
+    return torch.cat(parts).transpose(0, 1)
 
 
 def worst_case_directions(v_max: Tensor, p: float) -> Tensor:

@@ -60,10 +60,13 @@ class _Run:
         return records
 
     def analyse(self, sl: slice, label_gradient: str, progress: Progress | None) -> Analysis:
+        n = len(range(*sl.indices(self.x.shape[0])))
+        steps = int(getattr(self.attribution, "steps", 1))
         return analyse(self.model, self.x[sl], self.attribution, self.targets[sl],
                        chunk_size=self.sizing.chunk_size, label_gradient=label_gradient,
                        spectral=self.sizing.spectral, tol=self.solver.tol, progress=progress,
-                       abs_sum_blocked=self.sizing.abs_sum_blocked, first_index=sl.start)
+                       abs_sum_blocked=self.sizing.abs_sum_blocked, first_index=sl.start,
+                       classes_per_pass=self.sizing.classes_per_pass(n, label_gradient, steps))
 
 
 def _prepare_run(model: Model, x: Tensor, spec: AttributionSpec, solver: SolverOptions,

@@ -16,6 +16,7 @@ from .attributions import Attribution, Model
 from .errors import OptionError
 from .jacobian import default_chunk_size
 from .memory import (
+    GRAPH_FACTOR,
     MemoryBudgetError,
     Plan,
     activation_bytes,
@@ -66,6 +67,7 @@ class Sizing:
         batch_size: samples per batch.
         chunk_size: rows (or columns) per replicated pass.
         plan: the estimates behind them.
+        activation: ``A``, bytes one forward pass of one sample produces.
     """
 
     spectral: str
@@ -73,6 +75,14 @@ class Sizing:
     batch_size: int
     chunk_size: int
     plan: Plan
+    activation: int = 0
+
+    def classes_per_pass(self, batch: int, label_gradient: str, steps: int) -> int:
+        """Class copies of a batch of ``batch`` samples that Proposition 1's gradients may
+        stack in one pass: first-order passes keep about ``2 A`` per copy, second-order
+        ones (``label_gradient="attribution"``) an attribution graph, ``4 m A``."""
+        per_copy = (GRAPH_FACTOR * max(1, steps) if label_gradient == "attribution" else 2)
+        return max(1, self.plan.budget // max(1, batch * per_copy * self.activation))
 
 
 def size_run(model: Model, x: Tensor, attribution: Attribution, *, spectral: str, p: float,
@@ -108,7 +118,7 @@ def size_run(model: Model, x: Tensor, attribution: Attribution, *, spectral: str
     batch = batch_size or estimate.batch_size
     chunk = chunk_size or min(estimate.chunk_size, default_chunk_size(attribution, x[:batch]))
     return Sizing(spectral=how, abs_sum_blocked=blocked, batch_size=batch, chunk_size=chunk,
-                  plan=estimate)
+                  plan=estimate, activation=activation)
 
 
 def default_batch_size(device: torch.device) -> int:

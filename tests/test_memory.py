@@ -248,3 +248,26 @@ def test_cli_memory_budget_errors_are_one_line_and_exit_2(tmp_path):
               "--method", "saliency", "--format", "json", "--quiet")
     assert ok.returncode == 0, ok.stderr
     assert '"T_e_method": "theorem2"' in ok.stdout and '"spectral": "iterative"' in ok.stdout
+
+
+def test_label_gradients_taken_a_class_at_a_time_do_not_change_the_records(monkeypatch):
+    """A budget too small for all k class copies of a sample at once: Proposition 1's
+    gradients are taken in chunks of classes, with the same records."""
+    from attrcert.sizing import Sizing
+
+    torch.manual_seed(0)
+    model, x = make_cnn(), torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    whole = certify(model, x, eps=0.1, method="saliency", spectral="full")
+    seen = []
+    real = Sizing.classes_per_pass
+
+    def one_class(self, batch, label_gradient, steps):
+        seen.append(real(self, batch, label_gradient, steps))
+        return 1
+
+    monkeypatch.setattr(Sizing, "classes_per_pass", one_class)
+    chunked = certify(model, x, eps=0.1, method="saliency", spectral="full")
+    assert seen and all(s >= 3 for s in seen)  # the default budget takes them all at once
+    for a, b in zip(whole, chunked, strict=True):
+        for key in ("label_radius", "label_preserved", "label_kept", "T_e", "xi_max"):
+            assert a[key] == b[key], key

@@ -290,3 +290,30 @@ def test_a_scripted_vit_needs_no_remedy():
     ref = certify(model, x, eps=EPS, method="saliency", spectral="full")
     assert ours[0]["smooth"] is True
     assert ours[0]["xi_max"] == pytest.approx(ref[0]["xi_max"], rel=1e-5)
+
+
+#: ``--sound`` on the zoo: the graphs it proves bounds for, and the reason it names for the
+#: others (saliency, l2, eps 1e-3, float64). The residual nets are proved in
+#: tests/test_sound_graphs.py (the zoo's ResNet takes 10-20 s here, too long for this file).
+SOUND = {"efficientnet": None, "convnext": "LayerNorm",
+         "mixer": "LayerNorm", "swin": "LayerNorm", "mobilenet": "Hardswish",
+         "resnet_relu": "ReLU", "maxpool": "max-pooling"}
+
+
+@pytest.mark.parametrize("name", sorted(SOUND))
+def test_sound_mode_proves_the_smooth_graphs_and_names_what_it_refuses(archives, name):
+    from attrcert.errors import InputError
+
+    model = load_model(archives[f"{name}.pt2"])
+    x = inputs(1).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonSmoothModelWarning)
+        if SOUND[name] is None:
+            (rec,) = certify(model, x, eps=EPS, method="saliency", dtype="float64", sound=True,
+                             verify=True, attack_steps=10)
+            assert rec["T_e_sound"] >= rec["T_e_hat"] and not rec["violation_sound"]
+            assert rec["T_e_sound"] <= 1.5 * rec["T_e"]  # tends to T_e as eps -> 0
+        else:
+            with pytest.raises(InputError, match=SOUND[name]) as info:
+                certify(model, x, eps=EPS, method="saliency", dtype="float64", sound=True)
+            assert "\n" not in str(info.value)
