@@ -31,34 +31,27 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.zoo, as bench_zoo
 
 from attrcert.attack import attack
 from attrcert.attributions import get_method
 from attrcert.perturbation import Perturbation
 from attrcert.sound import SoundBounder
-
-
-class Block(nn.Module):
-    """conv-BN-Softplus-conv-BN plus the input, then Softplus."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
-        self.act = nn.Softplus()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))))
+from tests.zoo import ResidualSoftplus
 
 
 def resnet() -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Softplus(),
-                         Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+                         ResidualSoftplus(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 10))
 
 
 def train_resnet() -> tuple[nn.Module, torch.Tensor]:

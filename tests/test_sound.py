@@ -31,6 +31,8 @@ from attrcert.sound.activations import activation
 from attrcert.sound.hessian import HessianSum
 from attrcert.sound.nodes import patterns
 
+from .proofs import strongest
+
 DT = torch.float64
 ACTS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                                     "softplus": nn.Softplus, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -124,25 +126,7 @@ def _input(seed: int, conv: bool) -> torch.Tensor:
 def _best_attack(net: nn.Module, x: torch.Tensor, method: str, norm: float | str,
                  eps: float, steps: int = 5) -> float:
     """The largest ||g(x') - g(x)|| found: PGD (two seeds, restarts) and random points."""
-    att = get_method(method, steps=steps)
-    pert = Perturbation(norm, eps)
-    y = torch.tensor([int(net(x).argmax())])
-    best = 0.0
-    for seed in (0, 7):
-        found = attack(net, x, attribution=att, target=y, perturbation=pert, steps=25,
-                       restarts=2, seed=seed, label_constraint=False)
-        best = max(best, float(found.deviation[0]))
-    gen = torch.Generator().manual_seed(3)
-    g0 = att(net, x, y)
-    n = 64
-    noise = torch.randn((n, *x.shape[1:]), generator=gen, dtype=DT)
-    if pert.is_linf:
-        delta = eps * torch.sign(noise)
-    else:
-        flat = noise.view(n, -1)
-        delta = (eps * flat / flat.norm(dim=1, keepdim=True)).view_as(noise)
-    g = att(net, x + delta, y.repeat(n))
-    return max(best, float((g - g0).view(n, -1).norm(dim=1).max()))
+    return strongest(net, x, method, norm, eps, steps=steps)
 
 
 def _sound(net: nn.Module, x: torch.Tensor, method: str, norm: float | str, eps: float,

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from attrcert.attack import attack
 from attrcert.attributions import get_method
 from attrcert.cli import app
 from attrcert.errors import InputError
@@ -27,20 +26,10 @@ from attrcert.perturbation import Perturbation
 from attrcert.sound import SoundBounder, enclose, forward, read_graph
 from attrcert.sound.hessian import HessianSum
 
+from .proofs import strongest
+from .zoo import ResidualSoftplus
+
 DT = torch.float64
-
-
-class Block(nn.Module):
-    """A basic residual block: conv-BN-Softplus-conv-BN, plus the input, then Softplus."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
-        self.act = nn.Softplus()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))))
 
 
 class ResNet(nn.Module):
@@ -48,7 +37,7 @@ class ResNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c),
                                   nn.Softplus())
-        self.block = Block(c)
+        self.block = ResidualSoftplus(c)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, 3)
 
@@ -149,28 +138,6 @@ def test_enclosure_at_a_point_holds_the_hessian(name: str) -> None:
     spread = float(torch.linalg.matrix_norm(st.p, 2) + torch.linalg.matrix_norm(st.r, 2))
     assert float(torch.linalg.matrix_norm(hess - st.c, 2)) <= spread + st.slack + 1e-12
     assert spread + st.slack < 1e-6 * (1.0 + float(hess.abs().max()))
-
-
-def strongest(net: nn.Module, x: torch.Tensor, method: str, norm: float | str,
-          eps: float) -> float:
-    att, pert = get_method(method, steps=4), Perturbation(norm, eps)
-    y = torch.tensor([int(net(x).argmax())])
-    best = 0.0
-    for seed in (0, 7):
-        found = attack(net, x, attribution=att, target=y, perturbation=pert, steps=25,
-                       restarts=2, seed=seed, label_constraint=False)
-        best = max(best, float(found.deviation[0]))
-    n = 64
-    noise = torch.randn((n, *x.shape[1:]), generator=torch.Generator().manual_seed(3),
-                        dtype=DT)
-    if pert.is_linf:
-        delta = eps * torch.sign(noise)
-    else:
-        flat = noise.view(n, -1)
-        delta = (eps * flat / flat.norm(dim=1, keepdim=True)).view_as(noise)
-    g0 = att(net, x, y)
-    g = att(net, x + delta, y.repeat(n))
-    return max(best, float((g - g0).view(n, -1).norm(dim=1).max()))
 
 
 @pytest.mark.parametrize(("name", "method", "norm", "eps"), [

@@ -17,7 +17,8 @@ from attrcert.sound.nodes import evaluate
 from attrcert.sound.pointpass import telescope_at
 from attrcert.sound.telescope import deviation
 
-from .test_sound_graphs import make_net, sample_input, strongest
+from .proofs import strongest
+from .test_sound_graphs import make_net, sample_input
 
 DT = torch.float64
 

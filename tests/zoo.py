@@ -265,6 +265,19 @@ class BasicBlock(nn.Module):
         return self.act(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+class ResidualSoftplus(nn.Module):
+    """A basic residual block: conv-BN-Softplus-conv-BN, plus the input, then Softplus."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.act = nn.Softplus()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))))
+
+
 class Bottleneck(nn.Module):
     expansion = 4
 
