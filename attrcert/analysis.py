@@ -22,6 +22,7 @@ from torch import Tensor
 from .attributions import Attribution, Model, target_gradient
 from .errors import ModelOutputError, OptionError
 from .jacobian import attribution_jacobian
+from .memory import halving
 from .spectral import Spectrum, abs_sum_gram_blocked, spectrum_full, spectrum_iterative
 
 __all__ = ["LABEL_GRADIENTS", "Analysis", "analyse", "attribution_deviations", "prepare",
@@ -137,6 +138,7 @@ def analyse(
     abs_sum_blocked: bool = False,
     first_index: int = 0,
     classes_per_pass: int | None = None,
+    points_per_pass: int | None = None,
 ) -> Analysis:
     """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
 
@@ -146,7 +148,9 @@ def analyse(
     and, only with ``abs_sum_blocked``, ``sum |P_ij|`` column block by column block
     (:func:`attrcert.spectral.abs_sum_gram_blocked`, ``chunk_size`` columns per pass);
     every sample starts the solver from the same ``seed``ed vector, so neither batching nor
-    resuming a run on a subset changes its result.
+    resuming a run on a subset changes its result. ``points_per_pass`` caps the
+    attribution's points in the matrix-free graph (:class:`attrcert.spectral.JacobianProducts`;
+    halved on an accelerator's out-of-memory error).
 
     Raises:
         ModelOutputError: the model's logits are not finite for a sample (its index among
@@ -162,8 +166,18 @@ def analyse(
                                f"infinite) for sample {index}: it cannot be certified", index)
     g = attribution(model, x, target)
     if spectral == "iterative":
-        parts = [spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
-                                    tol=tol, seed=seed) for i in range(n)]
+        parts = []
+        for i in range(n):
+            def one(points: int | None, i: int = i) -> Spectrum:
+                return spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
+                                          tol=tol, seed=seed, points_per_pass=points)
+
+            if points_per_pass is None:
+                parts.append(one(None))
+            else:
+                part, points_per_pass = halving(one, points_per_pass, device=x.device,
+                                                what="integrated-gradients point per pass")
+                parts.append(part)
         abs_sum = (abs_sum_gram_blocked(attribution, model, x, target,
                                         chunk_size=chunk_size or 1)
                    if abs_sum_blocked else None)

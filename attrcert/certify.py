@@ -66,7 +66,8 @@ class _Run:
                        chunk_size=self.sizing.chunk_size, label_gradient=label_gradient,
                        spectral=self.sizing.spectral, tol=self.solver.tol, progress=progress,
                        abs_sum_blocked=self.sizing.abs_sum_blocked, first_index=sl.start,
-                       classes_per_pass=self.sizing.classes_per_pass(n, label_gradient, steps))
+                       classes_per_pass=self.sizing.classes_per_pass(n, label_gradient, steps),
+                       points_per_pass=self.sizing.points_per_pass)
 
 
 def _prepare_run(model: Model, x: Tensor, spec: AttributionSpec, solver: SolverOptions,
@@ -93,7 +94,7 @@ def _prepare_run(model: Model, x: Tensor, spec: AttributionSpec, solver: SolverO
         warnings.warn(notes[-1], NonSmoothModelWarning, stacklevel=3)
     sizing = size_run(model, x, attribution, spectral=solver.spectral, p=p,
                       memory_budget=solver.memory_budget, batch_size=solver.batch_size,
-                      chunk_size=solver.chunk_size)
+                      chunk_size=solver.chunk_size, target=targets)
     about = Provenance(spec.method, tuple(nonsmooth), tuple(notes))
     return _Run(model, x, attribution, targets, about, sizing, solver)
 

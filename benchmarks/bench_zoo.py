@@ -32,13 +32,13 @@ matrix-free, ``c`` and ``T'_e``, the label test) on ``--images`` seeded random i
 its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Methods: saliency and
 integrated gradients with m = 16 (``--steps``). ``products`` counts the matrix-free
 operator applications (``J v`` and ``J^T u``) per image (``Spectrum.products``; the
-records of ``certify`` do not carry it, so the worker counts them). Before a case runs,
-its attribution graph is estimated as attrcert's memory planner does
-(``GRAPH_FACTOR * m * A``, ``A`` the bytes one forward pass of one image produces):
-a case whose estimate exceeds ``--memory-budget`` is not run (attrcert's iterative path
-does not refuse it, and on a CPU the system would kill the process), and a worker whose
-resident memory passes ``--rss-limit`` is stopped. ``load`` is the 1-minute load average
-when the worker finished (2 cores: above about 2, other processes shared them).
+records of ``certify`` do not carry it, so the worker counts them). ``--memory-budget``
+is attrcert's: its planner measures the graph of one integrated-gradients point
+(:func:`attrcert.sizing.point_bytes`) and cuts the m points into passes that fit
+(:func:`attrcert.sizing.points_per_pass`); the row's notes give both. A worker whose
+resident memory passes ``--rss-limit`` is stopped (a check on the planner). ``load`` is
+the 1-minute load average when the worker finished (2 cores: above about 2, other
+processes shared them).
 
 Classes: Proposition 1's label test takes the gradient of every class at once (a batch of
 ``k`` copies of each image, :func:`attrcert.certify`'s label gradients), so its memory
@@ -64,7 +64,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attrcert import certify  # noqa: E402
-from attrcert.memory import GRAPH_FACTOR, activation_bytes, format_size, parse_size  # noqa: E402
+from attrcert.attributions import get_method  # noqa: E402
+from attrcert.memory import activation_bytes, format_size, parse_size  # noqa: E402
+from attrcert.sizing import size_run  # noqa: E402
 from attrcert.spectral import JacobianProducts  # noqa: E402
 from tests.zoo import (  # noqa: E402
     EFFICIENTNET_B0,
@@ -160,8 +162,8 @@ def count_products() -> list[int]:
 def time_spectrum() -> list[float]:
     """Seconds spent in the matrix-free spectrum (``xi_max``, ``v_max``) of ``certify``."""
     spent = [0.0]
-    orchestration = sys.modules["attrcert.certify"]  # the module (the package exports the
-    inner = orchestration.spectrum_iterative          # function under the same name)
+    orchestration = sys.modules["attrcert.analysis"]  # where analyse() calls it
+    inner = orchestration.spectrum_iterative
 
     def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
@@ -182,18 +184,14 @@ def worker(args: argparse.Namespace) -> None:
     model = seeded(lambda: build(args.classes)).to(device)
     x = torch.rand(args.images, 3, size, size, generator=torch.Generator().manual_seed(0))
     x = x.to(device)
-    steps = args.steps if method == "integrated_gradients" else 1
     act = activation_bytes(model, x[:1])
-    graph = GRAPH_FACTOR * steps * act
-    info = {"label": label, "params": sum(p.numel() for p in model.parameters()),
-            "activation_mb": act / 1e6, "graph_estimate_mb": graph / 1e6}
     budget = parse_size(args.memory_budget)
-    if graph > budget and not args.force:
-        info["skipped"] = (f"attribution graph estimated at {format_size(graph)} "
-                           f"(GRAPH_FACTOR {GRAPH_FACTOR} x m {steps} x A "
-                           f"{format_size(act)}), over the {format_size(budget)} budget")
-        print(json.dumps(info))
-        return
+    attribution = get_method(method, steps=args.steps)
+    sizing = size_run(model, x, attribution, spectral="iterative", p=2.0,
+                      memory_budget=budget, batch_size=None, chunk_size=None)
+    info = {"label": label, "params": sum(p.numel() for p in model.parameters()),
+            "activation_mb": act / 1e6, "point_mb": sizing.point_bytes / 1e6,
+            "points_per_pass": sizing.points_per_pass, "budget": format_size(budget)}
     counter, spectrum_seconds = count_products(), time_spectrum()
     base = peak_rss_mb()
     start = time.perf_counter()
@@ -231,7 +229,7 @@ def run_case(arch: str, size: int, method: str, args: argparse.Namespace) -> dic
            "--threads", str(args.threads), "--steps", str(args.steps),
            "--images", str(args.images if size != 224 else args.images_224),
            "--device", args.device, "--classes", str(args.classes),
-           "--memory-budget", args.memory_budget] + (["--force"] if args.force else [])
+           "--memory-budget", args.memory_budget]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     limit, start, peak = parse_size(args.rss_limit) / 2**20, time.monotonic(), 0.0
     while proc.poll() is None:
@@ -253,15 +251,23 @@ def run_case(arch: str, size: int, method: str, args: argparse.Namespace) -> dic
 def row(arch: str, size: int, method: str, res: dict) -> str:
     name = f"{ARCHS[arch][size][0]} ({arch})"
     meth = "IG m = 16" if method == "integrated_gradients" else "saliency"
-    if "failed" in res or "skipped" in res:
-        note = res.get("failed") or res.get("skipped")
-        return f"| {name} | 3x{size}x{size} | {meth} | | | | | {note} |"
+    if "failed" in res:
+        return f"| {name} | 3x{size}x{size} | {meth} | | | | | {res['failed']} |"
     smooth = "smooth" if res["smooth"] else "non-smooth: " + ", ".join(
         op.split(" (")[0] for op in res["nonsmooth_ops"])
     return (f"| {name} | 3x{size}x{size} | {meth} | {res['seconds']:.3g} "
             f"({res['spectrum_seconds']:.3g}) | {res['products']:.0f} | "
             f"{res['peak_mb'] * 2**20 / 1e9:.2f} GB | | {res['params'] / 1e6:.2f} M params, "
-            f"{smooth}, load {res['load']:.1f} |")
+            f"{smooth}{passes(res)}, load {res['load']:.1f} |")
+
+
+def passes(res: dict) -> str:
+    """The memory plan of an integrated-gradients case, for its notes."""
+    if not res.get("point_mb"):
+        return ""
+    per_pass = res["points_per_pass"]
+    plan = "all points in one graph" if per_pass is None else f"{per_pass} points per pass"
+    return f", {res['point_mb']:.0f} MB / point: {plan} ({res['budget']} budget)"
 
 
 def main() -> None:
@@ -277,8 +283,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the worker's "
                         "JSON line then also gives gpu_peak_mb)")
     parser.add_argument("--memory-budget", default="8GB",
-                        help="cases whose estimated graph exceeds it are not run")
-    parser.add_argument("--force", action="store_true", help="run over-budget cases anyway")
+                        help="attrcert's --memory-budget: integrated gradients' points are cut "
+                        "into passes that fit it")
     parser.add_argument("--rss-limit", default="14GB", help="stop a worker above this RSS")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     parser.add_argument("--worker", nargs=3, metavar=("ARCH", "SIZE", "METHOD"),

@@ -269,5 +269,7 @@ def test_label_gradients_taken_a_class_at_a_time_do_not_change_the_records(monke
     chunked = certify(model, x, eps=0.1, method="saliency", spectral="full")
     assert seen and all(s >= 3 for s in seen)  # the default budget takes them all at once
     for a, b in zip(whole, chunked, strict=True):
-        for key in ("label_radius", "label_preserved", "label_kept", "T_e", "xi_max"):
+        for key in ("label_preserved", "label_kept"):
             assert a[key] == b[key], key
+        for key in ("label_radius", "T_e", "xi_max"):  # a batch's size can move the last ulp
+            assert a[key] == pytest.approx(b[key], rel=1e-12, abs=0), key

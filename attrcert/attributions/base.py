@@ -9,7 +9,7 @@ sample to ``g`` of the same shape. Every method here is built from
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -71,6 +71,23 @@ class Attribution(ABC):
         result stays in the autograd graph of ``x`` (``x`` is used as is when it requires
         grad), so ``g`` can be differentiated again.
         """
+
+    @property
+    def points(self) -> int:
+        """Gradient evaluations of the model per sample (``m`` for a path method, else 1):
+        the attribution graph of one sample holds this many forward passes."""
+        return 1
+
+    def segments(self, sizes: Sequence[int]) -> list[Attribution]:
+        """Attributions ``g_1, ..., g_S`` over consecutive groups of ``sizes`` of this
+        method's :attr:`points`, with ``g = sum_s g_s`` and so ``J = sum_s J_s``: each
+        ``J_s`` needs the graph of its own points only, so a Jacobian product can be summed
+        segment by segment in the memory of the largest one
+        (:class:`attrcert.spectral.JacobianProducts`). A one-point method has one segment,
+        itself."""
+        if list(sizes) != [1]:
+            raise ValueError(f"{self!r} has 1 point: it cannot be cut into {list(sizes)}")
+        return [self]
 
     def attribute(
         self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False

@@ -138,8 +138,10 @@ SHARED: dict[str, tuple[Any, Any]] = {
         min=1, max=MAX_INT, help="Samples per batch (default: 1 on CPU, 16 on GPU).")], None),
     "memory_budget": (Annotated[str | None, typer.Option(
         help="Memory the autograd passes may use, e.g. 4GB or 512MiB (default: half of the "
-        "device's free memory). Picks batch and chunk sizes; on a GPU an out-of-memory pass "
-        "is retried with half the size.", show_default=False)], None),
+        "device's free memory). Picks batch and chunk sizes, and how many integrated-"
+        "gradients points one matrix-free pass holds (the rest are recomputed per product: "
+        "slower, same bound); on a GPU an out-of-memory pass is retried with half the size.",
+        show_default=False)], None),
     "threads": (Annotated[int, typer.Option(
         min=1, max=4096, help="CPU threads for torch. 1 costs little for small models and "
         "avoids a 3-5x slowdown when other processes share the cores (BENCHMARKS.md); raise "

@@ -34,15 +34,17 @@ from __future__ import annotations
 from .blocked import abs_sum_gram_blocked
 from .full import Spectrum, canonical_sign, gram, spectrum_full
 from .iterative import SOLVERS, spectrum_iterative
-from .products import JacobianProducts
+from .products import AttributionGraph, JacobianProducts, segment_sizes
 
 __all__ = [
     "SOLVERS",
+    "AttributionGraph",
     "JacobianProducts",
     "Spectrum",
     "abs_sum_gram_blocked",
     "canonical_sign",
     "gram",
+    "segment_sizes",
     "spectrum_full",
     "spectrum_iterative",
 ]

@@ -32,6 +32,7 @@ def spectrum_iterative(
     maxiter: int | None = None,
     seed: int = 0,
     solver: str = "propack",
+    points_per_pass: int | None = None,
 ) -> Spectrum:
     """``xi_max`` and ``v_max`` of every sample's ``J`` without forming ``J``.
 
@@ -80,6 +81,9 @@ def spectrum_iterative(
             basis size (default ``min(d, 300)``), ARPACK restarts (``None``: its default).
         seed: seeds the start vectors (numpy ``default_rng(seed)``, one draw per sample).
         solver: ``"propack"`` (default), ``"arpack"`` or ``"lanczos"``.
+        points_per_pass: at most this many of the attribution's points (integrated
+            gradients' Riemann points) in memory at once (:class:`JacobianProducts`;
+            ``None``: all). It changes the cost, not the operator.
 
     Returns:
         :class:`Spectrum` with ``abs_sum_gram=None`` (Theorem 2's constant needs all of
@@ -90,8 +94,9 @@ def spectrum_iterative(
         ValueError: for an unknown solver.
 
     Memory: one attribution graph with its second-order graph (at d = 150528, a
-    ResNet-18 with IG m = 16: 3.5 GB peak RSS) and the Krylov basis (``2 k d`` float64
-    for ``k`` Lanczos steps). Cost: about ``2 k`` products per sample (plus 3 for
+    ResNet-18 with IG m = 16: 3.5 GB peak RSS), or the part of it that
+    ``points_per_pass`` allows, and the Krylov basis (``2 k d`` float64 for ``k`` Lanczos
+    steps). Cost: about ``2 k`` products per sample (plus 3 for
     ARPACK), each a backward pass (``J^T u``) or a second-order backward pass (``J v``)
     through the attribution's graph, against ``d`` backward passes for the full ``J``.
     """
@@ -103,7 +108,8 @@ def spectrum_iterative(
     vs = torch.zeros(n, d, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.int64)
     for i in range(n):
-        ops = JacobianProducts(attribution, model, x[i : i + 1], target[i : i + 1])
+        ops = JacobianProducts(attribution, model, x[i : i + 1], target[i : i + 1],
+                               points_per_pass=points_per_pass)
         z = rng.standard_normal(d)
         xi[i], vs[i] = _top_singular(ops, z, tol=tol, maxiter=maxiter, solver=solver, index=i)
         counts[i] = ops.count

@@ -1,0 +1,168 @@
+"""Integrated gradients cut into segments of Riemann points: the matrix-free products summed
+segment by segment are the same operator, in the memory of the points a pass holds."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from attrcert import certify
+from attrcert.attributions import IntegratedGradients, get_method
+from attrcert.jacobian import attribution_jacobian
+from attrcert.memory import MemoryBudgetError
+from attrcert.sizing import FOOTPRINT_FACTOR, point_bytes, size_run
+from attrcert.spectral import JacobianProducts, segment_sizes, spectrum_iterative
+
+from .models import make_cnn
+from .zoo import ZOO, seeded
+from .zoo import inputs as zoo_inputs
+
+
+@pytest.mark.parametrize(("points", "per_pass", "sizes"), [
+    (5, None, [5]), (5, 5, [5]), (5, 9, [5]), (5, 3, [2, 1, 1, 1]), (5, 2, [1, 1, 1, 1, 1]),
+    (5, 1, [1, 1, 1, 1, 1]), (1, 1, [1]),
+])
+def test_segment_sizes(points, per_pass, sizes):
+    assert segment_sizes(points, per_pass) == sizes
+
+
+@pytest.mark.parametrize("sizes", [[6], [1, 5], [2, 2, 2], [1] * 6, [4, 1, 1]])
+def test_segments_sum_to_integrated_gradients(sizes, images):
+    cnn = make_cnn()
+    ig = IntegratedGradients(steps=6, baseline=torch.full((1, 6, 6), 0.25, dtype=torch.float64))
+    target = torch.tensor([0, 1, 2, 1])
+    whole = ig(cnn, images, target)
+    segments = ig.segments(sizes)
+    assert [s.points for s in segments] == sizes
+    total = sum(s(cnn, images, target) for s in segments)
+    torch.testing.assert_close(total, whole, rtol=1e-12, atol=1e-15)
+
+
+def test_segment_sizes_are_checked():
+    ig = IntegratedGradients(steps=4)
+    for bad in ([3], [2, 3], [0, 4], []):
+        with pytest.raises(ValueError, match="sum to m = 4"):
+            ig.segments(bad)
+    saliency = get_method("saliency")
+    assert saliency.segments([1]) == [saliency] and saliency.points == 1
+    with pytest.raises(ValueError, match="has 1 point"):
+        saliency.segments([1, 1])
+
+
+@pytest.mark.parametrize(("per_pass", "segments", "passes"), [
+    (None, 1, 1), (5, 1, 1), (3, 4, 1 + 2 * 3), (2, 5, 1 + 2 * 4), (1, 5, 2 * 5)])
+def test_products_by_segments_apply_the_same_jacobian(per_pass, segments, passes, images):
+    """``J v`` and ``J^T u`` summed over segments equal the full ``J`` (Eq. 45) applied."""
+    cnn = make_cnn()
+    ig = get_method("integrated_gradients", steps=5)
+    x, target = images[1:2], torch.tensor([2])
+    jac = attribution_jacobian(ig, cnn, x, target)[0]
+    ops = JacobianProducts(ig, cnn, x, target, points_per_pass=per_pass)
+    v = torch.randn(1, 36, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ops.matvec(v)[0], jac @ v[0], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(ops.rmatvec(v)[0], jac.T @ v[0], rtol=1e-10, atol=1e-14)
+    assert (ops.segments, ops.passes, ops.count) == (segments, passes, 2)
+
+
+def test_spectrum_does_not_depend_on_the_points_per_pass(images):
+    cnn = make_cnn()
+    ig = get_method("integrated_gradients", steps=4)
+    target = torch.tensor([0, 2])
+    whole = spectrum_iterative(ig, cnn, images[:2], target)
+    for per_pass in (1, 2, 3):
+        cut = spectrum_iterative(ig, cnn, images[:2], target, points_per_pass=per_pass)
+        torch.testing.assert_close(cut.xi_max, whole.xi_max, rtol=1e-9, atol=0)
+        torch.testing.assert_close(cut.v_max, whole.v_max, rtol=0, atol=1e-6)
+
+
+def test_point_bytes_measures_one_point_of_the_graph(images):
+    cnn, target = make_cnn(), torch.tensor([0])
+    one = point_bytes(get_method("integrated_gradients", steps=1), cnn, images, target)
+    assert one > 0
+    eight = point_bytes(get_method("integrated_gradients", steps=8), cnn, images, target)
+    assert eight == pytest.approx(one, rel=0.05)  # one point (and the m path weights)
+    wide = torch.rand(1, 1, 24, 24, dtype=torch.float64)
+    larger = point_bytes(get_method("integrated_gradients", steps=8), cnn_for(24), wide, target)
+    assert larger > 4 * one  # 16x the pixels, at least 4x the saved activations
+
+
+def cnn_for(side: int) -> torch.nn.Module:
+    """A Softplus CNN on ``(1, side, side)`` inputs (a global pool keeps its head fixed)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.Softplus(),
+                              torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(12, 3))
+    return net.double().eval()
+
+
+def test_a_small_budget_cuts_the_points_and_keeps_the_certificate(images):
+    """The planner gives the products as many points as its measured footprint allows in
+    the budget, and the records do not change."""
+    cnn, x = make_cnn(), images[:2]
+    kwargs = {"eps": 0.05, "method": "integrated_gradients", "steps": 6,
+              "spectral": "iterative"}
+    ig = get_method("integrated_gradients", steps=6)
+    per_point = point_bytes(ig, cnn, x, torch.tensor([0]))
+    basis = 2 * 36 * 36 * 8
+    budget = basis + FOOTPRINT_FACTOR * per_point * 3 + 1
+    sizing = size_run(cnn, x, ig, spectral="iterative", p=2.0, memory_budget=budget,
+                      batch_size=None, chunk_size=None)
+    assert (sizing.points_per_pass, sizing.point_bytes) == (3, per_point)
+    roomy = size_run(cnn, x, ig, spectral="iterative", p=2.0, memory_budget="1GB",
+                     batch_size=None, chunk_size=None)
+    assert roomy.points_per_pass is None
+    whole = certify(cnn, x, memory_budget="1GB", **kwargs)
+    cut = certify(cnn, x, memory_budget=budget, **kwargs)
+    for ours, ref in zip(cut, whole, strict=True):
+        for key in ("xi_max", "T_e", "T_e_prime", "T_c"):
+            assert ours[key] == pytest.approx(ref[key], rel=1e-8), key
+
+
+def test_one_point_beyond_free_memory_is_refused(images, monkeypatch):
+    sizing = importlib.import_module("attrcert.sizing")
+    monkeypatch.setattr(sizing, "free_memory", lambda device: 1000)
+    with pytest.raises(MemoryBudgetError, match=r"one point of integrated_gradients needs "
+                                                 r"about .* more than the 1 kB free on cpu"):
+        certify(make_cnn(), images[:1], eps=0.1, steps=4, spectral="iterative")
+
+
+def test_out_of_memory_halves_the_points_per_pass(images, monkeypatch):
+    """On an accelerator, a spectrum that runs out of memory is redone with half the
+    points per pass (and the later samples keep the smaller size)."""
+    analysis = importlib.import_module("attrcert.analysis")
+    real, seen = analysis.spectrum_iterative, []
+
+    def tight(*args, points_per_pass=None, **kwargs):
+        seen.append(points_per_pass)
+        if points_per_pass is None or points_per_pass > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, points_per_pass=points_per_pass, **kwargs)
+
+    cnn, x = make_cnn(), images[:2]
+    ig = get_method("integrated_gradients", steps=6)
+    target = torch.tensor([0, 1])
+    whole = analysis.analyse(cnn, x, ig, target, spectral="iterative")
+    monkeypatch.setattr(analysis, "spectrum_iterative", tight)
+    cut = analysis.analyse(cnn, x, ig, target, spectral="iterative", points_per_pass=5)
+    assert seen == [5, 2, 2]
+    torch.testing.assert_close(cut.spectrum.xi_max, whole.spectrum.xi_max, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("name", ["vit", "efficientnet", "resnet_softplus"])
+def test_segments_on_zoo_models(name):
+    """Attention, squeeze-excitation and residual graphs, as users write them: the products
+    cut into single points equal the products of the whole graph."""
+    entry = next(e for e in ZOO if e.name == name)
+    model = seeded(entry.build).double().eval()
+    x = zoo_inputs(1).double()
+    ig = get_method("integrated_gradients", steps=3)
+    target = torch.tensor([1])
+    whole = JacobianProducts(ig, model, x, target)
+    cut = JacobianProducts(ig, model, x, target, points_per_pass=1)
+    v = torch.randn(1, x[0].numel(), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(cut.matvec(v), whole.matvec(v), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(cut.rmatvec(v), whole.rmatvec(v), rtol=1e-9, atol=1e-12)
+    assert cut.passes == 2 * 3
