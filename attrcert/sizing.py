@@ -74,9 +74,9 @@ def point_bytes(attribution: Attribution, model: Model, x: Tensor, target: Tenso
     it, and the distinct storages that autograd saves for it are summed
     (``torch.autograd.graph.saved_tensors_hooks``; each held until the sum, so that no
     address is counted twice or missed), the model's parameters and buffers excepted (they
-    are in memory anyway). One forward and two backward passes of one
-    point; the estimate the planner used before (``GRAPH_FACTOR * A``) was off by up to
-    3x either way on the zoo."""
+    are in memory anyway). One forward and two backward passes of one point; the estimate
+    the planner used before (``GRAPH_FACTOR * A`` per point) was off by up to 6x on the zoo
+    (BENCHMARKS.md)."""
     owned = [*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module) \
         else []
     skip = {t.untyped_storage().data_ptr() for t in owned}
