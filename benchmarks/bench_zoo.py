@@ -40,9 +40,9 @@ resident memory passes ``--rss-limit`` is stopped (a check on the planner). ``lo
 the 1-minute load average when the worker finished (2 cores: above about 2, other
 processes shared them).
 
-Classes: Proposition 1's label test takes the gradient of every class at once (a batch of
-``k`` copies of each image, :func:`attrcert.certify`'s label gradients), so its memory
-grows with ``k`` (``--classes``); with 1000 classes it is 1000 forward passes' graphs.
+Classes: Proposition 1's label test takes one gradient per class on a copy of each image
+(:func:`attrcert.certify`'s label gradients), in passes of as many classes as the memory
+budget allows, so its time grows with ``k`` (``--classes``) and its memory with the budget.
 """
 
 from __future__ import annotations
