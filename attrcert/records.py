@@ -115,21 +115,28 @@ def certificate_records(model: Model, a: Analysis, attribution: Attribution,
 
 
 def add_attack_fields(model: Model, a: Analysis, attribution: Attribution,
-                      pert: Perturbation, records: list[Record], options: AttackOptions) -> None:
+                      pert: Perturbation, records: list[Record], options: AttackOptions,
+                      points_per_pass: int | None = None) -> None:
     """Attack the attributions of one batch and record whether any bound was exceeded.
 
     The Euclidean bound checked is ``T_e_prime`` for l2 (Eq. 11, the tight estimate) and
     ``T_e`` otherwise; the cosine bound likewise (a vacuous cosine bound cannot be exceeded).
     ``eta`` is Appendix B.1's ``||g(x + delta) - g(x) - J delta||_2`` along ``+eps`` times
-    the worst-case direction and along the attack's ``delta``.
+    the worst-case direction and along the attack's ``delta``. ``points_per_pass``: the
+    attribution's points one sample's graph may hold (the planner's
+    :attr:`~attrcert.sizing.Sizing.points_per_pass`), shared by the batch's samples.
     """
     from .attack import attack, linearity_gap
 
+    per_pass = None if points_per_pass is None else max(1, points_per_pass // a.x.shape[0])
     found = attack(model, a.x, attribution=attribution, target=a.target, perturbation=pert,
-                   steps=options.steps, restarts=options.restarts, seed=options.seed)
+                   steps=options.steps, restarts=options.restarts, seed=options.seed,
+                   points_per_pass=per_pass)
     unit = worst_case_directions(a.spectrum.v_max, pert.norm).to(a.x.dtype).to(a.x.device)
-    eta_v = linearity_gap(model, a.x, attribution, a.target, pert.eps * unit.view_as(a.x))
-    eta_a = linearity_gap(model, a.x, attribution, a.target, found.delta)
+    eta_v = linearity_gap(model, a.x, attribution, a.target, pert.eps * unit.view_as(a.x),
+                          points_per_pass=per_pass)
+    eta_a = linearity_gap(model, a.x, attribution, a.target, found.delta,
+                          points_per_pass=per_pass)
     for i, rec in enumerate(records):
         t_hat = float(found.deviation[i])
         c_hat = float(found.cosine_distance[i])

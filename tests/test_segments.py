@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
 from attrcert import certify
-from attrcert.attributions import IntegratedGradients, get_method
+from attrcert.attack import IFIA, PGDL2, jacobian_vector_product, linearity_gap
+from attrcert.attributions import Attribution, IntegratedGradients, get_method
 from attrcert.jacobian import attribution_jacobian
 from attrcert.memory import MemoryBudgetError
 from attrcert.sizing import FOOTPRINT_FACTOR, point_bytes, size_run
@@ -120,6 +122,87 @@ def test_a_small_budget_cuts_the_points_and_keeps_the_certificate(images):
             assert ours[key] == pytest.approx(ref[key], rel=1e-8), key
 
 
+def test_in_passes_cuts_into_segments_of_at_most_that_many_points():
+    ig = IntegratedGradients(steps=5)
+    assert ig.in_passes(None) == [ig] and ig.in_passes(5) == [ig] and ig.in_passes(9) == [ig]
+    assert [s.points for s in ig.in_passes(2)] == [2, 2, 1]
+    assert [s.points for s in ig.in_passes(1)] == [1] * 5
+    saliency = get_method("saliency")
+    assert saliency.in_passes(1) == [saliency]
+
+
+class GraphSizes:
+    """Records the points of every attribution evaluated with ``create_graph=True``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.points: list[int] = []
+        real = Attribution.__call__
+
+        def call(attribution, model, x, target, *, create_graph=False):
+            if create_graph:
+                self.points.append(attribution.points)
+            return real(attribution, model, x, target, create_graph=create_graph)
+
+        monkeypatch.setattr(Attribution, "__call__", call)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PGDL2(0.3, steps=4, seed=1),
+    lambda: PGDL2(0.3, steps=4, objective="cosine", seed=2),
+    lambda: IFIA(0.05, steps=4, objective="center_of_mass", seed=3)])
+def test_an_attack_cut_into_passes_is_the_same_attack(make, images, monkeypatch):
+    """``J^T dD/dg`` summed over segments is the gradient of the whole (float64): the same
+    ascent, the same result, with no graph of more than ``points_per_pass`` points."""
+    cnn, x, target = make_cnn(), images[:3], torch.tensor([0, 1, 2])
+    ig = get_method("integrated_gradients", steps=5)
+    whole = make()(cnn, x, ig, target)
+    sizes = GraphSizes(monkeypatch)
+    cut = make()(cnn, x, ig, target, points_per_pass=2)
+    assert sizes.points and max(sizes.points) == 2
+    torch.testing.assert_close(cut.deviation, whole.deviation, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(cut.cosine_distance, whole.cosine_distance, rtol=1e-7,
+                               atol=1e-13)
+    torch.testing.assert_close(cut.delta, whole.delta, rtol=1e-9, atol=1e-12)
+    assert torch.equal(cut.label_kept, whole.label_kept)
+
+
+def test_linearity_gap_cut_into_passes(images, monkeypatch):
+    cnn, x, target = make_cnn(), images[:2], torch.tensor([1, 0])
+    ig = get_method("integrated_gradients", steps=5)
+    delta = 0.1 * torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(4))
+    jd = jacobian_vector_product(cnn, x, ig, target, delta)
+    eta = linearity_gap(cnn, x, ig, target, delta)
+    sizes = GraphSizes(monkeypatch)
+    torch.testing.assert_close(
+        jacobian_vector_product(cnn, x, ig, target, delta, points_per_pass=1), jd,
+        rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(linearity_gap(cnn, x, ig, target, delta, points_per_pass=3),
+                               eta, rtol=1e-9, atol=1e-14)
+    assert sizes.points == [1] * 5 + [3, 2]
+    assert (eta > 0).all()
+
+
+def test_a_small_budget_cuts_the_attack_and_keeps_its_fields(images, monkeypatch):
+    """certify(verify=True) in a budget of 3 points per sample: the attack and the
+    linearity gaps take 3 // 2 = 1 point per pass for a batch of 2, the same records."""
+    cnn, x = make_cnn(), images[:2]
+    kwargs = {"eps": 0.05, "method": "integrated_gradients", "steps": 6,
+              "spectral": "iterative", "verify": True, "attack_steps": 3, "batch_size": 2}
+    per_point = point_bytes(get_method("integrated_gradients", steps=6), cnn, x,
+                            torch.tensor([0]))
+    budget = 2 * 36 * 36 * 8 + FOOTPRINT_FACTOR * per_point * 3 + 1
+    whole = certify(cnn, x, memory_budget="1GB", **kwargs)
+    sizes = GraphSizes(monkeypatch)
+    cut = certify(cnn, x, memory_budget=budget, **kwargs)
+    assert max(sizes.points) <= 2  # the products: 2 kept + 1 rebuilt; the attack: 1
+    assert sizes.points.count(1) > 2 * 3
+    for ours, ref in zip(cut, whole, strict=True):
+        for key in ("T_e_hat", "T_c_hat", "eta_vmax", "eta_attack"):
+            assert ours[key] == pytest.approx(ref[key], rel=1e-7, abs=1e-13), key
+        for key in ("violation", "verified", "attack_label_kept"):
+            assert ours[key] == ref[key], key
+
+
 def test_one_point_beyond_free_memory_is_refused(images, monkeypatch):
     sizing = importlib.import_module("attrcert.sizing")
     monkeypatch.setattr(sizing, "free_memory", lambda device: 1000)
@@ -166,3 +249,23 @@ def test_segments_on_zoo_models(name):
     torch.testing.assert_close(cut.matvec(v), whole.matvec(v), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(cut.rmatvec(v), whole.rmatvec(v), rtol=1e-9, atol=1e-12)
     assert cut.passes == 2 * 3
+
+
+def test_the_report_sweep_cut_into_passes(images, monkeypatch):
+    """The report's ``J u`` in the planner's passes: the same sweep as with all points."""
+    from attrcert.report import compute_report
+
+    cnn, x = make_cnn(), images[:2]
+    kwargs = {"eps": 0.05, "method": "integrated_gradients", "steps": 6, "batch_size": 2,
+              "spectral": "iterative", "attack_steps": 2, "sweep": [0.02, 0.05],
+              "figures": 0, "jacobian_max_d": 0}
+    per_point = point_bytes(get_method("integrated_gradients", steps=6), cnn, x,
+                            torch.tensor([0]))
+    budget = 2 * 36 * 36 * 8 + FOOTPRINT_FACTOR * per_point * 3 + 1
+    whole = compute_report(cnn, x, memory_budget="1GB", **kwargs)
+    sizes = GraphSizes(monkeypatch)
+    cut = compute_report(cnn, x, memory_budget=budget, **kwargs)
+    assert max(sizes.points) <= 2
+    for key in ("T_e", "T_e_prime", "deviation", "eta"):
+        np.testing.assert_allclose(getattr(cut.sweep, key), getattr(whole.sweep, key),
+                                   rtol=1e-7, atol=1e-13, err_msg=key)

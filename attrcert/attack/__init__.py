@@ -89,6 +89,7 @@ def attack(
     include_ifia: bool = True,
     label_constraint: bool = True,
     clamp: tuple[float, float] | None = None,
+    points_per_pass: int | None = None,
 ) -> AttackResult:
     """The strongest of several attacks on the attribution, per sample.
 
@@ -103,6 +104,8 @@ def attack(
     ``(N, C, H, W)``, ``label_kept`` and ``norm`` (in ``perturbation``'s norm) are those of
     the run that attained the largest deviation (``objective="euclidean"``) or the largest
     cosine distance (``objective="cosine"``). ``runs`` holds every run's own result.
+    ``points_per_pass`` caps the attribution's points whose graph is held at once for the
+    batch (:meth:`AttributionAttack.__call__`; ``None``: all).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
@@ -131,7 +134,7 @@ def attack(
     target = resolve_target(model, x.detach(), target)
     runs: dict[str, AttackResult] = {}
     for name, atk in attacks.items():
-        runs[name] = atk(model, x, attribution, target)
+        runs[name] = atk(model, x, attribution, target, points_per_pass=points_per_pass)
     results = list(runs.values())
     key = "deviation" if objective == "euclidean" else "cosine_distance"
     best = replace(results[0], runs={})

@@ -34,6 +34,7 @@ __all__ = [
     "lp_norm",
     "per_sample",
     "select_per_sample",
+    "summed",
 ]
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -68,6 +69,15 @@ class AttackResult:
     label_kept: Tensor
     norm: Tensor
     runs: dict[str, AttackResult] = field(default_factory=dict)
+
+
+def summed(pieces: list[Attribution], model: Model, x: Tensor, target: Tensor) -> Tensor:
+    """``g(x) = sum_s g_s(x)`` over the segments ``pieces`` (one or more), detached, one
+    segment's gradients at a time."""
+    g = pieces[0](model, x, target)
+    for piece in pieces[1:]:
+        g = g + piece(model, x, target)
+    return g.detach()
 
 
 def attribution_metrics(g: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:
@@ -211,6 +221,7 @@ class AttributionAttack(ABC):
         target: Target = None,
         *,
         start: Tensor | None = None,
+        points_per_pass: int | None = None,
     ) -> AttackResult:
         """Attack the attribution of ``x`` ``(N, C, H, W)`` for classes ``target`` ``(N,)``.
 
@@ -221,12 +232,19 @@ class AttributionAttack(ABC):
             target: class per sample (default: the predictions).
             start: an initial ``delta`` for the first restart instead of a random one
                 (projected into the ball), e.g. a worst case of the linear model.
+            points_per_pass: the attribution's points (integrated gradients' Riemann
+                points) whose graph may be held at once for the whole batch (``None``: all
+                of them). Fewer: each step takes ``g`` segment by segment without a graph,
+                the objective's gradient ``w = dD/dg`` on that sum, then ``J^T w =
+                sum_s J_s^T w`` one segment's graph at a time (each point's forward pass
+                twice per step); the same ascent up to rounding.
         """
         x = x.detach()
         target = resolve_target(model, x, target)
         with torch.no_grad():
             reference = model(x).argmax(1)
-        g0 = attribution(model, x, target).detach()
+        pieces = attribution.in_passes(points_per_pass)
+        g0 = summed(pieces, model, x, target)
         context = self.prepare(g0)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         best: AttackResult | None = None
@@ -234,8 +252,7 @@ class AttributionAttack(ABC):
         for r in range(self.restarts):
             init = start.to(x) if (start is not None and r == 0) \
                 else self.random_start(x, generator)
-            result, score = self._run(model, x, attribution, target, g0, reference, context,
-                                      init)
+            result, score = self._run(model, x, pieces, target, g0, reference, context, init)
             if best is None:
                 best, best_score = result, score
             else:
@@ -273,8 +290,46 @@ class AttributionAttack(ABC):
             return 1.0 if t < self.steps // 2 else 0.5 if t < (3 * self.steps) // 4 else 0.25
         return 1.0
 
+    def _value_and_gradient(self, model: Model, x: Tensor, pieces: list[Attribution],
+                            target: Tensor, g0: Tensor, context: object,
+                            need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        """``g(x)`` (detached) and, if ``need_grad``, ``grad_x sum_n D_n = J^T (dD/dg)``.
+
+        One piece: ``g`` in its graph and one backward pass of the objective. Several
+        (:meth:`~attrcert.attributions.Attribution.in_passes`): ``g = sum_s g_s`` without
+        graphs, ``w = dD/dg`` at that sum, then ``sum_s J_s^T w``, one segment's graph at a
+        time."""
+        if len(pieces) == 1:
+            x_adv = x.detach().requires_grad_(need_grad)
+            g = pieces[0](model, x_adv, target, create_graph=need_grad)
+            if not need_grad:
+                return g.detach(), None
+            obj = self.objective(g, g0, context)
+            if not obj.requires_grad:  # g does not depend on x: nothing to follow
+                return g.detach(), torch.zeros_like(x)
+            (grad,) = torch.autograd.grad(obj.sum(), x_adv, materialize_grads=True)
+            return g.detach(), grad.detach()
+        g = summed(pieces, model, x, target)
+        if not need_grad:
+            return g, None
+        leaf = g.clone().requires_grad_(True)
+        obj = self.objective(leaf, g0, context)
+        grad = torch.zeros_like(x)
+        if not obj.requires_grad:
+            return g, grad
+        (w,) = torch.autograd.grad(obj.sum(), leaf, materialize_grads=True)
+        for piece in pieces:
+            x_adv = x.detach().requires_grad_(True)
+            part = piece(model, x_adv, target, create_graph=True)
+            if part.requires_grad:
+                (vjp,) = torch.autograd.grad(part, x_adv, grad_outputs=w.to(part),
+                                             materialize_grads=True)
+                grad += vjp.detach()
+            del part
+        return g, grad
+
     def _run(
-        self, model: Model, x: Tensor, attribution: Attribution, target: Tensor, g0: Tensor,
+        self, model: Model, x: Tensor, pieces: list[Attribution], target: Tensor, g0: Tensor,
         reference: Tensor, context: object, init: Tensor,
     ) -> tuple[AttackResult, Tensor]:
         n = x.shape[0]
@@ -288,8 +343,8 @@ class AttributionAttack(ABC):
         best_cos = torch.zeros(n, dtype=torch.float64)
         for t in range(self.steps + 1):
             last = t == self.steps
-            x_adv = (x + delta).detach().requires_grad_(not last)
-            g = attribution(model, x_adv, target, create_graph=not last)
+            g, grad = self._value_and_gradient(model, x + delta, pieces, target, g0, context,
+                                               need_grad=not last)
             dev, cos = attribution_metrics(g, g0)
             dev, cos = dev.cpu(), cos.cpu()
             score = self.score(dev, cos)
@@ -298,15 +353,10 @@ class AttributionAttack(ABC):
             best_dev = torch.where(better, dev, best_dev)
             best_cos = torch.where(better, cos, best_cos)
             best_delta = torch.where(per_sample(better.to(x.device), delta), delta, best_delta)
-            if last:
+            if last or grad is None:
                 break
-            obj = self.objective(g, g0, context)
-            if obj.requires_grad:
-                (grad,) = torch.autograd.grad(obj.sum(), x_adv, materialize_grads=True)
-            else:  # g does not depend on x: nothing to follow
-                grad = torch.zeros_like(x)
-            del g, obj
-            step = per_sample(alpha * self._factor(t), delta) * self.direction(grad.detach())
+            del g
+            step = per_sample(alpha * self._factor(t), delta) * self.direction(grad)
             candidate = self._admissible(x, delta + step)
             if self.label_constraint:
                 with torch.no_grad():

@@ -89,6 +89,17 @@ class Attribution(ABC):
             raise ValueError(f"{self!r} has 1 point: it cannot be cut into {list(sizes)}")
         return [self]
 
+    def in_passes(self, points_per_pass: int | None) -> list[Attribution]:
+        """This method cut into consecutive segments of at most ``points_per_pass`` points
+        each (:meth:`segments`), for work that needs one segment's graph at a time and keeps
+        none between calls (an attack's gradient, ``J delta``); ``[self]`` when all points
+        fit (``None``, or at least :attr:`points`)."""
+        m = self.points
+        if points_per_pass is None or points_per_pass >= m:
+            return [self]
+        k = max(1, int(points_per_pass))
+        return self.segments([min(k, m - first) for first in range(0, m, k)])
+
     def attribute(
         self, model: Model, x: Tensor, target: Tensor, *, create_graph: bool = False
     ) -> Tensor:

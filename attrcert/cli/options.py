@@ -139,7 +139,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "memory_budget": (Annotated[str | None, typer.Option(
         help="Memory the autograd passes may use, e.g. 4GB or 512MiB (default: half of the "
         "device's free memory). Picks batch and chunk sizes, and how many integrated-"
-        "gradients points one matrix-free pass holds (the rest are recomputed per product: "
+        "gradients points one matrix-free pass or attack step holds (the rest are recomputed: "
         "slower, same bound); on a GPU an out-of-memory pass is retried with half the size.",
         show_default=False)], None),
     "threads": (Annotated[int, typer.Option(
