@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attributions import Attribution, Model, target_gradient
+from .attributions import Attribution, Model, summed, target_gradient
 from .errors import ModelOutputError, OptionError
 from .jacobian import attribution_jacobian
 from .memory import halving
 from .spectral import Spectrum, abs_sum_gram_blocked, spectrum_full, spectrum_iterative
 
-__all__ = ["LABEL_GRADIENTS", "Analysis", "analyse", "attribution_deviations", "prepare",
-           "resolve_device", "worst_case_directions"]
+__all__ = ["LABEL_GRADIENTS", "Analysis", "analyse", "attribute_rows", "attribution_deviations",
+           "prepare", "resolve_device", "worst_case_directions"]
 
 LABEL_GRADIENTS = ("completeness", "attribution")
 Progress = Callable[[int, int], None]
@@ -45,6 +45,10 @@ class Analysis:
         label_grads: ``(N, k, d)``: for each class ``j`` the gradient that Proposition 1
             uses (``grad f_j`` under completeness, or ``grad sum_i g^j_i``).
         completeness_gap: ``(N,)`` ``|sum_i g_i - (f_y(x) - f_y(b))|`` (IG only).
+        value_points: attribution points (Riemann points times input rows) that one
+            first-order pass over perturbed copies of this batch may hold
+            (:attr:`attrcert.sizing.Sizing.value_points`; ``None``: no limit), so that
+            :func:`attribute_rows` keeps to the memory budget.
     """
 
     x: Tensor
@@ -55,6 +59,7 @@ class Analysis:
     spectrum: Spectrum
     label_grads: Tensor
     completeness_gap: Tensor | None
+    value_points: int | None = None
 
 
 def resolve_device(device: torch.device | str | None, model: Model, x: Tensor) -> torch.device:
@@ -139,6 +144,7 @@ def analyse(
     first_index: int = 0,
     classes_per_pass: int | None = None,
     points_per_pass: int | None = None,
+    value_points: int | None = None,
 ) -> Analysis:
     """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
 
@@ -150,7 +156,8 @@ def analyse(
     every sample starts the solver from the same ``seed``ed vector, so neither batching nor
     resuming a run on a subset changes its result. ``points_per_pass`` caps the
     attribution's points in the matrix-free graph (:class:`attrcert.spectral.JacobianProducts`;
-    halved on an accelerator's out-of-memory error).
+    halved on an accelerator's out-of-memory error); ``value_points`` the points of a
+    first-order pass (:func:`attribute_rows`), kept in the result for later passes.
 
     Raises:
         ModelOutputError: the model's logits are not finite for a sample (its index among
@@ -164,7 +171,7 @@ def analyse(
         index = first_index + int((~finite).nonzero()[0])
         raise ModelOutputError(f"the model returned logits that are not finite (NaN or "
                                f"infinite) for sample {index}: it cannot be certified", index)
-    g = attribution(model, x, target)
+    g = attribute_rows(attribution, model, x, target, value_points)
     if spectral == "iterative":
         parts = []
         for i in range(n):
@@ -210,6 +217,7 @@ def analyse(
                           else spectrum.abs_sum_gram.cpu()),
         label_grads=label_grads.double().cpu(),
         completeness_gap=gap,
+        value_points=value_points,
     )
 
 
@@ -253,13 +261,26 @@ def worst_case_directions(v_max: Tensor, p: float) -> Tensor:
     return v_max / torch.linalg.vector_norm(v_max, ord=p, dim=1, keepdim=True).clamp_min(1e-300)
 
 
+def attribute_rows(attribution: Attribution, model: Model, x: Tensor, target: Tensor,
+                   value_points: int | None) -> Tensor:
+    """``g`` of every row of ``x`` (detached), with at most ``value_points`` points (the
+    attribution's points times the rows) in one pass: integrated gradients' Riemann points
+    in segments of ``value_points // rows``
+    (:meth:`~attrcert.attributions.Attribution.in_passes`; ``None``: all at once). The
+    segments sum to ``g`` up to rounding."""
+    per_row = None if value_points is None else max(1, value_points // max(1, x.shape[0]))
+    return summed(attribution.in_passes(per_row), model, x, target)
+
+
 def attribution_deviations(
     model: Model, analysis: Analysis, attribution: Attribution, deltas: Tensor
 ) -> Tensor:
     """``||g(x + delta_s) - g(x)||_2`` for each of ``S`` perturbations: ``deltas`` ``(S, N, d)``,
-    result ``(S, N)``; all ``S * N`` attributions in one call."""
+    result ``(S, N)``; all ``S * N`` attributions in one call (its points within the
+    batch's :attr:`Analysis.value_points`)."""
     s, n = deltas.shape[0], deltas.shape[1]
     x = analysis.x
     moved = (x.unsqueeze(0) + deltas.to(x.dtype).to(x.device).view(s, *x.shape))
-    g = attribution(model, moved.reshape(s * n, *x.shape[1:]), analysis.target.repeat(s))
+    g = attribute_rows(attribution, model, moved.reshape(s * n, *x.shape[1:]),
+                       analysis.target.repeat(s), analysis.value_points)
     return (g.reshape(s, n, -1).double().cpu() - analysis.attr.unsqueeze(0)).norm(dim=2)

@@ -67,7 +67,8 @@ class _Run:
                        spectral=self.sizing.spectral, tol=self.solver.tol, progress=progress,
                        abs_sum_blocked=self.sizing.abs_sum_blocked, first_index=sl.start,
                        classes_per_pass=self.sizing.classes_per_pass(n, label_gradient, steps),
-                       points_per_pass=self.sizing.points_per_pass)
+                       points_per_pass=self.sizing.points_per_pass,
+                       value_points=self.sizing.value_points)
 
 
 def _prepare_run(model: Model, x: Tensor, spec: AttributionSpec, solver: SolverOptions,

@@ -154,6 +154,13 @@ class Sizing:
     points_per_pass: int | None = None
     point_bytes: int = 0
 
+    @property
+    def value_points(self) -> int | None:
+        """Attribution points (Riemann points times input rows) that one first-order pass
+        (``g`` without the products' graph) may hold in the budget: about ``2 A`` each,
+        the activations kept for one backward pass (``None``: ``A`` not measured)."""
+        return max(1, self.plan.budget // (2 * self.activation)) if self.activation else None
+
     def classes_per_pass(self, batch: int, label_gradient: str, steps: int) -> int:
         """Class copies of a batch of ``batch`` samples that Proposition 1's gradients may
         stack in one pass: first-order passes keep about ``2 A`` per copy, second-order

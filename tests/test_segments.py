@@ -132,15 +132,19 @@ def test_in_passes_cuts_into_segments_of_at_most_that_many_points():
 
 
 class GraphSizes:
-    """Records the points of every attribution evaluated with ``create_graph=True``."""
+    """Records the points of every attribution evaluated with ``create_graph=True``
+    (``points``) and the points times the rows of every one evaluated without (``values``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.points: list[int] = []
+        self.values: list[int] = []
         real = Attribution.__call__
 
         def call(attribution, model, x, target, *, create_graph=False):
             if create_graph:
                 self.points.append(attribution.points)
+            else:
+                self.values.append(attribution.points * x.shape[0])
             return real(attribution, model, x, target, create_graph=create_graph)
 
         monkeypatch.setattr(Attribution, "__call__", call)
@@ -269,3 +273,29 @@ def test_the_report_sweep_cut_into_passes(images, monkeypatch):
     for key in ("T_e", "T_e_prime", "deviation", "eta"):
         np.testing.assert_allclose(getattr(cut.sweep, key), getattr(whole.sweep, key),
                                    rtol=1e-7, atol=1e-13, err_msg=key)
+
+
+def test_first_order_passes_keep_to_the_budget(images, monkeypatch):
+    """g at x and at the perturbations of Eq. 39 (certify's c, max-eps's bisection) take at
+    most ``Sizing.value_points`` points x rows per pass (about 2 A each): same records."""
+    from attrcert import max_eps
+    from attrcert.memory import activation_bytes
+
+    cnn, x = make_cnn(), images[:2]
+    kwargs = {"method": "integrated_gradients", "steps": 6, "spectral": "iterative"}
+    budget = 2 * activation_bytes(cnn, x) * 5  # 5 points x rows per first-order pass
+    sizing = size_run(cnn, x, get_method("integrated_gradients", steps=6), spectral="iterative",
+                      p=2.0, memory_budget=budget, batch_size=None, chunk_size=None)
+    assert (sizing.value_points, sizing.batch_size) == (5, 1)
+    whole = certify(cnn, x, eps=0.05, memory_budget="1GB", **kwargs)
+    whole_eps = max_eps(cnn, x, omega=0.5, memory_budget="1GB", **kwargs)
+    sizes = GraphSizes(monkeypatch)
+    cut = certify(cnn, x, eps=0.05, memory_budget=budget, **kwargs)
+    cut_eps = max_eps(cnn, x, omega=0.5, memory_budget=budget, **kwargs)
+    assert sizes.values and max(sizes.values) <= 5
+    assert 4 in sizes.values  # a row pair (+-eps v_max) in segments of 2 points
+    for ours, ref in zip(cut, whole, strict=True):
+        for key in ("T_e", "T_e_prime", "c", "T_c", "attr_norm"):
+            assert ours[key] == pytest.approx(ref[key], rel=1e-9), key
+    for ours, ref in zip(cut_eps, whole_eps, strict=True):
+        assert ours["eps_max"] == pytest.approx(ref["eps_max"], rel=1e-6)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from ..attributions import Attribution, Model, resolve_target
+from ..attributions import Attribution, Model, resolve_target, summed
 
 __all__ = [
     "SCHEDULES",
@@ -34,7 +34,6 @@ __all__ = [
     "lp_norm",
     "per_sample",
     "select_per_sample",
-    "summed",
 ]
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -69,15 +68,6 @@ class AttackResult:
     label_kept: Tensor
     norm: Tensor
     runs: dict[str, AttackResult] = field(default_factory=dict)
-
-
-def summed(pieces: list[Attribution], model: Model, x: Tensor, target: Tensor) -> Tensor:
-    """``g(x) = sum_s g_s(x)`` over the segments ``pieces`` (one or more), detached, one
-    segment's gradients at a time."""
-    g = pieces[0](model, x, target)
-    for piece in pieces[1:]:
-        g = g + piece(model, x, target)
-    return g.detach()
 
 
 def attribution_metrics(g: Tensor, g0: Tensor) -> tuple[Tensor, Tensor]:

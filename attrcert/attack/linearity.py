@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..attributions import Attribution, Model, resolve_target
-from .base import Target, summed
+from ..attributions import Attribution, Model, resolve_target, summed
+from .base import Target
 
 __all__ = ["jacobian_vector_product", "linearity_gap"]
 

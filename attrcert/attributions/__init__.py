@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..errors import OptionError
-from .base import Attribution, Model, target_gradient
+from .base import Attribution, Model, summed, target_gradient
 from .differentiable import NotDifferentiableError, differentiable_forward
 from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
@@ -37,6 +37,7 @@ __all__ = [
     "Saliency",
     "differentiable_forward",
     "get_method",
+    "summed",
     "target_gradient",
 ]
 

@@ -47,6 +47,15 @@ def target_gradient(model: Model, x: Tensor, target: Tensor, *, create_graph: bo
         return checked_gradient(selected, x, create_graph=create_graph)
 
 
+def summed(pieces: Sequence[Attribution], model: Model, x: Tensor, target: Tensor) -> Tensor:
+    """``g(x) = sum_s g_s(x)`` over the segments ``pieces`` (one or more, see
+    :meth:`Attribution.in_passes`), detached, one segment's gradients at a time."""
+    g = pieces[0](model, x, target)
+    for piece in pieces[1:]:
+        g = g + piece(model, x, target)
+    return g.detach()
+
+
 class Attribution(ABC):
     """A gradient attribution ``g^y(x)``, written in product form ``g = u * G``.
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import bounds
-from ..analysis import Analysis, prepare, worst_case_directions
+from ..analysis import Analysis, attribute_rows, prepare, worst_case_directions
 from ..attack import jacobian_vector_product
 from ..attributions import Attribution, Model, get_method
 from ..certify import certify
@@ -304,11 +304,13 @@ def _degrees(cos: bounds.CosineBound) -> float:
 
 def _moved_attributions(model: Model, a: Analysis, attribution: Attribution,
                         delta: Tensor) -> tuple[Tensor, Tensor]:
-    """``g(x + delta)`` and ``g(x - delta)``, each ``(n, d)`` float64 on the CPU; one call."""
+    """``g(x + delta)`` and ``g(x - delta)``, each ``(n, d)`` float64 on the CPU; one call
+    (its points within the batch's :attr:`~attrcert.analysis.Analysis.value_points`)."""
     x = a.x
     n = x.shape[0]
     step = delta.to(x.dtype).to(x.device).view_as(x)
-    g = attribution(model, torch.cat([x + step, x - step]), a.target.repeat(2))
+    g = attribute_rows(attribution, model, torch.cat([x + step, x - step]), a.target.repeat(2),
+                       a.value_points)
     g = g.reshape(2, n, -1).detach().double().cpu()
     return g[0], g[1]
 
