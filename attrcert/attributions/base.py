@@ -100,9 +100,9 @@ class Attribution(ABC):
 
     def in_passes(self, points_per_pass: int | None) -> list[Attribution]:
         """This method cut into consecutive segments of at most ``points_per_pass`` points
-        each (:meth:`segments`), for work that needs one segment's graph at a time and keeps
-        none between calls (an attack's gradient, ``J delta``); ``[self]`` when all points
-        fit (``None``, or at least :attr:`points`)."""
+        each (:meth:`segments`), for work that needs one segment's points at a time and keeps
+        none between calls (``g`` by :func:`summed`, an attack's gradient, ``J delta``);
+        ``[self]`` when all points fit (``None``, or at least :attr:`points`)."""
         m = self.points
         if points_per_pass is None or points_per_pass >= m:
             return [self]
