@@ -122,6 +122,14 @@ def test_a_small_budget_cuts_the_points_and_keeps_the_certificate(images):
             assert ours[key] == pytest.approx(ref[key], rel=1e-8), key
 
 
+def three_point_budget(cnn: torch.nn.Module, x: torch.Tensor, steps: int = 6) -> int:
+    """A budget in which the planner gives ``cnn``'s IG (``steps`` points, 6x6 inputs) 3
+    points per pass: PROPACK's basis plus 3 measured points' footprint."""
+    per_point = point_bytes(get_method("integrated_gradients", steps=steps), cnn, x,
+                            torch.tensor([0]))
+    return 2 * 36 * 36 * 8 + FOOTPRINT_FACTOR * per_point * 3 + 1
+
+
 def test_in_passes_cuts_into_segments_of_at_most_that_many_points():
     ig = IntegratedGradients(steps=5)
     assert ig.in_passes(None) == [ig] and ig.in_passes(5) == [ig] and ig.in_passes(9) == [ig]
@@ -192,9 +200,7 @@ def test_a_small_budget_cuts_the_attack_and_keeps_its_fields(images, monkeypatch
     cnn, x = make_cnn(), images[:2]
     kwargs = {"eps": 0.05, "method": "integrated_gradients", "steps": 6,
               "spectral": "iterative", "verify": True, "attack_steps": 3, "batch_size": 2}
-    per_point = point_bytes(get_method("integrated_gradients", steps=6), cnn, x,
-                            torch.tensor([0]))
-    budget = 2 * 36 * 36 * 8 + FOOTPRINT_FACTOR * per_point * 3 + 1
+    budget = three_point_budget(cnn, x)
     whole = certify(cnn, x, memory_budget="1GB", **kwargs)
     sizes = GraphSizes(monkeypatch)
     cut = certify(cnn, x, memory_budget=budget, **kwargs)
@@ -263,9 +269,7 @@ def test_the_report_sweep_cut_into_passes(images, monkeypatch):
     kwargs = {"eps": 0.05, "method": "integrated_gradients", "steps": 6, "batch_size": 2,
               "spectral": "iterative", "attack_steps": 2, "sweep": [0.02, 0.05],
               "figures": 0, "jacobian_max_d": 0}
-    per_point = point_bytes(get_method("integrated_gradients", steps=6), cnn, x,
-                            torch.tensor([0]))
-    budget = 2 * 36 * 36 * 8 + FOOTPRINT_FACTOR * per_point * 3 + 1
+    budget = three_point_budget(cnn, x)
     whole = compute_report(cnn, x, memory_budget="1GB", **kwargs)
     sizes = GraphSizes(monkeypatch)
     cut = compute_report(cnn, x, memory_budget=budget, **kwargs)
