@@ -49,6 +49,9 @@ class Analysis:
             first-order pass over perturbed copies of this batch may hold
             (:attr:`attrcert.sizing.Sizing.value_points`; ``None``: no limit), so that
             :func:`attribute_rows` keeps to the memory budget.
+        points_per_pass: the attribution's points that one sample's matrix-free graph held
+            (the planner's, after any halving; ``None``: all), for the later second-order
+            passes over the batch (:attr:`batch_points_per_pass`).
     """
 
     x: Tensor
@@ -60,6 +63,15 @@ class Analysis:
     label_grads: Tensor
     completeness_gap: Tensor | None
     value_points: int | None = None
+    points_per_pass: int | None = None
+
+    @property
+    def batch_points_per_pass(self) -> int | None:
+        """:attr:`points_per_pass` shared by the batch's samples (at least 1): what one
+        second-order pass over the whole batch (the attack, ``J delta``) may hold."""
+        if self.points_per_pass is None:
+            return None
+        return max(1, self.points_per_pass // self.x.shape[0])
 
 
 def resolve_device(device: torch.device | str | None, model: Model, x: Tensor) -> torch.device:
@@ -218,6 +230,7 @@ def analyse(
         label_grads=label_grads.double().cpu(),
         completeness_gap=gap,
         value_points=value_points,
+        points_per_pass=points_per_pass,
     )
 
 

@@ -184,8 +184,7 @@ def certify(
         if bounder is not None:
             bounder.update(a.x, a.target, [float(v) for v in a.attr.norm(dim=1)], records)
         if attack is not None:
-            add_attack_fields(run.model, a, run.attribution, pert, records, attack,
-                              points_per_pass=run.sizing.points_per_pass)
+            add_attack_fields(run.model, a, run.attribution, pert, records, attack)
             if bounder is not None:
                 bounder.check_attack(records)
         _stamp(records, sl, run.sizing.spectral, start)

@@ -115,20 +115,18 @@ def certificate_records(model: Model, a: Analysis, attribution: Attribution,
 
 
 def add_attack_fields(model: Model, a: Analysis, attribution: Attribution,
-                      pert: Perturbation, records: list[Record], options: AttackOptions,
-                      points_per_pass: int | None = None) -> None:
+                      pert: Perturbation, records: list[Record], options: AttackOptions) -> None:
     """Attack the attributions of one batch and record whether any bound was exceeded.
 
     The Euclidean bound checked is ``T_e_prime`` for l2 (Eq. 11, the tight estimate) and
     ``T_e`` otherwise; the cosine bound likewise (a vacuous cosine bound cannot be exceeded).
     ``eta`` is Appendix B.1's ``||g(x + delta) - g(x) - J delta||_2`` along ``+eps`` times
-    the worst-case direction and along the attack's ``delta``. ``points_per_pass``: the
-    attribution's points one sample's graph may hold (the planner's
-    :attr:`~attrcert.sizing.Sizing.points_per_pass`), shared by the batch's samples.
+    the worst-case direction and along the attack's ``delta``; their graphs hold the
+    batch's :attr:`~attrcert.analysis.Analysis.batch_points_per_pass`.
     """
     from .attack import attack, linearity_gap
 
-    per_pass = None if points_per_pass is None else max(1, points_per_pass // a.x.shape[0])
+    per_pass = a.batch_points_per_pass
     found = attack(model, a.x, attribution=attribution, target=a.target, perturbation=pert,
                    steps=options.steps, restarts=options.restarts, seed=options.seed,
                    points_per_pass=per_pass)

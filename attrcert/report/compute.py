@@ -45,7 +45,6 @@ from ..errors import OptionError
 from ..jacobian import attribution_jacobian
 from ..perturbation import NormLike, Perturbation, parse_norm
 from ..results import Record, finite_or_none
-from ..sizing import size_run
 
 #: eps values of the default sweep: ``eps * k / SWEEP_POINTS`` for ``k = 1..SWEEP_POINTS``.
 SWEEP_POINTS = 6
@@ -230,12 +229,7 @@ def compute_report(
         rec.update(fields)
     attribute = get_method(spec.method, steps=spec.steps, baseline=baseline)
     say(f"report: sweeping eps over {', '.join(f'{r:g}' for r in radii)}")
-    per_pass = size_run(model, x, attribute, spectral=solver.spectral, p=pert.norm,
-                        memory_budget=solver.memory_budget, batch_size=solver.batch_size,
-                        chunk_size=solver.chunk_size,
-                        target=analyses[0][1].target[:1] if analyses else None).points_per_pass
-    parts = [_sweep_batch(model, a, attribute, pert.norm, radii, eps, per_pass)
-             for _, a in analyses]
+    parts = [_sweep_batch(model, a, attribute, pert.norm, radii, eps) for _, a in analyses]
     sweep_data = Sweep(
         eps=np.asarray(radii, dtype=np.float64),
         **{k: np.concatenate([p[0][k] for p in parts], axis=1)
@@ -257,21 +251,20 @@ def compute_report(
 
 
 def _sweep_batch(model: Model, a: Analysis, attribution: Attribution, p: float,
-                 radii: Sequence[float], eps: float,
-                 points_per_pass: int | None) -> tuple[dict[str, np.ndarray], Tensor]:
+                 radii: Sequence[float], eps: float) -> tuple[dict[str, np.ndarray], Tensor]:
     """The sweep's arrays ``(K, n)`` for one batch, and ``g(x + eps u)`` ``(n, d)``.
 
-    One double-VJP gives ``J u`` (its graph in passes of the planner's ``points_per_pass``
-    per sample, shared by the batch); each radius costs one attribution call on ``2n``
-    inputs (``x +- r u``), from which ``c(r)`` (Eq. 39) and ``eta(r)`` follow.
+    One double-VJP gives ``J u`` (its graph in passes of the batch's
+    :attr:`~attrcert.analysis.Analysis.batch_points_per_pass`); each radius costs one
+    attribution call on ``2n`` inputs (``x +- r u``), from which ``c(r)`` (Eq. 39) and
+    ``eta(r)`` follow.
     """
     n, d = a.attr.shape
     unit = worst_case_directions(a.spectrum.v_max, p)  # (n, d) float64, CPU
     x = a.x
-    per_pass = None if points_per_pass is None else max(1, points_per_pass // n)
     ju = jacobian_vector_product(model, x, attribution, a.target,
                                  unit.to(x.dtype).to(x.device).view_as(x),
-                                 points_per_pass=per_pass)
+                                 points_per_pass=a.batch_points_per_pass)
     ju = ju.reshape(n, d).double().cpu()
     out = {k: np.full((len(radii), n), np.nan) for k in
            ("T_e", "T_e_prime", "T_c_deg", "T_c_prime_deg", "deviation", "eta")}
