@@ -77,7 +77,11 @@ def log_lune_fraction(eps: float, radius: float, d: int, *, terms: int = 100_000
         return 0.0
     a, x = 0.5, t * t
     log_x = math.log(x)
-    prefix = a * log_x + b * math.log1p(-x) - math.log(a) - float(special.betaln(a, b))
+    # log B(1/2, b) = log Gamma(1/2) - log(Gamma(b + 1/2) / Gamma(b)): the ratio by scipy's
+    # Pochhammer symbol, without the cancellation of three log-gammas (special.betaln
+    # loses 1e-10 relative at b ~ 1e5)
+    log_beta = math.lgamma(a) - math.log(float(special.poch(b, a)))
+    prefix = a * log_x + b * math.log1p(-x) - math.log(a) - log_beta
     log_term, peak, total = 0.0, 0.0, 1.0  # total: sum of exp(log_term - peak)
     for k in range(terms):
         log_term += math.log(a + b + k) - math.log(a + 1 + k) + log_x

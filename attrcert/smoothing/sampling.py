@@ -17,8 +17,10 @@ translation argument needs the exact noise distribution around every point.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,27 +44,27 @@ def image_digest(x: Tensor, target: int, seed: int) -> bytes:
     return hashlib.sha256(data + f"|{int(target)}|{int(seed)}".encode()).digest()
 
 
-def _generator(digest: bytes, kind: str, j: int) -> torch.Generator:
+def _generator(digest: bytes, kind: str, j: int) -> np.random.Generator:
     key = hashlib.sha256(digest + kind.encode() + j.to_bytes(8, "little")).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+    return np.random.default_rng(int.from_bytes(key[:16], "little"))
 
 
 def noise(kind: str, scale: float, digest: bytes, first: int, count: int, d: int) -> Tensor:
     """Noise samples ``first .. first + count - 1`` of the image with ``digest``, ``(count,
-    d)`` float64 on the CPU; each from its own generator (:func:`image_digest`)."""
+    d)`` float64 on the CPU; each from its own generator (NumPy's PCG64, seeded from
+    :func:`image_digest`, the kind and the sample's number)."""
     if kind not in KINDS:
         raise ValueError(f"unknown noise {kind!r}: use one of {', '.join(KINDS)}")
-    out = torch.empty(count, d, dtype=torch.float64)
+    out = np.empty((count, d), dtype=np.float64)
     for row in range(count):
         gen = _generator(digest, kind, first + row)
-        z = torch.randn(d, generator=gen, dtype=torch.float64)
+        z = gen.standard_normal(d)
         if kind == "gaussian":
             out[row] = scale * z
         else:
-            u = torch.rand((), generator=gen, dtype=torch.float64)
-            length = scale * torch.exp(torch.log(u) / d)  # U^(1/d) without underflow
-            out[row] = z * (length / z.norm())
-    return out
+            length = scale * math.exp(math.log1p(-gen.random()) / d)  # U^(1/d), U in (0, 1]
+            out[row] = z * (length / np.linalg.norm(z))
+    return torch.from_numpy(out)
 
 
 def attribution_fn(model: Model, attribution: Attribution, target: int,
