@@ -176,6 +176,9 @@ def smooth_command(
         sigma=sigma, top_k=parse_top_k(top_k), selection=selection_samples,
         correction=correction)
     limits = None if omega is None else LimitOptions(omega, metric.value)
+    if pixels is not None and selection_samples >= samples:
+        raise OptionError(f"--selection-samples {selection_samples} must be below --samples "
+                          f"{samples}: the other samples test each pixel's bin")
     if require_certified_fraction is not None and pixels is None:
         raise OptionError("--require-certified-fraction needs --sigma (the pixel certificate)")
     _check_outputs(opts, report)
