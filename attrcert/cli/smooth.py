@@ -55,8 +55,8 @@ FOOTER = (
     "cos_lower: probabilistic certificate of the smoothed attribution h(x) = E g(x + eta), "
     "eta uniform in the l2 ball of radius r, not of g: with probability >= 1 - alpha over the "
     "noise, cos(h(x + delta), h(x)) >= cos_lower for every ||delta||_2 <= eps, any model. "
-    "||h||_low: bounded-differences bound on the Monte Carlo estimate; dev: M V_U/V_S, a sure "
-    "bound on ||h(x + delta) - h(x)|| (docs/smoothing.md).")
+    "||h||_low: Bernstein / bounded-differences bound on the Monte Carlo estimate; dev: "
+    "M V_U/V_S, a sure bound on ||h(x + delta) - h(x)|| (docs/smoothing.md).")
 
 
 class Collector:
@@ -167,8 +167,8 @@ def smooth_command(
     each pixel's certified top-k bin (Anani et al. 2025). A guarantee about the smoothed
     attribution, not about g: see docs/smoothing.md.
 
-    Example: attrcert smooth sample_models/digits_relu_maxpool.pt2 sample_models/digits8.pt
-    --method saliency --radius 4 --eps 0.02 --samples 200
+    Example: attrcert smooth sample_models/digits_relu_maxpool.pt2 sample_models/digits
+    --method saliency --radius 4 --eps 0.02 --samples 200 --sigma 0.25
     """
     options = SmoothingOptions(radius=radius, samples=samples, eps=eps, alpha=alpha, clip=clip,
                                seed=seed, samples_per_pass=samples_per_pass)
@@ -230,7 +230,7 @@ def _emit(opts: Common, config: dict[str, Any], records: list[Record],
         summary += [("eps_max", "eps_max"), ("radius_min", "r_min")]
     if pixels is not None:
         columns += [("certified_fraction", "pixels cert."),
-                    ("certified_top_fraction", f"top {pixels.top_k[-1]:g}%")]
+                    ("certified_top_fraction", f"cert. top {pixels.top_k[-1]:g}%")]
         summary += [("certified_fraction", "pixels certified"),
                     ("certified_top_fraction", f"certified in top {pixels.top_k[-1]:g}%")]
     first = records[0] if records else {}
@@ -243,7 +243,8 @@ def _emit(opts: Common, config: dict[str, Any], records: list[Record],
         footer += (" eps_max: certified for every smaller eps too; r_min: the r that would "
                    "meet the tolerance if ||h||_low stayed the same (a plan: rerun with it).")
     if pixels is not None:
-        footer += (f"\npixels: Gaussian sigma = {pixels.sigma:g}, bins top {pixels.top_k} %, "
+        tops = "/".join(f"{k:g}" for k in pixels.top_k)
+        footer += (f"\npixels: Gaussian sigma = {pixels.sigma:g}, bins top {tops} %, "
                    f"{pixels.correction} over the pixels; a certified pixel keeps its bin of "
                    "the smoothed map for every ||delta||_2 <= eps (Anani et al. 2025).")
     emit(opts.format is Format.json, config, records, columns, title, summary, footer)
