@@ -165,7 +165,9 @@ def smooth_command(
     for every ||delta||_2 <= eps, cos(h(x + delta), h(x)) >= cos_sim_lower (Wang & Kong
     2024, with a concentration bound on the Monte Carlo estimate). With --sigma, also
     each pixel's certified top-k bin (Anani et al. 2025). A guarantee about the smoothed
-    attribution, not about g: see docs/smoothing.md.
+    attribution, not about g: see docs/smoothing.md. --save-attributions writes g(x)
+    (attributions), h_hat(x) (smoothed) and, with --sigma, the certified bin map
+    (certified_bins, -1 = abstain).
 
     Example: attrcert smooth sample_models/digits_relu_maxpool.pt2 sample_models/digits
     --method saliency --radius 4 --eps 0.02 --samples 200 --sigma 0.25
