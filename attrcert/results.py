@@ -41,7 +41,10 @@ def format_value(value: Any, digits: int = 3) -> str:
 
 SUMMARY_KEYS = ("xi_max", "T_e", "T_e_prime", "T_c_deg", "T_c_prime_deg", "label_radius",
                 "eps_max", "attr_norm", "T_e_hat", "T_c_hat_deg", "eta_vmax", "eta_attack",
-                "T_e_sound", "T_c_sound_deg", "seconds")
+                "T_e_sound", "T_c_sound_deg", "seconds",
+                # attrcert smooth (docs/smoothing.md)
+                "cos_sim_lower", "angle_deg", "h_norm", "h_norm_lower", "deviation_bound",
+                "radius_min", "certified_fraction", "certified_top_fraction")
 
 
 def summarize(records: Sequence[Record], keys: Iterable[str] = SUMMARY_KEYS) -> dict[str, Any]:

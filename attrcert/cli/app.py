@@ -22,6 +22,7 @@ from .merge import merge
 from .output import err
 from .report import report
 from .runner import Interrupted
+from .smooth import smooth_command
 
 try:  # typer < 0.20 uses click itself; later releases vendor it as TyperException
     from click.exceptions import ClickException as _ClickException
@@ -61,6 +62,7 @@ app.command()(report)
 app.command("max-eps")(max_eps_command)
 app.command()(inspect)
 app.command()(merge)
+app.command("smooth")(smooth_command)
 
 
 def _interrupted(exc: Interrupted) -> None:

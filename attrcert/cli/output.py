@@ -73,7 +73,8 @@ def emit(as_json: bool, config: dict[str, Any], records: list[Record],
                      f"{summary['cosine_violations']}")
     wrong = sum(1 for r in records if r["target"] != r["predicted"])
     if wrong:
-        lines.append(f"target != prediction: {wrong} (label radius 0)")
+        radius = " (label radius 0)" if any("label_radius" in r for r in records) else ""
+        lines.append(f"target != prediction: {wrong}{radius}")
     print_stdout(table, Panel(Group(stats, Text("\n".join(lines))), title="summary",
                                expand=False), footer)
 

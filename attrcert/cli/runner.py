@@ -48,6 +48,12 @@ from .inputs import Loaded, attribution_spec, load_inputs, nonfinite, run_config
 from .options import Common
 from .output import err
 
+#: The progress bar's label per command, and its inner bar's where it is not Jacobian rows.
+LABELS = {"bound": "certifying", "attack": "certifying", "smooth": "smoothing"}
+INNER_LABELS = {"smoothing": "  noise samples"}
+#: Commands whose guarantees hold for any model: no warning about non-smooth operations.
+ANY_MODEL = {"smooth"}
+
 
 class Reporter:
     """Progress bar with ETA on stderr (only on a terminal, not with --quiet), streaming
@@ -63,7 +69,8 @@ class Reporter:
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 console=err, transient=True)
             self.samples = self.progress.add_task(label, total=len(todo))
-            self.rows = self.progress.add_task("  Jacobian rows", total=1)
+            self.rows = self.progress.add_task(INNER_LABELS.get(label, "  Jacobian rows"),
+                                               total=1)
         self.appender = JsonlAppender(opts.output) if writes_jsonl(opts) else None
         self.attrs: list[torch.Tensor] = []
         self.directions: list[torch.Tensor] = []
@@ -206,9 +213,9 @@ def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
             raise OptionError(f"{opts.output} already holds {len(done)} samples and "
                               "--save-attributions needs all of them: delete it to start over")
         err.print(f"resuming: {len(done)} of {len(mine)} samples already in {local.output}")
-    if loaded.nonsmooth:
+    if loaded.nonsmooth and command not in ANY_MODEL:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
-    label = "certifying" if command in {"bound", "attack"} else "solving eps_max"
+    label = LABELS.get(command, "solving eps_max")
     new: list[Record] = []
     rows = todo  # the rows of loaded.images.tensor to certify
     if loaded.rows is not None:
