@@ -13,7 +13,7 @@ import typer
 from ..errors import OptionError
 from ..perturbation import Perturbation, parse_norm
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
-from ..writing import write_stdout
+from ..writing import stdout_to_stderr, write_stdout
 from .inputs import attribution_spec, load_inputs, run_config
 from .options import (
     ATTACK,
@@ -71,11 +71,12 @@ def report(
                               "attack_restarts": opts.attack.restarts, "seed": opts.attack.seed,
                               "sweep": radii})
     torch.set_num_threads(opts.threads)
-    loaded = load_inputs(opts)
+    with stdout_to_stderr():  # what the model prints must not mix with the results
+        loaded = load_inputs(opts)
     config = run_config(opts, "report", loaded)
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stdout_to_stderr():
         warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
         data = compute_report(
             loaded.model, loaded.images.tensor, eps=eps, norm=norm,
