@@ -91,10 +91,12 @@ def write_bytes(path: Path, data: bytes) -> None:
             _sync(fh)
         os.chmod(tmp, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
         os.replace(tmp, real)
-    except OSError as exc:
+    except BaseException as exc:  # also Ctrl-C: the temporary file goes, the old one stays
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise cannot_write(path, exc) from None
+        if isinstance(exc, OSError):
+            raise cannot_write(path, exc) from None
+        raise
     _sync_folder(real.parent)
 
 

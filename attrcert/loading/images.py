@@ -26,8 +26,8 @@ from .tensors import VALUE_RANGES, read_tensor_file
 from .transforms import Geometry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-#: The Pillow decoders an image file may reach (MPO: the JPEG of phones' multi-picture files).
-DECODERS = ("PNG", "JPEG", "MPO")
+#: The Pillow decoders an image file may reach.
+DECODERS = ("PNG", "JPEG")
 
 
 @dataclass(frozen=True)

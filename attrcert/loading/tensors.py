@@ -123,10 +123,10 @@ def _scale(tensor: Tensor, path: Path, value_range: str) -> Tensor:
         return tensor.float()
     if not tensor.is_floating_point():
         wide = tensor.to(torch.int64) if tensor.dtype == torch.uint16 else tensor
-        low, high = int(wide.min()), int(wide.max())
+        first, last = int(wide.min()), int(wide.max())
         top = 65535 if tensor.dtype == torch.uint16 else 255
-        if low < 0 or high > top:
-            raise InputError(f"{path} holds {tensor.dtype} values in {low}..{high}: "
+        if first < 0 or last > top:
+            raise InputError(f"{path} holds {tensor.dtype} values in {first}..{last}: "
                              f"{tensor.dtype} images must be 0..{top} (they are scaled by "
                              f"1/{top}); save floats in [0, 1] instead")
         return wide.float() / float(top)
