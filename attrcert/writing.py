@@ -211,28 +211,31 @@ def _flush_c_stdio() -> None:
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
     """Point file descriptor 1 at standard error for the duration (at the system level, so
-    that C, C++ and Fortran writes follow), then restore it: standard output then holds the
-    results alone. Python's and C's buffers are flushed on the way in and out, so nothing
-    printed inside lands on standard output later."""
+    that C, C++ and Fortran writes follow; ``sys.stdout`` too, for Python's and
+    TorchScript's ``print`` wherever ``sys.stdout`` writes), then restore both: standard
+    output then holds the results alone. Python's and C's buffers are flushed on the way in
+    and out, so nothing printed inside lands on standard output later."""
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
     _flush_c_stdio()
     try:
         saved = os.dup(1)
-    except OSError:  # no standard output at all: nothing to protect
-        yield
-        return
+    except OSError:  # no standard output at all: nothing to protect at the system level
+        saved = -1
+    if saved >= 0:
+        try:
+            os.dup2(2, 1)
+        except OSError:
+            os.close(saved)
+            saved = -1
     try:
-        os.dup2(2, 1)
-    except OSError:
-        os.close(saved)
-        yield
-        return
-    try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
+        for stream in (sys.stdout, sys.stderr):  # sys.stdout is the original again
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
         _flush_c_stdio()
-        os.dup2(saved, 1)
-        os.close(saved)
+        if saved >= 0:
+            os.dup2(saved, 1)
+            os.close(saved)

@@ -14,7 +14,8 @@ from ..errors import OptionError
 from ..perturbation import Perturbation, parse_norm
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
 from ..writing import stdout_to_stderr, write_stdout
-from .inputs import attribution_spec, load_inputs, run_config
+from .collisions import refuse_collisions
+from .inputs import attribution_spec, input_files, load_inputs, run_config
 from .options import (
     ATTACK,
     MAX_INT,
@@ -73,6 +74,10 @@ def report(
     torch.set_num_threads(opts.threads)
     with stdout_to_stderr():  # what the model prints must not mix with the results
         loaded = load_inputs(opts)
+    shown = min(figures, len(loaded.images.sources))
+    written = ["report.html", "report.json", "jacobian.png", "bound_minus_attack.png",
+               "sweep.png", *(f"sample_{i:03d}.png" for i in range(shown))]
+    refuse_collisions([(f"--out's {name}", out / name) for name in written], input_files(opts))
     config = run_config(opts, "report", loaded)
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
