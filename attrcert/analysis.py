@@ -23,7 +23,13 @@ from .attributions import Attribution, Model, summed, target_gradient
 from .errors import ModelOutputError, OptionError
 from .jacobian import attribution_jacobian
 from .memory import halving
-from .spectral import Spectrum, abs_sum_gram_blocked, spectrum_full, spectrum_iterative
+from .spectral import (
+    Spectrum,
+    abs_sum_gram_blocked,
+    nonfinite_jacobian,
+    spectrum_full,
+    spectrum_iterative,
+)
 
 __all__ = ["LABEL_GRADIENTS", "Analysis", "analyse", "attribute_rows", "attribution_deviations",
            "prepare", "resolve_device", "worst_case_directions"]
@@ -172,8 +178,9 @@ def analyse(
     first-order pass (:func:`attribute_rows`), kept in the result for later passes.
 
     Raises:
-        ModelOutputError: the model's logits are not finite for a sample (its index among
-            all samples is ``first_index`` plus its position in ``x``).
+        ModelOutputError: the model's logits, or its attribution's Jacobian, are not finite
+            for a sample (its index among all samples is ``first_index`` plus its position
+            in ``x``).
     """
     n = x.shape[0]
     with torch.no_grad():
@@ -188,8 +195,12 @@ def analyse(
         parts = []
         for i in range(n):
             def one(points: int | None, i: int = i) -> Spectrum:
-                return spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
-                                          tol=tol, seed=seed, points_per_pass=points)
+                try:
+                    return spectrum_iterative(attribution, model, x[i : i + 1],
+                                              target[i : i + 1], tol=tol, seed=seed,
+                                              points_per_pass=points)
+                except ModelOutputError:  # the index among all samples
+                    raise nonfinite_jacobian(first_index + i) from None
 
             if points_per_pass is None:
                 parts.append(one(None))
@@ -207,7 +218,10 @@ def analyse(
     else:
         jac = attribution_jacobian(attribution, model, x, target, chunk_size=chunk_size,
                                    progress=progress)
-        spectrum = spectrum_full(jac)
+        try:
+            spectrum = spectrum_full(jac)
+        except ModelOutputError as exc:  # the index among all samples
+            raise nonfinite_jacobian(first_index + exc.index) from None
         del jac
     label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient,
                                    classes_per_pass)

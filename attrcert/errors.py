@@ -29,13 +29,15 @@ class LoadError(AttrcertError):
 
 class ModelOutputError(InputError):
     """The model returned logits that are not finite (NaN or infinite) for sample ``index``
-    (its position in the batch given to :func:`attrcert.certify`)."""
+    (its position in the batch given to :func:`attrcert.certify`), or, as ``what`` says,
+    another of its outputs (the attribution's Jacobian)."""
 
     kind = "model_output"
 
-    def __init__(self, message: str, index: int) -> None:
+    def __init__(self, message: str, index: int, what: str = "logits") -> None:
         super().__init__(message)
         self.index = index
+        self.what = what
 
 
 class OutputError(AttrcertError):

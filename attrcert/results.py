@@ -89,15 +89,24 @@ def dumps_strict(obj: Any, **kwargs: Any) -> str:
     return json.dumps(obj, allow_nan=False, **kwargs)
 
 
+#: What a spreadsheet reads as the start of a formula (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def csv_value(value: Any) -> str:
-    """One CSV cell: lists joined with ``;``, ``None`` empty, booleans ``true``/``false``."""
+    """One CSV cell: lists joined with ``;``, ``None`` empty, booleans ``true``/``false``.
+
+    Text that a spreadsheet would run as a formula (a file named ``=cmd|' -C calc'!A0.png``:
+    text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) gets a
+    leading ``'``, as OWASP recommends; numbers are written as they are."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "; ".join(str(v) for v in value)
-    return str(value)
+    if isinstance(value, (int, float)):
+        return str(value)
+    text = "; ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def document_text(path: Path, config: dict[str, Any], records: Sequence[Record]) -> str:
@@ -107,7 +116,7 @@ def document_text(path: Path, config: dict[str, Any], records: Sequence[Record])
     if suffix == ".json":
         return dumps_strict(document(config, records), indent=2) + "\n"
     if suffix == ".jsonl":
-        return "".join(dumps_strict(rec) + "\n" for rec in records)
+        return "".join(jsonl_line(rec) + "\n" for rec in records)
     if suffix == ".csv":
         keys: list[str] = []
         for rec in records:
@@ -127,69 +136,36 @@ def write_document(path: Path, config: dict[str, Any], records: Sequence[Record]
     write_text(path, document_text(path, config, records))
 
 
+#: The field of a JSONL line that seals it: :func:`record_seal` of the rest of the line.
+SEAL = "record_sha256"
+
+
+def record_seal(record: Record) -> str:
+    """The SHA-256 of a record's canonical JSON (sorted keys, without :data:`SEAL`): a
+    checksum that shows a line changed since attrcert wrote it (an edit by hand, a bad
+    merge); anyone can recompute it, so it is no signature."""
+    import hashlib
+
+    body = {k: v for k, v in record.items() if k != SEAL}
+    return hashlib.sha256(dumps_strict(body, sort_keys=True).encode()).hexdigest()
+
+
+def jsonl_line(record: Record) -> str:
+    """A record as one JSONL line (no newline), sealed with :data:`SEAL` last."""
+    body = {k: v for k, v in record.items() if k != SEAL}
+    return dumps_strict({**body, SEAL: record_seal(body)})
+
+
 class JsonlAppender:
-    """Appends one record per line as each sample finishes, flushed and fsynced, so an
-    interrupted run keeps every finished sample."""
+    """Appends one sealed record per line (:func:`jsonl_line`) as each sample finishes,
+    flushed and fsynced, so an interrupted run keeps every finished sample."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._out = Appender(path)
 
     def append(self, record: Record) -> None:
-        self._out.append(dumps_strict(record))
+        self._out.append(jsonl_line(record))
 
     def close(self) -> None:
         self._out.close()
-
-
-# --- resuming interrupted runs ----------------------------------------------------------------
-
-def config_hash(config: dict[str, Any], sources: Sequence[str]) -> str:
-    """A short digest of everything that determines the records (settings, versions, inputs):
-    records carry it, so a rerun only reuses records of the same configuration."""
-    import hashlib
-
-    text = dumps_strict({"config": config, "sources": list(sources)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class ResumeError(ValueError):
-    """A JSONL file that cannot be resumed (another configuration, or not attrcert's)."""
-
-
-def finished_records(path: Path, digest: str) -> dict[int, Record]:
-    """The records of ``path`` (a JSONL file of an earlier run) by index, for resuming.
-
-    A last line cut short by a crash is dropped, and the file is rewritten without it so
-    that appending continues on a clean line. Raises :class:`ResumeError` if a record was
-    made with another configuration.
-    """
-    if not path.is_file():  # missing, or a device such as /dev/full: nothing to resume
-        return {}
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines(keepends=True)
-    except UnicodeDecodeError:
-        raise ResumeError(f"{path} is not an attrcert JSONL file (it holds binary data): "
-                          "delete it or use another --output file") from None
-    except OSError as exc:
-        raise ResumeError(f"cannot read {path} to resume it: {exc.strerror or exc}") from None
-    records: dict[int, Record] = {}
-    kept: list[str] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the sample in flight when the run was killed
-                break
-            raise ResumeError(f"{path} line {number} is not JSON: delete the file to "
-                              "start over") from None
-        if not isinstance(rec, dict) or "index" not in rec:
-            raise ResumeError(f"{path} line {number} is not an attrcert record")
-        if rec.get("config_hash") != digest:
-            raise ResumeError(f"{path} holds results of another configuration: use "
-                              "another --output file or delete it")
-        records[int(rec["index"])] = rec
-        kept.append(line if line.endswith("\n") else line + "\n")
-    if len(kept) != len(lines) or (lines and not lines[-1].endswith("\n")):
-        write_text(path, "".join(kept))
-    return records

@@ -4,20 +4,31 @@ missing permission is an :class:`~attrcert.errors.OutputError` (one line, exit 2
 silent loss and never exit 0.
 
 A write is done when the data is flushed to the operating system and, for regular files,
-``fsync``\\ ed; errors that a buffered write defers to ``close`` are caught there too.
+``fsync``\\ ed; errors that a buffered write defers to ``close`` are caught there too. A
+regular file is replaced atomically (a temporary file beside it, synced, then renamed over
+it): a crash leaves the old content or the new, never a truncated file.
+
+While a model runs, :func:`stdout_to_stderr` points file descriptor 1 at standard error, so
+that whatever the model prints (Python ``print``, TorchScript's ``print``, C or Fortran
+libraries) cannot mix with the results written to standard output afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import stat
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from .errors import OptionError, OutputError
 
-__all__ = ["Appender", "check_output_path", "write_bytes", "write_stdout", "write_text"]
+__all__ = ["Appender", "check_output_path", "stdout_to_stderr", "write_bytes", "write_stdout",
+           "write_text"]
 
 
 def cannot_write(path: Path | str, exc: OSError) -> OutputError:
@@ -51,13 +62,71 @@ def _sync(fh: IO[bytes] | IO[str]) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (replacing it), flushed and synced."""
+    """Write ``data`` to ``path`` (replacing it), flushed and synced.
+
+    A regular file (or a new one) is replaced atomically, beside its real location when
+    ``path`` is a symbolic link: a temporary file in the same folder is written, synced and
+    renamed over it (its permissions kept), then the folder is synced. Anything else (a
+    device such as ``/dev/full`` or ``/dev/stdout``) is written in place."""
+    real = Path(os.path.realpath(path))
+    try:
+        mode = real.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        _write_in_place(path, data)
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
+    except PermissionError:  # a writable file in a folder we may not create files in
+        _write_in_place(path, data)
+        return
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            _sync(fh)
+        os.chmod(tmp, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
+        os.replace(tmp, real)
+    except BaseException as exc:  # also Ctrl-C: the temporary file goes, the old one stays
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise cannot_write(path, exc) from None
+        raise
+    _sync_folder(real.parent)
+
+
+def _write_in_place(path: Path, data: bytes) -> None:
     try:
         with path.open("wb") as fh:
             fh.write(data)
             _sync(fh)
     except OSError as exc:
         raise cannot_write(path, exc) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _sync_folder(folder: Path) -> None:
+    """Sync a folder after a rename in it (best effort: not every system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -129,3 +198,44 @@ def abandon_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError):
         pass
+
+
+def _flush_c_stdio() -> None:
+    """Flush the C library's buffered streams (what C and C++ code printed)."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library to ask (not on Linux/macOS)
+        pass
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at standard error for the duration (at the system level, so
+    that C, C++ and Fortran writes follow; ``sys.stdout`` too, for Python's and
+    TorchScript's ``print`` wherever ``sys.stdout`` writes), then restore both: standard
+    output then holds the results alone. Python's and C's buffers are flushed on the way in
+    and out, so nothing printed inside lands on standard output later."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    _flush_c_stdio()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no standard output at all: nothing to protect at the system level
+        saved = -1
+    if saved >= 0:
+        try:
+            os.dup2(2, 1)
+        except OSError:
+            os.close(saved)
+            saved = -1
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):  # sys.stdout is the original again
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        _flush_c_stdio()
+        if saved >= 0:
+            os.dup2(saved, 1)
+            os.close(saved)

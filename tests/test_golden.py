@@ -1,6 +1,6 @@
 """The records on the sample models equal the pinned ones (tests/golden/records.json), field
-by field (all fields but ``seconds`` and ``config_hash``): refactoring must not change a
-number. Regenerate with ``python -m tests.golden.cases`` only for a change that is meant to
+by field (all but ``seconds``, ``config_hash`` and ``input_sha256``): refactoring must not
+change a number. Regenerate with ``python -m tests.golden.cases`` only for a change that is meant to
 move results, and say why in the commit.
 
 Every field that is not a float must be equal. Floats were bit-identical on the machine that

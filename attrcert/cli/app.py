@@ -15,6 +15,7 @@ from .. import __version__
 from ..distributed import secondary_rank
 from ..errors import AttrcertError
 from ..writing import write_stdout
+from . import interrupts
 from .bound import attack, bound
 from .inspect import inspect
 from .max_eps import max_eps_command
@@ -80,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if secondary_rank():  # torchrun: rank 0 reports for all ranks (their errors included)
         err.quiet = True
     try:
-        code = app(args=list(argv) if argv is not None else None, prog_name="attrcert",
-                   standalone_mode=False)
+        with interrupts.watch():  # a second Ctrl-C aborts even inside a long operator
+            code = app(args=list(argv) if argv is not None else None, prog_name="attrcert",
+                       standalone_mode=False)
     except USAGE_ERRORS as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
@@ -94,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         err.print("interrupted")
         sys.exit(130)
     except AttrcertError as exc:
-        err.print(f"error: {exc}", markup=False)  # messages may hold [brackets]
+        err.print(f"error: {exc}")  # literally: messages may hold [brackets]
         sys.exit(2)
     except Exception as exc:  # a bug or an incompatible model: still one line, no traceback
         if os.environ.get("ATTRCERT_DEBUG"):

@@ -4,6 +4,7 @@ configuration that every record's ``config_hash`` digests."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,8 @@ import torch
 
 from .. import __version__
 from ..config import AttributionSpec
-from ..distributed import Shard, load_shard_images, shard_image_size
-from ..errors import InputError, OptionError
+from ..distributed import Shard, load_shard_images, rank_file, shard_image_size, sidecar
+from ..errors import InputError, OptionError, one_line
 from ..loading import (
     PRESETS,
     Geometry,
@@ -30,8 +31,10 @@ from ..loading import (
     with_normalization,
 )
 from ..results import ASSUMPTION, OUTPUT_SUFFIXES
+from ..resume import file_sha256
 from ..smoothness import find_nonsmooth
 from ..writing import check_output_path
+from .collisions import refuse_collisions
 from .options import Common, Method
 from .output import err
 
@@ -60,7 +63,9 @@ def floats(text: str | None, name: str) -> list[float] | None:
     return values
 
 
-def check_output_paths(opts: Common) -> None:
+def check_output_paths(opts: Common, shard: Shard | None = None) -> None:
+    """Refuse outputs that cannot be written, and outputs that are inputs
+    (:func:`attrcert.cli.collisions.refuse_collisions`), before any work."""
     if opts.output is not None:
         check_output_path(opts.output, "--output")
         if opts.output.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -69,6 +74,57 @@ def check_output_paths(opts: Common) -> None:
         check_output_path(opts.save_attributions, "--save-attributions")
         if opts.save_attributions.suffix.lower() != ".safetensors":
             raise OptionError("--save-attributions needs a .safetensors file name")
+    refuse_collisions(output_files(opts, shard), input_files(opts))
+
+
+def output_files(opts: Common, shard: Shard | None) -> list[tuple[str, Path | None]]:
+    """Every file a run writes, by what the user would call it."""
+    out: list[tuple[str, Path | None]] = [("--output", opts.output),
+                                          ("--save-attributions", opts.save_attributions)]
+    if opts.output is not None and opts.output.suffix.lower() == ".jsonl":
+        stream = opts.output
+        if shard is not None and shard.torchrun:
+            stream = rank_file(opts.output, shard)
+            out.append(("--output's per-rank file", stream))
+        out.append(("--output's lock file", stream.with_name(stream.name + ".lock")))
+        if shard is not None:
+            out.append(("--output's configuration file", sidecar(stream)))
+    return out
+
+
+def _arch_file(arch: str | None) -> Path | None:
+    """The Python file ``--arch`` names (``file.py:factory``, or the file of an imported
+    ``module:factory``), if any."""
+    if arch is None or ":" not in arch:
+        return None
+    target = arch.rsplit(":", 1)[0].strip()
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return Path(target).expanduser()
+    origin = getattr(sys.modules.get(target), "__file__", None)
+    return Path(origin) if origin else None
+
+
+def input_files(opts: Common) -> list[tuple[str, Path | None]]:
+    """Every file (or folder of images) a run reads, by its option."""
+    baseline = Path(opts.baseline) if opts.baseline != "zero" else None
+    return [("MODEL", opts.model), ("IMAGES", opts.images), ("--labels", opts.labels),
+            ("--baseline", baseline), ("--arch", _arch_file(opts.arch))]
+
+
+def input_digests(opts: Common) -> dict[str, str | None]:
+    """The SHA-256 of each input file the records depend on (the images have theirs in
+    each record, ``input_sha256``): so that resuming refuses a replaced model, ``--arch``
+    file, labels file or baseline."""
+    files = {k: v for k, v in input_files(opts) if k != "IMAGES"}
+    if opts.method is not Method.integrated_gradients:
+        files["--baseline"] = None
+    out: dict[str, str | None] = {}
+    for name, path in files.items():
+        try:
+            out[name.lstrip("-").lower()] = None if path is None else file_sha256(path)
+        except OSError as exc:
+            raise InputError(f"cannot read {name} {path}: {one_line(exc)}") from None
+    return out
 
 
 def folder_channels(model: torch.nn.Module, images: Path, geometry: Geometry,
@@ -101,7 +157,7 @@ def load_model_reporting(path: Path, arch: str | None, trust_pickle: bool) -> to
 def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
     """Model, images, labels and baseline, checked against each other; with ``shard``,
     only the shard's images (:func:`attrcert.distributed.load_shard_images`)."""
-    check_output_paths(opts)
+    check_output_paths(opts, shard)
     model = load_model_reporting(opts.model, opts.arch, opts.trust_pickle)
     mean, std = normalization(opts)
     if mean is not None and std is not None:
@@ -110,10 +166,11 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
     channels = folder_channels(model, opts.images, geometry, shard)
     rows = None
     if shard is None:
-        images = load_images(opts.images, channels=channels, geometry=geometry)
+        images = load_images(opts.images, channels=channels, geometry=geometry,
+                             value_range=opts.value_range)
     else:
         images, rows = load_shard_images(opts.images, shard, channels=channels,
-                                         geometry=geometry)
+                                         geometry=geometry, value_range=opts.value_range)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -134,7 +191,8 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
     if opts.baseline != "zero":
         if opts.method is not Method.integrated_gradients:
             raise OptionError("--baseline applies only to --method integrated_gradients")
-        base = load_images(Path(opts.baseline), geometry=geometry, channels=channels).tensor
+        base = load_images(Path(opts.baseline), geometry=geometry, channels=channels,
+                           value_range=opts.value_range).tensor
         if base.shape[0] != 1 or base.shape[1:] != images.tensor.shape[1:]:
             raise InputError(f"--baseline {opts.baseline} has shape {tuple(base.shape)}: "
                              f"need one image of shape {tuple(images.tensor.shape[1:])}")
@@ -167,8 +225,8 @@ def normalization(opts: Common) -> tuple[list[float] | None, list[float] | None]
     return mean, std
 
 
-def nonfinite(model: Path, source: str) -> InputError:
-    return InputError(f"model {model} returns logits that are not finite (NaN or infinite) "
+def nonfinite(model: Path, source: str, what: str = "logits") -> InputError:
+    return InputError(f"model {model} returns {what} that are not finite (NaN or infinite) "
                       f"for {source}: check its weights and its input range; such a model "
                       "cannot be certified")
 
@@ -192,6 +250,7 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "std": normalization(opts)[1],
         **({"preset": opts.preset.value} if opts.preset is not None else {}),
         **({"geometry": opts.geometry_config()} if not opts.geometry().identity else {}),
+        **({"input_range": opts.value_range} if opts.value_range != "unit" else {}),
         "device": opts.device,
         "dtype": opts.dtype.value,
         "spectral": opts.spectral.value,
@@ -200,6 +259,7 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "nonsmooth_ops": loaded.nonsmooth,
         "assumption": ASSUMPTION,
         "attack_checked": False,
+        "sha256": input_digests(opts),
         **opts.extra_config,
     }
 
@@ -210,7 +270,8 @@ def input_shape(net: torch.nn.Module, images: Path | None,
     if images is not None:
         geometry = Geometry(size=size)
         channels = folder_channels(net, images, geometry)
-        return tuple(load_images(images, channels=channels, geometry=geometry).tensor.shape[1:])
+        loaded = load_images(images, channels=channels, geometry=geometry, value_range="any")
+        return tuple(loaded.tensor.shape[1:])  # the shape only: any values do
     for node in getattr(getattr(net, "graph", None), "nodes", []):
         val = node.meta.get("val") if hasattr(node, "meta") else None
         if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.ndim == 4:

@@ -12,10 +12,10 @@ import typer
 from ..loading import sniff_model
 from ..results import dumps_strict
 from ..smoothness import find_nonsmooth, nonsmooth_message
-from ..writing import write_stdout
+from ..writing import stdout_to_stderr, write_stdout
 from .inputs import input_shape, load_model_reporting
 from .options import ArchOpt, Format, FormatOpt, ModelArg, SizeOpt, TrustOpt
-from .output import print_stdout
+from .output import print_stdout, terminal_safe
 
 
 def inspect(
@@ -32,13 +32,14 @@ def inspect(
 
     Example: attrcert inspect sample_models/digits_relu_maxpool.pt2
     """
-    net = load_model_reporting(model, arch, trust_pickle)
-    shape = input_shape(net, images, size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        example = torch.zeros(1, *shape)
-        out = net(example)
-    ops = find_nonsmooth(net, example)
+    with stdout_to_stderr():  # what the model prints must not mix with the results
+        net = load_model_reporting(model, arch, trust_pickle)
+        shape = input_shape(net, images, size)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            example = torch.zeros(1, *shape)
+            out = net(example)
+        ops = find_nonsmooth(net, example)
     info = {
         "model": str(model),
         "format": sniff_model(model),
@@ -51,7 +52,8 @@ def inspect(
     if format is Format.json:
         write_stdout(dumps_strict(info, indent=2) + "\n")
         return
-    lines = [f"{key:>14}: {', '.join(value) or 'none' if key == 'nonsmooth_ops' else value}"
+    lines = [terminal_safe(f"{key:>14}: "
+                           f"{', '.join(value) or 'none' if key == 'nonsmooth_ops' else value}")
              for key, value in info.items()]
     lines.append(f"warning: {nonsmooth_message(ops)}" if ops else
                  "no non-smooth operations found: the bounds' smoothness assumption can hold "

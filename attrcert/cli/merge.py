@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from ..distributed import merge_shards
+from ..distributed import merge_shards, sidecar
 from ..errors import OptionError
 from ..results import OUTPUT_SUFFIXES, write_document
 from ..writing import check_output_path
+from .collisions import refuse_collisions
 from .output import err
 
 
@@ -31,8 +32,16 @@ def merge(
     check_output_path(out, "OUT")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OptionError(f"OUT {out}: use a .json, .jsonl or .csv file")
-    if any(out.resolve() == f.resolve() for f in files):
-        raise OptionError(f"OUT {out} is one of the shard files: write the merge elsewhere")
+    shard_files: list[tuple[str, Path | None]] = []
+    for f in files:
+        shard_files += [("the shard file", f), ("the shard configuration file", sidecar(f)),
+                        ("the shard lock file", f.with_name(f.name + ".lock"))]
+    refuse_collisions([("OUT", out)], shard_files)
     config, records = merge_shards(files)
+    recorded = [(f"the shards' {key}", Path(config[key]))
+                for key in ("model", "images", "labels", "baseline")
+                if isinstance(config.get(key), str) and config[key] not in ("zero",
+                                                                            "class folders")]
+    refuse_collisions([("OUT", out)], recorded)  # the shards' inputs, where they still are
     write_document(out, config, records)
     err.print(f"merged {len(records)} samples from {len(files)} shard files into {out}")

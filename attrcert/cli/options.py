@@ -20,7 +20,7 @@ from ..attributions import METHODS
 from ..bounds import METRICS
 from ..config import AttackOptions, SolverOptions
 from ..errors import OptionError
-from ..loading import PRESETS, Geometry
+from ..loading import PRESETS, VALUE_RANGES, Geometry
 from ..memory import parse_size
 from ..sizing import SPECTRAL
 
@@ -61,6 +61,7 @@ DType = choices("DType", ("float32", "float64"))
 LabelGradient = choices("LabelGradient", LABEL_GRADIENTS)
 Spectral = choices("Spectral", SPECTRAL)
 PresetName = choices("PresetName", tuple(PRESETS))
+InputRange = choices("InputRange", VALUE_RANGES)
 
 
 ModelArg = Annotated[Path, typer.Argument(
@@ -119,6 +120,10 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "crop": (Annotated[tuple[int, int] | None, typer.Option(
         help="Then centre-crop H W (torchvision's CenterCrop).", show_default=False,
         callback=image_size)], None),
+    "input_range": (Annotated[InputRange, typer.Option(
+        help="The values of float tensor files: unit = in [0, 1] (others are refused); 255 = "
+        "in [0, 255], divided by 255; any = taken as they are (eps is then in their units, "
+        "e.g. of normalised images).")], InputRange.unit),
     "arch": (ArchOpt, None),
     "trust_pickle": (TrustOpt, False),
     "device": (Annotated[str, typer.Option(
@@ -196,6 +201,7 @@ class Common:
     preset: Any = None
     resize: int | None = None
     crop: tuple[int, int] | None = None
+    input_range: Any = None  # InputRange; None: unit
     arch: str | None = None
     trust_pickle: bool = False
     quiet: bool = False
@@ -210,6 +216,11 @@ class Common:
     def __post_init__(self) -> None:
         if self.memory_budget is not None:
             parse_size(self.memory_budget)  # a bad size fails before anything is loaded
+
+    @property
+    def value_range(self) -> str:
+        """``--input-range`` as :func:`attrcert.loading.load_images` takes it."""
+        return "unit" if self.input_range is None else str(self.input_range.value)
 
     def geometry(self) -> Geometry:
         """Resize and crop: from --size / --resize / --crop if any is given, else the

@@ -1,10 +1,16 @@
 """What the commands print: tables and the JSON document on stdout (every write checked,
 :mod:`attrcert.writing`), one-line messages on stderr, and the ``--fail-*`` /
-``--require-*`` gates (exit 1)."""
+``--require-*`` gates (exit 1).
+
+User text (file names, option values, a checker's message quoting them) is printed as it
+is, never read as rich markup (``[/]`` in a file name is just text), and its control
+characters are shown escaped (:func:`terminal_safe`): a file name cannot move the cursor,
+recolour or clear the terminal."""
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +25,26 @@ from ..distributed import secondary_rank
 from ..results import Record, document, dumps_strict, format_value, summarize
 from ..writing import write_stdout
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character (C0 including newline and ESC, DEL, C1)
+    written as a visible escape, e.g. ESC as ``\\x1b``."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class SafeConsole(Console):
+    """A console that prints strings literally (no markup) with :func:`terminal_safe`."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("markup", False)
+        super().print(*(terminal_safe(o) if isinstance(o, str) else o for o in objects),
+                      **kwargs)
+
+
 #: stderr: progress, warnings and errors (stdout holds results only).
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+err = SafeConsole(stderr=True, soft_wrap=True, highlight=False, markup=False)
 
 
 def stdout_console() -> Console:
@@ -31,14 +55,21 @@ def stdout_console() -> Console:
 
 def print_stdout(*renderables: Any) -> None:
     """Print to standard output through :func:`attrcert.writing.write_stdout` (checked):
-    rendered as the terminal would show them, then written in one go."""
+    rendered as the terminal would show them (strings literally, never as markup: user
+    text in them must have passed :func:`terminal_safe`), then written in one go."""
     real = stdout_console()
     buffer = io.StringIO()
     console = Console(file=buffer, width=real.width, highlight=False, soft_wrap=True,
-                      force_terminal=real.is_terminal, color_system=real.color_system)
+                      force_terminal=real.is_terminal, color_system=real.color_system,
+                      markup=False)
     for item in renderables:
         console.print(item)
     write_stdout(buffer.getvalue())
+
+
+def cell(value: Any, digits: int = 3) -> Text:
+    """A table cell: :func:`format_value`, as literal text (:func:`terminal_safe`)."""
+    return Text(terminal_safe(format_value(value, digits)))
 
 
 def emit(as_json: bool, config: dict[str, Any], records: list[Record],
@@ -49,11 +80,11 @@ def emit(as_json: bool, config: dict[str, Any], records: list[Record],
     if as_json:
         write_stdout(dumps_strict(document(config, records), indent=2) + "\n")
         return
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=Text(terminal_safe(title)), box=box.SIMPLE_HEAD, pad_edge=False)
     for key, header in columns:
         table.add_column(header, justify="left" if key == "source" else "right", no_wrap=True)
     for rec in records:
-        table.add_row(*(format_value(rec.get(key)) for key, _ in columns))
+        table.add_row(*(cell(rec.get(key)) for key, _ in columns))
     summary = summarize(records)
     stats = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for header in ("", "mean", "median", "max"):
@@ -61,7 +92,7 @@ def emit(as_json: bool, config: dict[str, Any], records: list[Record],
     for key, header in summary_keys:
         if isinstance(summary.get(key), dict):
             s = summary[key]
-            stats.add_row(header, *(format_value(s[stat], 4) for stat in ("mean", "median", "max")))
+            stats.add_row(header, *(cell(s[stat], 4) for stat in ("mean", "median", "max")))
     lines = [f"{summary['samples']} samples"]
     if "vacuous_cosine" in summary:
         lines.append(f"vacuous cosine bounds: {summary['vacuous_cosine']}")
@@ -75,8 +106,8 @@ def emit(as_json: bool, config: dict[str, Any], records: list[Record],
     if wrong:
         radius = " (label radius 0)" if any("label_radius" in r for r in records) else ""
         lines.append(f"target != prediction: {wrong}{radius}")
-    print_stdout(table, Panel(Group(stats, Text("\n".join(lines))), title="summary",
-                               expand=False), footer)
+    print_stdout(table, Panel(Group(stats, Text("\n".join(map(terminal_safe, lines)))),
+                              title="summary", expand=False), footer)
 
 
 def gate(failures: list[str], what: str) -> str | None:

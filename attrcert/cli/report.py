@@ -13,8 +13,9 @@ import typer
 from ..errors import OptionError
 from ..perturbation import Perturbation, parse_norm
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
-from ..writing import write_stdout
-from .inputs import attribution_spec, load_inputs, run_config
+from ..writing import stdout_to_stderr, write_stdout
+from .collisions import refuse_collisions
+from .inputs import attribution_spec, input_files, load_inputs, run_config
 from .options import (
     ATTACK,
     MAX_INT,
@@ -71,11 +72,16 @@ def report(
                               "attack_restarts": opts.attack.restarts, "seed": opts.attack.seed,
                               "sweep": radii})
     torch.set_num_threads(opts.threads)
-    loaded = load_inputs(opts)
+    with stdout_to_stderr():  # what the model prints must not mix with the results
+        loaded = load_inputs(opts)
+    shown = min(figures, len(loaded.images.sources))
+    written = ["report.html", "report.json", "jacobian.png", "bound_minus_attack.png",
+               "sweep.png", *(f"sample_{i:03d}.png" for i in range(shown))]
+    refuse_collisions([(f"--out's {name}", out / name) for name in written], input_files(opts))
     config = run_config(opts, "report", loaded)
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stdout_to_stderr():
         warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
         data = compute_report(
             loaded.model, loaded.images.tensor, eps=eps, norm=norm,

@@ -4,6 +4,7 @@ bar, Ctrl-C, and ``--save-attributions``."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import warnings
 from collections.abc import Callable
@@ -33,20 +34,14 @@ from ..distributed import (
     write_sidecar,
 )
 from ..errors import InputError, ModelOutputError, OptionError
-from ..results import (
-    JsonlAppender,
-    Record,
-    ResumeError,
-    config_hash,
-    dumps_strict,
-    finished_records,
-    write_document,
-)
+from ..results import JsonlAppender, Record, dumps_strict, write_document
+from ..resume import ResumeError, RunLock, config_hash, finished_records, tensor_sha256
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
-from ..writing import write_bytes
+from ..writing import stdout_to_stderr, write_bytes
+from . import interrupts
 from .inputs import Loaded, attribution_spec, load_inputs, nonfinite, run_config
 from .options import Common
-from .output import err
+from .output import err, terminal_safe
 
 #: The progress bar's label per command, and its inner bar's where it is not Jacobian rows.
 LABELS = {"bound": "certifying", "attack": "certifying", "smooth": "smoothing"}
@@ -60,8 +55,9 @@ class Reporter:
     of finished samples to JSONL, and collection of g / v_max for --save-attributions."""
 
     def __init__(self, opts: Common, loaded: Loaded, label: str, todo: list[int],
-                 digest: str) -> None:
+                 digest: str, pixels: Callable[[int], str]) -> None:
         self.opts, self.loaded, self.todo, self.digest = opts, loaded, todo, digest
+        self.pixels = pixels  # the input_sha256 of image ``index``
         self.progress: Progress | None = None
         if not opts.quiet and err.is_terminal:
             self.progress = Progress(
@@ -98,7 +94,7 @@ class Reporter:
             index = self.todo[rec["index"]]
             rec.clear()
             rec.update(index=index, source=self.loaded.images.sources[index],
-                       config_hash=self.digest)
+                       config_hash=self.digest, input_sha256=self.pixels(index))
             rec.update(fields)
             if self.appender is not None:
                 self.appender.append(rec)
@@ -112,10 +108,12 @@ class Reporter:
             raise Interrupted(self.finished)
 
     def request_stop(self, signum: int, frame: object) -> None:
-        """First Ctrl-C: finish the sample in flight, then stop; a second one aborts."""
+        """First Ctrl-C: finish the sample in flight, then stop; a second one aborts (from
+        :mod:`attrcert.cli.interrupts`' watchdog, even inside a long operator)."""
         self.stop_requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        err.print("stopping after the current sample (Ctrl-C again to abort now)")
+        if not interrupts.active():  # no watchdog: the second Ctrl-C is Python's
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            err.print(STOPPING)
 
     def save_attributions(self, config: dict[str, Any]) -> None:
         if self.opts.save_attributions is None:
@@ -128,6 +126,9 @@ class Reporter:
                     metadata={"sources": dumps_strict(self.loaded.images.sources),
                               "config": dumps_strict(config)})
         write_bytes(self.opts.save_attributions, data)
+
+
+STOPPING = "stopping after the current sample (Ctrl-C again to abort now)"
 
 
 class Interrupted(Exception):
@@ -186,23 +187,50 @@ def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
                shard: Shard | None, device: str,
                **kwargs: Any) -> tuple[dict[str, Any], str, list[Record]]:
     """:func:`_run` for one process: all images, or one shard of them (its records only).
-    Returns the configuration, its hash and the records."""
-    loaded = load_inputs(opts, shard)
+    Returns the configuration, its hash and the records.
+
+    Whatever the model prints while it is loaded and run goes to stderr
+    (:func:`attrcert.writing.stdout_to_stderr`); a JSONL output is locked for the run
+    (:class:`attrcert.resume.RunLock`)."""
+    with stdout_to_stderr():
+        loaded = load_inputs(opts, shard)
     config = run_config(opts, command, loaded)
     digest = config_hash(config, loaded.images.sources)
-    n = len(loaded.images.sources)
     local = opts  # where this process streams its records: torchrun ranks, a file each
     if shard is not None and shard.torchrun and opts.output is not None:
         local = replace(opts, output=rank_file(opts.output, shard))
+    lock = RunLock(local.output) if writes_jsonl(local) and local.output is not None \
+        else contextlib.nullcontext()
     try:
-        done = finished_records(local.output, digest) if writes_jsonl(local) else {}
+        with lock:
+            return _resume_and_run(opts, local, command, func, shard, device, loaded, config,
+                                   digest, **kwargs)
     except ResumeError as exc:
         raise InputError(str(exc)) from None
+
+
+def _resume_and_run(opts: Common, local: Common, command: str,
+                    func: Callable[..., list[Record]], shard: Shard | None, device: str,
+                    loaded: Loaded, config: dict[str, Any], digest: str,
+                    **kwargs: Any) -> tuple[dict[str, Any], str, list[Record]]:
+    """Resume from ``local.output`` (a JSONL file) and certify the samples it lacks."""
+    n = len(loaded.images.sources)
+    done = finished_records(local.output, digest) if writes_jsonl(local) else {}
     mine = range(n) if shard is None else shard.indices(n)
     foreign = sorted(set(done) - set(mine))
     if foreign:
         raise InputError(f"{local.output} holds sample {foreign[0]}, which is not in shard "
                          f"{shard.label if shard else ''}: use another --output file per shard")
+    position = {index: row for row, index in enumerate(loaded.rows or range(n))}
+
+    def pixels(index: int) -> str:
+        return tensor_sha256(loaded.images.tensor[position[index]])
+
+    for index, rec in done.items():
+        if rec.get("input_sha256") != pixels(index):
+            raise InputError(f"image {loaded.images.sources[index]} changed since it was "
+                             f"certified into {local.output} (its pixels' SHA-256 differs): "
+                             "restore it, or delete that file to start over")
     todo = [i for i in mine if i not in done]
     if shard is not None and writes_jsonl(local):
         write_sidecar(local.output, config, digest, shard)
@@ -217,12 +245,11 @@ def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
     label = LABELS.get(command, "solving eps_max")
     new: list[Record] = []
-    rows = todo  # the rows of loaded.images.tensor to certify
-    if loaded.rows is not None:
-        position = {index: row for row, index in enumerate(loaded.rows)}
-        rows = [position[i] for i in todo]
-    with Reporter(local, loaded, label, todo, digest) as reporter, warnings.catch_warnings():
+    rows = [position[i] for i in todo]  # the rows of loaded.images.tensor to certify
+    with Reporter(local, loaded, label, todo, digest, pixels) as reporter, \
+            warnings.catch_warnings(), stdout_to_stderr():
         warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
+        interrupts.set_stage(STOPPING, lambda: _abort_message(local, len(done) + reporter.finished))
         previous_handler = signal.signal(signal.SIGINT, reporter.request_stop)
         try:
             if todo:
@@ -235,11 +262,22 @@ def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
             exc.output = local.output
             raise
         except ModelOutputError as exc:
-            raise nonfinite(opts.model, loaded.images.sources[todo[exc.index]]) from None
+            raise nonfinite(opts.model, loaded.images.sources[todo[exc.index]],
+                            exc.what) from None
         finally:
             signal.signal(signal.SIGINT, previous_handler)
+            interrupts.set_stage(None)
     records = sorted([*done.values(), *new], key=lambda r: r["index"])
     reporter.save_attributions(config)
     if local.output is not None and not writes_jsonl(local):
         write_document(local.output, config, records)
     return config, digest, records
+
+
+def _abort_message(local: Common, finished: int) -> str:
+    """What a second Ctrl-C says before it aborts."""
+    if writes_jsonl(local):
+        return (f"interrupted: {finished} finished samples are in "
+                f"{terminal_safe(str(local.output))}; run the same command again to resume")
+    return (f"interrupted after {finished} samples, which were not saved: use --output "
+            "FILE.jsonl to keep finished samples and resume")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, OptionError
-from ..results import Record
+from ..results import SEAL, Record, record_seal
 from .shards import sidecar
 
 
@@ -44,12 +44,17 @@ def _read_records(path: Path, digest: str) -> list[Record]:
         except (ValueError, RecursionError):
             raise InputError(f"{path} line {number} is not JSON (a run cut short?): rerun "
                              "that shard to finish it, then merge") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("index"), int):
+        if not isinstance(rec, dict) or not isinstance(rec.get("index"), int) \
+                or isinstance(rec["index"], bool):
             raise InputError(f"{path} line {number} is not an attrcert record")
         if rec.get("config_hash") != digest:
             raise InputError(f"{path} line {number} has config_hash "
                              f"{rec.get('config_hash')}, not {digest} as its configuration "
                              f"file says: the file mixes configurations")
+        if rec.get(SEAL) != record_seal(rec):
+            raise InputError(f"{path} line {number} was changed after attrcert wrote it (its "
+                             f"{SEAL} does not match its fields): rerun that shard")
+        del rec[SEAL]
         records.append(rec)
     return records
 
@@ -90,6 +95,9 @@ def merge_shards(files: Sequence[Path]) -> tuple[dict[str, Any], list[Record]]:
                              f"{detail}: merge only shards of the same run")
         for rec in _read_records(path, digest):
             index = rec["index"]
+            if index in where and where[index] == path:
+                raise InputError(f"{path} holds sample {index} ({rec.get('source')}) twice: "
+                                 "two runs wrote it, or it was edited; rerun that shard")
             if index in where:
                 raise InputError(f"sample {index} ({rec.get('source')}) is in both "
                                  f"{where[index]} and {path}: merge each shard once")

@@ -142,14 +142,16 @@ def shard_image_size(folder: Path, shard: Shard) -> tuple[int, int]:
 
 
 def load_shard_images(path: Path, shard: Shard, *, channels: int | None,
-                      geometry: Geometry | None = None) -> tuple[Images, list[int]]:
+                      geometry: Geometry | None = None,
+                      value_range: str = "unit") -> tuple[Images, list[int]]:
     """The images of ``shard`` and their indices among all images.
 
     Returns ``(images, rows)``: ``images.tensor`` holds only the shard's images, in the
     order of ``rows`` (their indices among all images); ``images.sources`` (and the labels
     of class folders) cover ALL images, so that the configuration hash and labels are those
     of the whole run. For a folder only the shard's files are decoded; a tensor file is read
-    whole (it is one file).
+    whole (it is one file), its values read as ``value_range`` says
+    (:func:`attrcert.loading.load_images`).
     """
     if path.is_dir():
         listing = list_images(path)
@@ -158,7 +160,8 @@ def load_shard_images(path: Path, shard: Shard, *, channels: int | None,
         mine = load_listed(listing, rows, channels, geometry or Geometry(),
                            where=f"images of shard {shard.label} in {path}")
         return mine, rows
-    everything = load_images(path, channels=channels, geometry=geometry)
+    everything = load_images(path, channels=channels, geometry=geometry,
+                             value_range=value_range)
     n = len(everything.sources)
     shard.check_size(n)
     rows = shard.indices(n)

@@ -29,11 +29,13 @@ from .labels import load_labels
 from .models import infer_input_channels, load_model
 from .normalization import Normalized, with_normalization
 from .pickles import UntrustedPickleWarning
+from .tensors import VALUE_RANGES
 from .transforms import PRESETS, Geometry, Preset
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "PRESETS",
+    "VALUE_RANGES",
     "Geometry",
     "Images",
     "Listing",

@@ -4,8 +4,10 @@ torchvision's ``ImageFolder``), one image file, or one tensor file
 float32 ``(N, C, H, W)`` in ``[0, 1]``, resized and cropped by a
 :class:`~attrcert.loading.transforms.Geometry`.
 
-Every failure is an :class:`~attrcert.errors.InputError` with a one-line message; no numpy
-or Pillow traceback escapes.
+Image files are decoded only as PNG or JPEG, chosen by their content (Pillow's other
+decoders never see them: a TIFF of floats or an EPS file handed to Ghostscript, each named
+``.png``, is refused). Every failure is an :class:`~attrcert.errors.InputError` with a
+one-line message; no numpy or Pillow traceback escapes.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from torch import Tensor
 
 from ..errors import InputError, OptionError, one_line
 from .formats import JPEG_MAGIC, PNG_MAGIC
-from .tensors import read_tensor_file
+from .tensors import VALUE_RANGES, read_tensor_file
 from .transforms import Geometry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+#: The Pillow decoders an image file may reach.
+DECODERS = ("PNG", "JPEG")
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,9 @@ class Listing:
     A folder that holds PNG/JPEG files is read flat (sorted by name; subfolders ignored).
     A folder that holds none but has subfolders that do is read as torchvision's
     ``ImageFolder``: each subfolder is a class, its files sorted by name; the classes are
-    numbered in sorted order of their names, except when every name is an integer
-    (``0/``, ``17/``, ``281/``), which is then the label itself.
+    numbered in sorted order of their names, except when every name is an integer in ASCII
+    digits (``0/``, ``17/``, ``281/``), which is then the label itself (two folders meaning
+    one label, ``0/`` and ``00/``, are refused).
     """
 
     files: list[Path]
@@ -80,7 +85,14 @@ def list_images(folder: Path) -> Listing:
         raise InputError(f"folder {folder} has no PNG or JPEG images (nor class folders "
                          "holding them)")
     names = [c.name for c in classes]
-    numbered = all(n.isdigit() for n in names)
+    numbered = all(n.isascii() and n.isdigit() for n in names)  # "²".isdigit() is True
+    if numbered:
+        seen: dict[int, str] = {}
+        for n in names:
+            if int(n) in seen:
+                raise InputError(f"{folder}: class folders {seen[int(n)]}/ and {n}/ both mean "
+                                 f"label {int(n)}: rename or merge one of them")
+            seen[int(n)] = n
     files, sources, labels = [], [], []
     for index, cls in enumerate(classes):
         for file in _images_in(cls):
@@ -105,10 +117,17 @@ def image_size(file: Path) -> tuple[int, int]:
     from PIL import Image
 
     try:
-        with Image.open(file) as im:
+        with Image.open(file, formats=DECODERS) as im:
             return im.height, im.width
+    except Image.UnidentifiedImageError:
+        raise not_png_or_jpeg(file) from None
     except Exception as exc:
         raise InputError(f"cannot read image {file}: {exc.__class__.__name__}") from None
+
+
+def not_png_or_jpeg(file: Path) -> InputError:
+    return InputError(f"image {file} is not a PNG or JPEG file (by its content, whatever its "
+                      "name): convert it to PNG")
 
 
 def _geometry(size: tuple[int, int] | None, geometry: Geometry | None) -> Geometry:
@@ -123,6 +142,7 @@ def load_images(
     channels: int | None = None,
     size: tuple[int, int] | None = None,
     geometry: Geometry | None = None,
+    value_range: str = "unit",
 ) -> Images:
     """Images from a folder (flat or class folders, :class:`Listing`), one PNG/JPEG file,
     or one ``.pt``/``.npy``/``.safetensors`` tensor file (the format is detected by
@@ -135,6 +155,9 @@ def load_images(
         size: ``(H, W)`` to resize to (bilinear, antialiased when shrinking, as Pillow);
             the same as ``geometry=Geometry(size=size)``.
         geometry: resize and centre crop (:class:`~attrcert.loading.transforms.Geometry`).
+        value_range: the values of a float tensor file (:data:`VALUE_RANGES`): ``"unit"``
+            in ``[0, 1]`` (others refused), ``"255"`` in ``[0, 255]`` (divided by 255),
+            ``"any"`` taken as they are.
 
     Returns:
         :class:`Images`: float32 ``(N, C, H, W)``, 8-bit (and 16-bit) images scaled to
@@ -146,6 +169,9 @@ def load_images(
     """
     if channels is not None and channels not in (1, 3):
         raise OptionError(f"channels must be 1 or 3, got {channels!r}")
+    if value_range not in VALUE_RANGES:
+        raise OptionError(f"value_range must be one of {', '.join(VALUE_RANGES)}, got "
+                          f"{value_range!r}")
     shape = _geometry(size, geometry)
     path = Path(path)
     if path.is_dir():
@@ -163,7 +189,7 @@ def load_images(
         raise InputError(f"cannot read images from {path}: {one_line(exc)}") from None
     if head.startswith((PNG_MAGIC, JPEG_MAGIC)):
         return load_image_files([path], channels, shape, where=str(path))
-    tensor = read_tensor_file(path, head, channels)
+    tensor = read_tensor_file(path, head, channels, value_range)
     if not shape.identity:
         try:
             tensor = shape.apply_tensor(tensor)
@@ -221,8 +247,10 @@ def read_image(file: Path, channels: int | None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as im:
+            with Image.open(file, formats=DECODERS) as im:
                 arr = _image_array(im, channels)
+    except Image.UnidentifiedImageError:
+        raise not_png_or_jpeg(file) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(f"image {file} exceeds Pillow's decompression-bomb limit of "
                          f"{Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS); "

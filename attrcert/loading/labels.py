@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import torch
@@ -10,13 +11,16 @@ from torch import Tensor
 
 from ..errors import InputError, one_line
 
+_INTEGER = re.compile(r"-?[0-9]+\Z")
+
 
 def load_labels(path: str | Path, sources: list[str], num_classes: int | None = None) -> Tensor:
     """Targets (int64, one per source) from a CSV with header ``name,label``.
 
     Names must match ``sources`` exactly (file names for a folder, ``"file[i]"`` for a
     tensor file); every image needs a label, every name must be an image, and labels must be
-    integers in ``0 .. num_classes - 1`` (``>= 0`` when ``num_classes`` is ``None``).
+    integers in ASCII digits in ``0 .. num_classes - 1`` (``>= 0`` when ``num_classes`` is
+    ``None``).
 
     Raises:
         InputError: with a one-line message naming the first offending name or row.
@@ -64,10 +68,9 @@ def load_labels(path: str | Path, sources: list[str], num_classes: int | None = 
     labels = []
     for name in sources:
         text = rows[name]
-        try:
-            value = int(text)
-        except ValueError:
-            raise InputError(f"{path}: the label of {name} is {text!r}, not an integer") from None
+        if not _INTEGER.match(text):  # int() also takes "1_0", "+3" and non-ASCII digits
+            raise InputError(f"{path}: the label of {name} is {text!r}, not an integer")
+        value = int(text)
         if value < 0 or (num_classes is not None and value >= num_classes):
             bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
             raise InputError(f"{path}: the label of {name} is {value}, outside {bound}")

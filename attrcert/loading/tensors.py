@@ -1,7 +1,11 @@
 """Image tensors from files: ``.pt`` (``torch.load(weights_only=True)``, which runs no
 code), ``.npy`` (no pickles; big-endian arrays converted), ``.safetensors`` (exactly one
-tensor); returned as float32 ``(N, C, H, W)``, integer images scaled by 1/255, checked
-finite and non-empty."""
+tensor); returned as float32 ``(N, C, H, W)``: 8-bit integers (and other integers in
+0..255) scaled by 1/255, ``uint16`` by 1/65535, floats in ``[0, 1]`` (or as
+``value_range`` says), checked finite and non-empty. Refused with one line: unsigned 32-
+and 64-bit integers (no pixel scale), tensors on the meta device (no values), quantized
+tensors, and views that repeat a small storage (an ``expand``\\ ed tensor of a few KB that
+would take gigabytes once materialised, :data:`MAX_REPEATED_BYTES`)."""
 
 from __future__ import annotations
 
@@ -16,13 +20,22 @@ from ..errors import InputError, one_line
 from .formats import KIND_NAMES, NPY_MAGIC, is_safetensors, sniff_model
 from .pickles import pickle_parses, pickle_reason, safe_torch_load
 
-__all__ = ["read_tensor_file"]
+__all__ = ["MAX_REPEATED_BYTES", "VALUE_RANGES", "read_tensor_file"]
+
+#: What float values a tensor file's images hold: ``unit`` in [0, 1] (anything else is
+#: refused), ``255`` in [0, 255] (divided by 255), ``any`` (taken as they are).
+VALUE_RANGES = ("unit", "255", "any")
+#: A tensor whose elements repeat its storage (stride 0, ``expand``) may claim at most this
+#: many bytes as float32: more is refused before it is materialised.
+MAX_REPEATED_BYTES = 1 << 28
 
 
-def read_tensor_file(path: Path, head: bytes, channels: int | None) -> Tensor:
+def read_tensor_file(path: Path, head: bytes, channels: int | None,
+                     value_range: str = "unit") -> Tensor:
     """The images in the tensor file ``path`` (whose first bytes are ``head``), with
-    ``channels`` channels (1 or 3; ``None`` keeps the file's)."""
-    tensor = _to_image_tensor(_load_tensor_file(path, head), path)
+    ``channels`` channels (1 or 3; ``None`` keeps the file's), float values read as
+    ``value_range`` says (:data:`VALUE_RANGES`)."""
+    tensor = _to_image_tensor(_load_tensor_file(path, head), path, value_range)
     return _convert_channels(tensor, channels, path)
 
 
@@ -81,13 +94,65 @@ def _load_tensor_file(path: Path, head: bytes) -> object:
                          ) from None
 
 
-def _to_image_tensor(obj: object, path: Path) -> Tensor:
-    """float32 ``(N, C, H, W)``, integers scaled by 1/255, checked finite and non-empty."""
+def _check_storage(tensor: Tensor, path: Path) -> None:
+    """Refuse tensors without values and views that claim more than their storage holds."""
+    if tensor.is_meta:
+        raise InputError(f"{path} holds a tensor on the meta device (a shape without values): "
+                         "save the images themselves")
+    if tensor.is_quantized:
+        raise InputError(f"{path} holds a quantized tensor: save tensor.dequantize() (floats "
+                         "in [0, 1]) or uint8 images instead")
+    if tensor.layout != torch.strided:
+        raise InputError(f"{path} holds a {tensor.layout} tensor: expected a dense tensor")
+    if tensor.dtype in (torch.uint32, torch.uint64):
+        raise InputError(f"{path} holds {tensor.dtype} values: unsigned 32- and 64-bit "
+                         "integers have no pixel scale; save uint8 (0..255), uint16 "
+                         "(0..65535) or floats in [0, 1]")
+    stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+    claimed = tensor.numel() * 4  # bytes as float32
+    if tensor.numel() > stored and claimed > MAX_REPEATED_BYTES:
+        raise InputError(f"{path} holds a tensor of shape {tuple(tensor.shape)} that repeats "
+                         f"{stored * tensor.element_size()} bytes of data into "
+                         f"{claimed / 2**30:.1f} GiB (an expanded view): save "
+                         "tensor.contiguous() if you mean it")
+
+
+def _scale(tensor: Tensor, path: Path, value_range: str) -> Tensor:
+    """float32 pixel values: integers by their scale, floats as ``value_range`` says."""
+    if tensor.dtype == torch.bool:
+        return tensor.float()
+    if not tensor.is_floating_point():
+        wide = tensor.to(torch.int64) if tensor.dtype == torch.uint16 else tensor
+        first, last = int(wide.min()), int(wide.max())
+        top = 65535 if tensor.dtype == torch.uint16 else 255
+        if first < 0 or last > top:
+            raise InputError(f"{path} holds {tensor.dtype} values in {first}..{last}: "
+                             f"{tensor.dtype} images must be 0..{top} (they are scaled by "
+                             f"1/{top}); save floats in [0, 1] instead")
+        return wide.float() / float(top)
+    tensor = tensor.float()
+    if not torch.isfinite(tensor).all():
+        raise InputError(f"{path} contains NaN or infinite values")
+    low, high = float(tensor.min()), float(tensor.max())
+    if value_range == "255":
+        if low < 0 or high > 255:
+            raise InputError(f"{path} holds values in [{low:.4g}, {high:.4g}], outside [0, 255] "
+                             "(--input-range 255)")
+        return tensor / 255.0
+    if value_range == "unit" and (low < 0 or high > 1):
+        raise InputError(f"{path} holds float values in [{low:.4g}, {high:.4g}], outside [0, 1] "
+                         "(eps is in units of [0, 1] pixels): pass --input-range 255 for 0..255 "
+                         "values; for normalised images save the raw ones and pass --mean/--std, "
+                         "or pass --input-range any to take them as they are")
+    return tensor
+
+
+def _to_image_tensor(obj: object, path: Path, value_range: str = "unit") -> Tensor:
+    """float32 ``(N, C, H, W)`` (:func:`_scale`), checked before anything is materialised."""
     if not isinstance(obj, Tensor):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a tensor")
     tensor = obj
-    if tensor.layout != torch.strided:
-        raise InputError(f"{path} holds a {tensor.layout} tensor: expected a dense tensor")
+    _check_storage(tensor, path)
     if tensor.is_complex():
         raise InputError(f"{path} holds complex values: expected real pixel values")
     if tensor.ndim == 3:
@@ -97,20 +162,7 @@ def _to_image_tensor(obj: object, path: Path) -> Tensor:
                          "expected (N, C, H, W) or (C, H, W)")
     if tensor.numel() == 0:
         raise InputError(f"{path} holds no images (shape {tuple(obj.shape)})")
-    if tensor.dtype == torch.bool:
-        tensor = tensor.float()
-    elif not tensor.is_floating_point():
-        low, high = int(tensor.min()), int(tensor.max())
-        if low < 0 or high > 255:
-            raise InputError(f"{path} holds {tensor.dtype} values in {low}..{high}: integer "
-                             "images must be 0..255 (they are scaled by 1/255); save floats "
-                             "in [0, 1] instead")
-        tensor = tensor.float() / 255.0
-    else:
-        tensor = tensor.float()
-        if not torch.isfinite(tensor).all():
-            raise InputError(f"{path} contains NaN or infinite values")
-    return tensor
+    return _scale(tensor, path, value_range)
 
 
 def _convert_channels(tensor: Tensor, channels: int | None, path: Path) -> Tensor:

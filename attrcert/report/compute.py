@@ -318,5 +318,7 @@ def _jacobian_view(model: Model, x: Tensor, attribution: Attribution, target: Te
                                    "--jacobian-max-d to draw it")
     say(f"report: forming the {d} x {d} Jacobian of {source}")
     jac = attribution_jacobian(attribution, model, x[:1], target)[0].detach().double().cpu()
-    xi_full = float(torch.linalg.matrix_norm(jac, ord=2))
+    finite = bool(torch.isfinite(jac).all())
+    xi_full = (float(torch.linalg.matrix_norm(jac, ord=2)) if finite and bool(jac.any())
+               else 0.0 if finite else None)  # LAPACK never sees a zero or non-finite J
     return JacobianView(source, d, jac.numpy(), xi_full, xi_record)

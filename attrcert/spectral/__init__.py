@@ -32,7 +32,7 @@ Where each lives: :mod:`~attrcert.spectral.full` (:class:`Spectrum`,
 from __future__ import annotations
 
 from .blocked import abs_sum_gram_blocked
-from .full import Spectrum, canonical_sign, gram, spectrum_full
+from .full import Spectrum, canonical_sign, gram, nonfinite_jacobian, spectrum_full
 from .iterative import SOLVERS, spectrum_iterative
 from .products import AttributionGraph, JacobianProducts, segment_sizes
 
@@ -44,6 +44,7 @@ __all__ = [
     "abs_sum_gram_blocked",
     "canonical_sign",
     "gram",
+    "nonfinite_jacobian",
     "segment_sizes",
     "spectrum_full",
     "spectrum_iterative",

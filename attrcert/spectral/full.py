@@ -12,7 +12,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Spectrum", "canonical_sign", "gram", "spectrum_full"]
+from ..errors import ModelOutputError
+
+__all__ = ["NONFINITE", "Spectrum", "canonical_sign", "gram", "nonfinite_jacobian",
+           "spectrum_full"]
+
+#: What :class:`~attrcert.errors.ModelOutputError` names when ``J`` is not finite.
+NONFINITE = "attribution Jacobian entries"
+
+
+def nonfinite_jacobian(index: int) -> ModelOutputError:
+    """The error for sample ``index`` (of the batch) whose ``J`` holds NaN or infinity."""
+    return ModelOutputError(f"the attribution's Jacobian of sample {index} is not finite (NaN "
+                            "or infinite): it cannot be certified", index, NONFINITE)
 
 
 @dataclass(frozen=True)
@@ -46,11 +58,23 @@ def spectrum_full(jac: Tensor) -> Spectrum:
     """:class:`Spectrum` from the full Jacobians ``(N, d, d)`` by a symmetric eigensolver.
 
     ``xi_max = sqrt(lambda_max(P))`` and ``v_max`` its eigenvector (Theorem 1, Eq. 33).
+    LAPACK sees only finite, nonzero ``P``: ``J = 0`` has the exact answer ``xi_max = 0``
+    (``v_max = e_1``), and a ``J`` holding NaN or infinity raises
+    :class:`~attrcert.errors.ModelOutputError` (``index``: its sample in the batch).
     """
     p = gram(jac)
-    evals, evecs = torch.linalg.eigh(p)
-    lam = evals[:, -1].clamp_min(0.0)
-    v = evecs[:, :, -1]
+    finite = torch.isfinite(p).flatten(1).all(1)
+    if not bool(finite.all()):
+        raise nonfinite_jacobian(int((~finite).nonzero()[0]))
+    n, d = p.shape[0], p.shape[-1]
+    lam = torch.zeros(n, dtype=p.dtype, device=p.device)
+    v = torch.zeros(n, d, dtype=p.dtype, device=p.device)
+    v[:, 0] = 1.0
+    nonzero = p.flatten(1).abs().amax(1) > 0
+    if bool(nonzero.any()):
+        evals, evecs = torch.linalg.eigh(p[nonzero])
+        lam[nonzero] = evals[:, -1].clamp_min(0.0)
+        v[nonzero] = evecs[:, :, -1]
     return Spectrum(xi_max=lam.sqrt(), v_max=canonical_sign(v), abs_sum_gram=p.abs().sum((-1, -2)))
 
 

@@ -6,13 +6,15 @@ and Eq. 33's ``v_max``, the top eigenpair of ``P = J^T J``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, svds
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, svds
 from torch import Tensor
 
 from ..attributions import Attribution, Model
-from .full import Spectrum, canonical_sign, spectrum_full
+from .full import Spectrum, canonical_sign, nonfinite_jacobian, spectrum_full
 from .products import JacobianProducts
 
 __all__ = ["SOLVERS", "spectrum_iterative"]
@@ -20,6 +22,11 @@ __all__ = ["SOLVERS", "spectrum_iterative"]
 SOLVERS = ("arpack", "lanczos", "propack")
 _LANCZOS_MAXITER = 300  # default step limit of the "lanczos" solver
 _DENSE_MAX_D = 2  # svds needs k = 1 < d - 1 (ARPACK): smaller d is solved densely
+#: ``z^T (J^T J z)`` and ``||J z||^2`` must agree to this relative tolerance for ``J v`` and
+#: ``J^T u`` to be one linear map and its transpose; when they do not (products that are
+#: rounding noise: an attribution that is mathematically constant) scipy's Fortran solvers
+#: are not called (PROPACK then fed LAPACK NaN, printed ``DLASCL`` errors and returned 0).
+_CONSISTENCY = 1e-3
 
 
 def spectrum_iterative(
@@ -63,6 +70,12 @@ def spectrum_iterative(
     ``z`` is a seeded Gaussian start vector. If ``J z = 0`` exactly, ``J = 0`` almost
     surely and the result is ``xi_max = 0``, ``v_max = e_1`` (also when ``g`` does not
     depend on ``x`` at all, e.g. saliency of a linear model).
+
+    scipy's solvers are only given a finite, consistent operator: products that are not
+    finite raise :class:`~attrcert.errors.ModelOutputError`; when ``z^T J^T J z`` and
+    ``||J z||^2`` disagree (``J v`` and ``J^T u`` are then not a linear map and its
+    transpose: rounding noise), or when ``svds`` returns a value that is not finite or is
+    below the lower bound ``||J z|| / ||z||``, the torch ``"lanczos"`` solver is used.
 
     Args:
         attribution: the method ``g``.
@@ -132,22 +145,54 @@ def _top_singular(ops: JacobianProducts, z: np.ndarray, *, tol: float, maxiter: 
     if solver == "lanczos":
         return _golub_kahan(ops, torch.from_numpy(z), tol=tol, maxiter=maxiter, index=index)
     jz = ops.matvec(torch.from_numpy(z).reshape(1, d)).double()
+    if not bool(torch.isfinite(jz).all()):
+        raise nonfinite_jacobian(index)
     if not bool(jz.abs().max() > 0):  # J z = 0 for a random z: J = 0
         return 0.0, e1
-    v0 = ops.rmatvec(jz).double().reshape(d).cpu().numpy()
-    v0 = v0 / np.linalg.norm(v0)
+    pz = ops.rmatvec(jz).double().reshape(d).cpu().numpy()
+    if not np.isfinite(pz).all():
+        raise nonfinite_jacobian(index)
+    jz_sq = float(jz.square().sum())
+    lower = float(np.sqrt(jz_sq / float(z @ z)))  # xi_max >= ||J z|| / ||z||
+    if abs(float(z @ pz) - jz_sq) > _CONSISTENCY * jz_sq or not np.linalg.norm(pz) > 0:
+        return _golub_kahan(ops, torch.from_numpy(z), tol=tol, maxiter=maxiter, index=index)
+    v0 = pz / np.linalg.norm(pz)
     if solver == "propack" and maxiter is None:  # PROPACK's maxiter is its basis size
         maxiter = min(d, _LANCZOS_MAXITER)
     try:
-        _, s, vh = svds(ops.operator(), k=1, tol=tol, maxiter=maxiter, v0=v0, solver=solver,
-                        return_singular_vectors="vh", rng=np.random.default_rng(0))
+        _, s, vh = svds(_finite_operator(ops), k=1, tol=tol, maxiter=maxiter, v0=v0,
+                        solver=solver, return_singular_vectors="vh",
+                        rng=np.random.default_rng(0))
+    except FloatingPointError:
+        raise nonfinite_jacobian(index) from None
     except (ArpackNoConvergence, np.linalg.LinAlgError) as exc:
         raise RuntimeError(
             f"svds ({solver}) did not converge for sample {index} after {ops.count} "
             f"products: raise maxiter or tol"
         ) from exc
+    top = float(s[0])
+    if not (np.isfinite(top) and np.isfinite(vh[0]).all() and top >= lower * (1 - 1e-6)):
+        return _golub_kahan(ops, torch.from_numpy(z), tol=tol, maxiter=maxiter, index=index)
     v = torch.from_numpy(np.ascontiguousarray(vh[0], dtype=np.float64))
-    return float(s[0]), v / v.norm()
+    return top, v / v.norm()
+
+
+def _finite_operator(ops: JacobianProducts) -> LinearOperator:
+    """``ops.operator()`` that raises :class:`FloatingPointError` (stopping the solver)
+    instead of returning a product that is not finite."""
+    op = ops.operator()
+
+    def checked(product: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray],
+                                                                          np.ndarray]:
+        def apply(a: np.ndarray) -> np.ndarray:
+            out = product(a)
+            if not np.isfinite(out).all():
+                raise FloatingPointError("a Jacobian product is not finite")
+            return out
+        return apply
+
+    return LinearOperator(op.shape, matvec=checked(op.matvec), rmatvec=checked(op.rmatvec),
+                          dtype=np.float64)
 
 
 def _golub_kahan(ops: JacobianProducts, z: Tensor, *, tol: float, maxiter: int | None,
@@ -173,6 +218,8 @@ def _golub_kahan(ops: JacobianProducts, z: Tensor, *, tol: float, maxiter: int |
     alpha = float(p.norm())
     e1 = torch.zeros(d, dtype=torch.float64)
     e1[0] = 1.0
+    if not np.isfinite(alpha):
+        raise nonfinite_jacobian(index)
     if alpha == 0.0:  # J z = 0 for a random z: J = 0 (almost surely)
         return 0.0, e1
     vs, us = [v], [p / alpha]
@@ -181,6 +228,8 @@ def _golub_kahan(ops: JacobianProducts, z: Tensor, *, tol: float, maxiter: int |
         r = ops.rmatvec(us[-1].reshape(1, d)).double().reshape(d) - alphas[-1] * vs[-1]
         r = _reorthogonalize(r, vs)
         beta = float(r.norm())
+        if not np.isfinite(beta):
+            raise nonfinite_jacobian(index)
         k = len(alphas)
         b = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if k > 1:
@@ -195,6 +244,8 @@ def _golub_kahan(ops: JacobianProducts, z: Tensor, *, tol: float, maxiter: int |
         p = ops.matvec(vs[-1].reshape(1, d)).double().reshape(d) - beta * us[-1]
         p = _reorthogonalize(p, us)
         alpha = float(p.norm())
+        if not np.isfinite(alpha):
+            raise nonfinite_jacobian(index)
         if alpha <= 1e-14 * s:  # invariant subspace: B_k's triplet is exact
             return s, v_max / v_max.norm()
         alphas.append(alpha)

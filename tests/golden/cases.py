@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
 RECORDS = Path(__file__).with_name("records.json")
-IGNORED = ("seconds", "config_hash")
+IGNORED = ("seconds", "config_hash", "input_sha256")
 
 #: name -> arguments after ``attrcert`` (``{three}`` is a tensor file of the first three
 #: sample digits, written by :func:`prepare`).
