@@ -64,7 +64,7 @@ def shape_op(op: str, node: object, args: tuple, kwargs: dict, val: Val) -> Affi
     if op == "dropout" and val(args[2] if len(args) > 2 else kwargs.get("train")):
         raise InputError("--sound needs dropout in eval mode")
     shape = _per_sample(getattr(node, "meta", {}).get("val"), op)
-    in_meta: Tensor = getattr(args[0], "meta", {}).get("val")
+    in_meta: Tensor = getattr(args[0], "meta", {}).get("val")  # type: ignore[assignment]
     in_shape = _per_sample(in_meta, op)
     if op == "expand":
         return broadcast(in_shape, shape)
