@@ -221,8 +221,8 @@ def add_label_attack_fields(model: Model, a: Analysis, pert: Perturbation,
         })
         if in_radius or in_ball:
             rec["warnings"].append(
-                f"an attack changed the label at distance {d:.3g}, inside "
-                + (f"label_radius {radius:.3g}" if in_radius else "the ball where Proposition 1 "
+                f"an attack changed the label at distance {d:.4g}, inside "
+                + (f"label_radius {radius:.4g}" if in_radius else "the ball where Proposition 1 "
                    "said it is preserved")
                 + ": Proposition 1 is first-order, not a certificate (--sound proves "
                 "label_certified)")

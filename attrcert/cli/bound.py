@@ -79,8 +79,8 @@ def certify_command(opts: Common, command: str, *, eps: float, norm: str,
                else "no attack checked them (add --verify)")
     label = ("Prop.1 and radius (label_preserved, label_radius): Proposition 1, first-order "
              "(Eq. 8 linearises the logits) like T_e, not a proof"
-             + ("; the attack also tried to change the label within them ('label': it did)."
-                if verify else "."))
+             + ("; the attack also tried to change the label inside them ('label' in the "
+                "attack column: it did)." if verify else "."))
     emit(opts.format is Format.json, config, records,
          base + (ATTACK_COLUMNS if verify else LABEL_COLUMNS),
          f"attribution bounds, l{norm} ball, eps = {eps}", summary_keys,

@@ -118,11 +118,11 @@ def label_lines(records: list[Record]) -> list[str]:
     if any("label_radius_violated" in r for r in records):
         inside = sum(1 for r in records if r.get("label_radius_violated"))
         preserved = sum(1 for r in records if r.get("label_preserved_violated"))
-        lines.append(f"label changed by the attack inside label_radius: {inside}; inside the "
-                     f"ball where Prop. 1 said preserved: {preserved}")
+        lines.append(f"label changed inside label_radius: {inside}; where Prop. 1 said "
+                     f"kept: {preserved}")
     if any("label_certified" in r for r in records):
         proved = sum(1 for r in records if r.get("label_certified"))
-        lines.append(f"label proved on the whole ball (--sound): {proved} of {len(records)}")
+        lines.append(f"label proved on the ball (--sound): {proved} of {len(records)}")
     return lines
 
 
@@ -141,4 +141,5 @@ def verified_gate(records: list[Record], required: bool) -> str | None:
                  + (", label changed" if r.get("label_radius_violated")
                     or r.get("label_preserved_violated") else "") + ")"
                  for r in records if required and not r.get("verified", True)],
-                "an attack exceeded a bound or changed the label")
+                "an attack exceeded the bound (or changed the label where Proposition 1 said "
+                "it could not)")
