@@ -157,7 +157,7 @@ def test_margin_lower_is_never_beaten_by_brute_force(act: str, dtype: torch.dtyp
             w, z = net.l1.weight[0].detach(), net.l1(x.flatten(1))[0, 0].detach()
             x = x + ((0.499 - z) / (w @ w) * w).view_as(x)  # float64 on one side of it)
         y = int(net(x).argmax())
-        at_x = float(margins(net(x).double(), torch.tensor([y])))
+        at_x = float(margins(net(x).double(), torch.tensor([y])).detach())
         for norm, eps in ((2, 0.02), ("inf", 0.02), (2, 0.3), ("inf", 0.2), (2, 1.0)):
             bounder = SoundBounder(net, x, get_method("saliency"), Perturbation(norm, eps))
             low = bounder.bound(x, y).margin

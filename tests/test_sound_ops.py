@@ -193,6 +193,8 @@ class Hostile(nn.Module):
             return torch.addmm(self.b, torch.tanh(h), self.w, alpha=2.0)
         elif self.kind == "flat":  # the batch axis folded into the features
             h = h.view(-1).unsqueeze(0)
+        elif self.kind == "batch_expand":  # one sample copied along the batch axis
+            return torch.tanh(h).expand(3, -1)[:, :3]
         elif self.kind == "view_read_late":  # a view read after its base changed in place
             v = h[:, :3]
             torch.nn.functional.silu(h, inplace=True)
@@ -213,6 +215,7 @@ class Hostile(nn.Module):
 @pytest.mark.parametrize(("kind", "what"), [
     ("floor", "aten.div with a rounding_mode"), ("trunc", "aten.div with a rounding_mode"),
     ("addmm", "aten.addmm with beta or alpha"), ("flat", "aten.view across the batch axis"),
+    ("batch_expand", "aten.expand across the batch axis"),
     ("view_read_late", "in-place aten.silu_"), ("mul_", "aten.mul_"),
     ("copy_", "aten.empty_like"), ("zeros_like", "aten.zeros_like")])
 def test_operations_that_are_not_what_they_look_like_are_refused(kind: str, what: str) -> None:
@@ -271,3 +274,5 @@ def test_cli_bound_of_a_stop_gradient_model_holds(tmp_path) -> None:
     for rec in json.loads(result.stdout)["samples"]:
         assert rec["violation_sound"] is False
         assert rec["T_e_sound"] >= rec["T_e_hat"] > 0.01
+        assert rec["T_e_sound_method"] == "interval"
+        assert any("stops gradients" in w for w in rec["warnings"])

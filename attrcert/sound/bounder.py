@@ -269,6 +269,12 @@ class SoundBounder:
                 "margin_lower": finite_or_none(res.margin),
                 "label_certified": res.margin is not None and res.margin > 0.0,
             })
+            if not self.mean_value:
+                rec["warnings"].append(
+                    "the model stops gradients (aten.detach): T_e_sound is the interval bound "
+                    "(the attribution's Jacobian is no Hessian there), and T_e comes from "
+                    "autograd's Jacobian, which treats detached values as constants, not from "
+                    "the attribution's own derivative")
 
     @staticmethod
     def check_attack(records: list[Record]) -> None:

@@ -66,11 +66,12 @@ def shape_op(op: str, node: object, args: tuple, kwargs: dict, val: Val) -> Affi
     shape = _per_sample(getattr(node, "meta", {}).get("val"), op)
     in_meta: Tensor = getattr(args[0], "meta", {}).get("val")  # type: ignore[assignment]
     in_shape = _per_sample(in_meta, op)
+    out_meta: Tensor = node.meta["val"]  # type: ignore[attr-defined]
+    if out_meta.shape[:1] != in_meta.shape[:1] or (
+            op != "expand" and math.prod(shape) != math.prod(in_shape)):
+        raise refusal(f"{op} across the batch axis")
     if op == "expand":
         return broadcast(in_shape, shape)
-    out_meta: Tensor = node.meta["val"]  # type: ignore[attr-defined]
-    if out_meta.shape[:1] != in_meta.shape[:1] or math.prod(shape) != math.prod(in_shape):
-        raise refusal(f"{op} across the batch axis")
     f = _reshape(shape)
     return Affine(f"aten.{op}", f, f, None)
 
