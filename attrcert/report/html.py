@@ -88,14 +88,20 @@ def _verdict(data: ReportData, config: dict[str, Any]) -> tuple[str, str]:
     budget = (f"{config.get('attack_steps', '?')} steps, {config.get('attack_restarts', '?')} "
               f"restart(s), seed {config.get('seed', '?')}")
     checked = "T'_e" if data.norm == 2.0 else "T_e"
+    flips = sum(1 for r in data.records if r.get("label_radius_violated")
+                or r.get("label_preserved_violated"))
+    label = (f" The label attack also changed the label where Proposition 1 (first-order) "
+             f"said it could not on {flips} of {n} samples." if flips else "")
     if beaten or cos_beaten:
         return "bad", (f"The attack ({attack}, {budget}) exceeded the Euclidean bound {checked} "
                        f"on {beaten} of {n} samples and the cosine bound on {cos_beaten}: on "
                        "those samples the attribution is not locally linear on this ball and "
-                       "the bound is no certificate. Use a smaller eps or a smoother model.")
-    return "note", (f"The attack ({attack}, {budget}) did not exceed {checked} or the cosine "
-                    f"bound on any of the {n} samples. That shows only that this attack did "
-                    "not beat the bounds, not that no perturbation can.")
+                       "the bound is no certificate. Use a smaller eps or a smoother model."
+                       + label)
+    return "bad" if flips else "note", (
+        f"The attack ({attack}, {budget}) did not exceed {checked} or the cosine bound on "
+        f"any of the {n} samples. That shows only that this attack did not beat the bounds, "
+        "not that no perturbation can." + label)
 
 
 def _png_tag(path: Path, alt: str) -> str:
@@ -112,7 +118,8 @@ def _table(records: Sequence[Record]) -> str:
         for key, _ in TABLE_COLUMNS:
             value = r.get(key)
             if key == "verified":
-                text = "held" if value else "VIOLATED"
+                text = "held" if value else "VIOLATED" if r.get("violation") \
+                    or r.get("violation_cosine") else "label changed"
             else:
                 text = _fmt(value)
             cells.append(f'<td class="{"l" if key == "source" else ""}">{html.escape(text)}</td>')

@@ -8,7 +8,16 @@ means, Flatten/reshape, BatchNorm in eval mode, constant shifts and scales), res
 additions, elementwise products of two branches (squeeze-excitation gates), concatenation,
 and twice-differentiable elementwise activations (Tanh, Sigmoid, Softplus, SiLU, GELU), in
 float64 with outward rounding (:mod:`.intervals`). LayerNorm and softmax attention are
-refused by name (:mod:`.support`).
+refused by name (:mod:`.support`), and so is every operation that is not what it looks like
+to a value check at one point: a step in another precision than the model's (the rounding
+term is proved for one), floor division, a reshape across the batch axis, an in-place
+change read again later.
+
+Stop-gradients (``aten.detach``) are read exactly: a detached value is a constant for every
+derivative, so its value (and ``d z / d x``, for the value enclosures) passes and no adjoint
+does; ``G`` is then autograd's gradient, but ``J_g`` mixes the tangents through the detached
+value with adjoints that skip it (``sum_k S_k^T diag(u_k sigma_k'') T_k``, ``S != T``) and is
+no Hessian: such graphs get the interval bound only (:func:`.nodes.has_stop`).
 
 With ``J_v = d z_v / d x`` and ``u_v = d f_y / d z_v`` for every node ``v``, backpropagation and
 its derivative give (:mod:`.hessian`)::
@@ -54,6 +63,11 @@ per activation kernel, propagated through the backward pass over the ball's inte
 added to both bounds. It is a worst case, of order ``n u`` per layer: run the model in
 float64 (``--dtype float64``) where it matters.
 
+Label certificate (:mod:`.margin`): the pass over the ball centred at ``x`` also bounds
+``f_y - f_j`` from below for every class ``j``, as torch computes the logits (the twin's gap
+and the rounding term included), each difference enclosed directly; ``margin_lower > 0``
+proves the label on the whole ball, where Proposition 1 is first-order.
+
 Attributions (SPEC §1): saliency ``g = G``; input x gradient ``g = x * G``,
 ``J_g = diag(G) + diag(x) H`` with ``x'_i in [x_i - eps, x_i + eps]``; integrated gradients
 ``g = (x - b) * (1/m) sum_a G(z_a)``, ``z_a = b + (a/m)(x - b)``, whose ``a``-th point moves
@@ -74,7 +88,8 @@ and the derivative ranges; :mod:`.enclosures` runs the passes over a batch of ba
 :mod:`.pieces` chooses the balls, :mod:`.hessian` sums the Hessian's structured enclosure,
 :mod:`.telescope` and :mod:`.pointpass` bound its cross terms spectrally,
 :mod:`.propagation` and :mod:`.rounding` the rounding and gap terms; :mod:`.linalg` and
-:mod:`.bounds` turn enclosures into numbers; :mod:`.bounder` is the entry point.
+:mod:`.bounds` turn enclosures into numbers, :mod:`.margin` into the label certificate;
+:mod:`.bounder` is the entry point.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .intervals import widen
+from .intervals import REL, TINY, to_lohi, widen
 
 GRID = (-60.0, 60.0, 1.0 / 64.0)
 
@@ -232,6 +232,32 @@ def _gelu() -> Activation:
         return pdf(z) * (z * z * z - 4.0 * z)
 
     return Activation("gelu", (d0, d1, d2, d3), (1.0, 1.13, 0.8), ulps=32.0)
+
+
+def twin_range(act: Activation, k: int, lo: Tensor, hi: Tensor,
+                above: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``sigma^(k)`` over ``[lo, hi]`` for the twin of :mod:`.enclosures` (the identity on
+    the units ``above`` the Softplus threshold, the smooth closed form elsewhere); torch's
+    own function when ``above`` is None."""
+    if above is None or act.threshold is None:
+        return act.range(k, lo, hi)
+    assert act.smooth_twin is not None
+    slo, shi = act.smooth_twin.range(k, lo, hi)
+    if k == 0:
+        ilo, ihi = lo, hi
+    else:
+        ilo = ihi = torch.full_like(lo, 1.0 if k == 1 else 0.0)
+    return torch.where(above, ilo, slo), torch.where(above, ihi, shi)
+
+
+def slope_deviation(act: Activation, ball: tuple[Tensor, Tensor],
+                    point: tuple[Tensor, Tensor], mask: Tensor | None) -> Tensor:
+    """``max |sigma'(z(x')) - sigma'(z(x))|`` over the ball, per unit ``(P, n)``: ``z(x')`` in
+    the ball's interval, ``z(x)`` in the point's, both through the twin's slope range."""
+    slo, shi = twin_range(act, 1, *to_lohi(*ball), mask)
+    plo, phi = twin_range(act, 1, *to_lohi(*point), mask)
+    dev = torch.maximum(shi - plo, phi - slo).clamp(min=0.0)
+    return (dev * (1.0 + REL) + TINY).reshape(dev.shape[0], -1)
 
 
 _CACHE: dict[tuple, Activation] = {}

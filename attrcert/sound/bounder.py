@@ -19,7 +19,7 @@ from .enclosures import fixed_tangents
 from .graph import read_graph
 from .hessian import HessianSum
 from .intervals import REL, SUM_REL, TINY, mul, to_lohi
-from .nodes import forward, patterns
+from .nodes import forward, has_stop, patterns
 from .pieces import Centres, centres, chunk_size, run, weighted
 from .pointpass import cheap_masks, telescope_at
 from .rounding import model_rounding
@@ -32,10 +32,13 @@ SPLITS_IG = 2  # integrated gradients: its m points already cost m pieces each
 
 @dataclass
 class SoundResult:
-    """``T_e_sound`` and the bounds it is the minimum of (``None``: not available)."""
+    """``T_e_sound`` and the bounds it is the minimum of (``None``: not available), and the
+    label certificate: ``margin``, a lower bound on torch's ``f_y - max_{j != y} f_j`` over the
+    ball (:mod:`.margin`; ``None``: one class)."""
 
     interval: float
     mean_value: float | None
+    margin: float | None = None
 
     @property
     def value(self) -> float:
@@ -79,6 +82,8 @@ class SoundBounder:
         self.rounding = model_rounding(model, example)
         self.has_threshold = any(n.act is not None and n.act.threshold is not None
                                  for n in self.graph.nodes)
+        # a stop-gradient makes J_g no Hessian: only the interval bound is proved then
+        self.mean_value = not has_stop(self.graph)
         self.attribution = attribution
         self.splits = splits if splits is not None else (
             SPLITS_IG if isinstance(attribution, IntegratedGradients) else SPLITS)
@@ -95,7 +100,8 @@ class SoundBounder:
         self.fixed = fixed_tangents(self.graph, self.pats, example[:1])
         # the telescoped cross terms are spectral (l2) bounds; for l-inf the entrywise ones
         # enter through ||R 1||, which they would not beat
-        self.ups = eligible(self.graph) if telescope and not self.linf else {}
+        self.ups = eligible(self.graph) if telescope and not self.linf \
+            and self.mean_value else {}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ours = forward(self.graph, example[:1].detach().to(torch.float64))
@@ -152,7 +158,8 @@ class SoundBounder:
         x = x.detach().to(torch.float64)
         eps, d, k = self.eps, self.d, self.splits
         cen, u0, r = centres(self.attribution, x, eps, self.rounding.u)
-        acc = HessianSum(d, x.device, track_a=u0 is not None) if d <= MAX_D else None
+        acc = HessianSum(d, x.device, track_a=u0 is not None) \
+            if d <= MAX_D and self.mean_value else None
         common: dict = {"q": self.q, "target": target, "chunk": self.chunk,
                         "fixed": self.fixed}
         masks = None
@@ -207,8 +214,10 @@ class SoundBounder:
                     * (1.0 + 1e-10)
         extra = self.rounding_term(gball, fb, fp, gpoint, u0, r)
         grow = 1.0 + (x.numel() + 3) * 2.0 ** -52  # the float64 norm of the attack's deviation
+        assert full.margin is not None  # the piece centred at x with radius eps is the last
+        margin = float(full.margin[-1].min()) if full.margin.shape[1] > 1 else None
         return SoundResult((interval + extra) * grow,
-                           None if mean_value is None else (mean_value + extra) * grow)
+                           None if mean_value is None else (mean_value + extra) * grow, margin)
 
     def _partial(self, cen: Centres, masks: dict[int, Tensor] | None, acc: HessianSum,
                  gsum: tuple[Tensor, Tensor], common: dict) -> tuple[Tensor, Tensor]:
@@ -244,7 +253,9 @@ class SoundBounder:
     def update(self, x: Tensor, targets: Tensor, attr_norms: list[float],
                records: list[Record]) -> None:
         """Add ``T_e_sound``, ``T_e_sound_method``, ``T_c_sound``, ``T_c_sound_deg`` to each
-        record of a batch (Corollary 2 applied to ``T_e_sound``)."""
+        record of a batch (Corollary 2 applied to ``T_e_sound``), and the proved label
+        certificate ``margin_lower`` (a lower bound on ``f_y - max_{j != y} f_j`` over the
+        ball, torch's rounding included) with ``label_certified`` (``margin_lower > 0``)."""
         for i, rec in enumerate(records):
             res = self.bound(x[i:i + 1], int(targets[i]))
             cos = cosine_bound(res.value, attr_norms[i])
@@ -255,16 +266,28 @@ class SoundBounder:
                 "T_e_sound_mean_value": finite_or_none(res.mean_value),
                 "T_c_sound": finite_or_none(cos.distance),
                 "T_c_sound_deg": finite_or_none(cos.degrees),
+                "margin_lower": finite_or_none(res.margin),
+                "label_certified": res.margin is not None and res.margin > 0.0,
             })
+            if not self.mean_value:
+                rec["warnings"].append(
+                    "the model stops gradients (aten.detach): T_e_sound is the interval bound "
+                    "(the attribution's Jacobian is no Hessian there), and T_e comes from "
+                    "autograd's Jacobian, which treats detached values as constants, not from "
+                    "the attribution's own derivative")
 
     @staticmethod
     def check_attack(records: list[Record]) -> None:
-        """After an attack (``verify``): ``violation_sound`` is whether it beat ``T_e_sound``,
-        which a proved bound must never allow (it would be a bug: a warning says so)."""
+        """After an attack (``verify``): ``violation_sound`` is whether it beat ``T_e_sound``
+        or went below ``margin_lower`` (the label attack's ``margin_hat``), which proved
+        bounds must never allow (it would be a bug: a warning says so)."""
         for rec in records:
             hat, proved = rec.get("T_e_hat"), rec.get("T_e_sound")
             beaten = hat is not None and proved is not None and hat > proved
-            rec["violation_sound"] = beaten
-            if beaten:
-                rec["warnings"].append("an attack exceeded the proved bound T_e_sound: this "
-                                       "is a bug in attrcert, please report it")
+            low, found = rec.get("margin_lower"), rec.get("margin_hat")
+            below = low is not None and found is not None and found < low
+            rec["violation_sound"] = beaten or below
+            if beaten or below:
+                what = "T_e_sound" if beaten else "margin_lower"
+                rec["warnings"].append(f"an attack beat the proved {what}: this is a bug in "
+                                       "attrcert, please report it")

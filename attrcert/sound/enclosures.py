@@ -32,11 +32,19 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .activations import Activation
+from .activations import slope_deviation
+from .activations import twin_range as _twin_range
 from .hessian import HessianSum
 from .intervals import REL, SUM_REL, TINY, intersect, mul, mul_cr, to_cr, to_lohi
+from .margin import margin_lower
 from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Graph, Node, affine_cr, affine_t_cr
-from .propagation import ErrorModel, backward_errors, forward_step, rounding_error
+from .propagation import (
+    ErrorModel,
+    backward_errors,
+    forward_errors,
+    forward_step,
+    rounding_error,
+)
 from .rounding import Rounding
 from .telescope import Telescope, cross, row_bounds
 
@@ -49,7 +57,8 @@ class Enclosure:
     centre; ``mvt_ok``: no Softplus threshold inside a ball interval (or the twin was
     enclosed); ``above``: per thresholded activation node, the mask of units above the
     threshold over the whole ball; ``gap``/``gap0``: bounds on ``|G - G_s|``; ``round_ball``/
-    ``round_point``: bounds on torch's rounding ``|G_hat - G|``."""
+    ``round_point``: bounds on torch's rounding ``|G_hat - G|``; ``margin`` ``(P, k)`` (with
+    ``rounding``): lower bounds on torch's ``f_y - f_j`` over each ball (:mod:`.margin`)."""
 
     grad: tuple[Tensor, Tensor]
     grad0: tuple[Tensor, Tensor]
@@ -62,21 +71,7 @@ class Enclosure:
     boxes: list[tuple[Tensor, Tensor]] | None = None
     ball: list[tuple[Tensor, Tensor]] | None = None
     tangents: dict[int, tuple[Tensor, Tensor]] | None = None
-
-
-def _twin_range(act: Activation, k: int, lo: Tensor, hi: Tensor,
-                above: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``sigma^(k)`` over ``[lo, hi]`` for the twin (see the module docstring); torch's own
-    function when ``above`` is None."""
-    if above is None or act.threshold is None:
-        return act.range(k, lo, hi)
-    assert act.smooth_twin is not None
-    slo, shi = act.smooth_twin.range(k, lo, hi)
-    if k == 0:
-        ilo, ihi = lo, hi
-    else:
-        ilo = ihi = torch.full_like(lo, 1.0 if k == 1 else 0.0)
-    return torch.where(above, ilo, slo), torch.where(above, ihi, shi)
+    margin: Tensor | None = None
 
 
 def _tmul(s: tuple[Tensor, Tensor], tan: CR, pad: Tensor) -> CR:
@@ -270,8 +265,11 @@ def enclose(graph: Graph, pats: list[Tensor], x0: Tensor, radius: Tensor, q: flo
     if rounding is not None:
         zero = torch.zeros_like(x0)
         eb, ep = e0 if e0 is not None else (zero, zero)
-        res.round_ball = rounding_error(graph, lohi, alohi, rounding, eb)
+        errs = forward_errors(graph, lohi, rounding, eb)
+        res.round_ball = rounding_error(graph, lohi, alohi, rounding, eb, errs)
         res.round_point = rounding_error(graph, lohi0, alohi0, rounding, ep)
+        res.margin = margin_lower(graph, pt, box, tan[out] if tangents else None,
+                                  dz[out] if track else None, errs[out], radius, q, target)
     return res
 
 
@@ -332,7 +330,8 @@ def backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
         ins = node.inputs
         if node.kind == AFFINE:
             assert node.affine is not None
-            put(ins[0], affine_t_cr(node.affine, *ui))
+            if not node.affine.stop:  # a stop-gradient passes no adjoint
+                put(ins[0], affine_t_cr(node.affine, *ui))
         elif node.kind == ADD:
             put(ins[0], ui)
             put(ins[1], (node.sign * ui[0], abs(node.sign) * ui[1]
@@ -379,15 +378,6 @@ def backward(graph: Graph, vals: list[CR], tan: list[CR | None], seed: Tensor,
             put(ins[0], mul_cr(*_twin_range(act, 1, lo, hi, mask), *ui))
     return [a if a is not None else (torch.zeros_like(v[0]), torch.zeros_like(v[0]))
             for a, v in zip(adj, vals, strict=True)]
-
-
-def slope_deviation(act: Activation, ball: CR, point: CR, mask: Tensor | None) -> Tensor:
-    """``max |sigma'(z(x')) - sigma'(z(x))|`` over the ball, per unit ``(P, n)``: ``z(x')`` in
-    the ball's interval, ``z(x)`` in the point's, both through the twin's slope range."""
-    slo, shi = _twin_range(act, 1, *to_lohi(*ball), mask)
-    plo, phi = _twin_range(act, 1, *to_lohi(*point), mask)
-    dev = torch.maximum(shi - plo, phi - slo).clamp(min=0.0)
-    return (dev * (1.0 + REL) + TINY).reshape(dev.shape[0], -1)
 
 
 def _flat(t: CR) -> CR:

@@ -27,13 +27,22 @@ from .ops import (
     broadcast,
     const_op,
     conv_op,
+    detach_op,
     linear_op,
     permute_op,
     reduce_op,
+    rounded_division,
     shape_op,
     slice_op,
 )
-from .support import NOT_ENCLOSED, NOT_SMOOTH, refusal
+from .support import (
+    NOT_ENCLOSED,
+    NOT_SMOOTH,
+    check_inplace,
+    check_precision,
+    refusal,
+    runtime_dtypes,
+)
 from .torchscript import from_torchscript
 
 ACTIVATIONS = ("tanh", "sigmoid", "silu", "gelu", "softplus")
@@ -81,8 +90,10 @@ def _shape(a: object) -> tuple[int, ...]:
 class _Reader:
     """The state of one pass over an fx graph: constants, and the node of every variable."""
 
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, example: Tensor) -> None:
         self.gm = gm
+        self.dtype = example.dtype
+        self.dtypes = runtime_dtypes(gm, example)
         self.consts: dict[str, object] = {}
         self.ids: dict[str, int] = {}
         self.sym: set[str] = set()
@@ -149,13 +160,14 @@ class _Reader:
                                                                            list))):
             self.sym.add(node.name)  # a size computed from the input (dynamic batch)
             return
+        check_precision(node, op, self.dtype, self.dtypes.get(node.name))
         if node.target is operator.getitem:
             if not self.is_var(args[0]) or args[1] != 0:
                 raise refusal("getitem")
             self.ids[node.name] = self.ids[args[0].name]
             return
-        if op in NOT_SMOOTH or op in NOT_ENCLOSED:
-            raise refusal(op)
+        if op in NOT_SMOOTH or op in NOT_ENCLOSED or rounded_division(op, kwargs):
+            raise refusal(op if op != "div" else "div with a rounding_mode")
         variables = self.var_args(tuple(args) + tuple(kwargs.values()))
         names = {v.name for v in variables}
         if op in ("add", "sub", "mul") and len(variables) == 2:
@@ -193,9 +205,11 @@ class _Reader:
         if op in ("conv2d", "convolution", "_convolution"):
             aff = conv_op(op, args, self.val, self.f64, self.is_var)
         elif op in ("linear", "addmm", "mm"):
-            aff = linear_op(op, args, self.val, self.f64, self.is_var)
+            aff = linear_op(op, args, self.val, self.f64, self.is_var, kwargs)
         elif op in ("batch_norm", "_native_batch_norm_legit_no_training"):
             aff = batch_norm_op(op, node, args, self.val, self.f64)
+        elif op == "detach":
+            aff = detach_op()
         elif op in SHAPE_OPS:
             aff = shape_op(op, node, args, kwargs, self.val)
         elif op in ("permute", "transpose"):
@@ -229,9 +243,12 @@ def read_graph(model: torch.nn.Module, example: Tensor) -> Graph:
     """The model as a :class:`.nodes.Graph` in float64, read from its torch.export graph.
 
     Raises :class:`InputError` naming the first operation that is not supported (ReLU and
-    max-pooling: not twice differentiable; LayerNorm, softmax attention: no enclosure)."""
+    max-pooling: not twice differentiable; LayerNorm, softmax attention: no enclosure), that
+    computes in another precision than ``example``'s (the rounding term is proved for one),
+    or that changes a value in place which is read again afterwards."""
     gm = _graph_module(model, example)
-    reader = _Reader(gm)
+    check_inplace(gm.graph)
+    reader = _Reader(gm, example)
     output = None
     for node in gm.graph.nodes:
         if node.op == "placeholder":

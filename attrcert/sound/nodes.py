@@ -4,7 +4,7 @@ Every node holds one value ``z_v(x)`` of per-sample shape ``shape`` (batches ``(
 
 - ``input``: ``x`` itself;
 - ``affine``: ``A z_u + b`` of one input (Linear, Conv2d, pooling, means, reshapes, eval
-  BatchNorm, constant shifts and scales, broadcasting);
+  BatchNorm, constant shifts and scales, broadcasting, and stop-gradients: ``Affine.stop``);
 - ``act``: ``sigma(z_u)`` elementwise (Tanh, Sigmoid, Softplus, SiLU, GELU);
 - ``add``: ``z_u + sign z_w`` (residual connections);
 - ``mul``: ``z_u * z_w`` elementwise (gates such as squeeze-excitation), both of the node's
@@ -39,7 +39,12 @@ class Affine:
 
     Rounding (:mod:`.rounding`): torch's result has at most ``fan_in`` terms per output
     (0: exact, e.g. a reshape), its transpose ``fan_out`` per input; ``bias_abs`` replaces
-    ``|bias|`` in the magnitude the rounding is relative to (eval BatchNorm)."""
+    ``|bias|`` in the magnitude the rounding is relative to (eval BatchNorm).
+
+    ``stop``: a stop-gradient (``aten.detach``): the identity on values and on their
+    derivatives ``d z / d x``, but autograd's backward pass (and so the attribution) passes
+    no adjoint through it, so every backward pass skips it; ``lin`` detaches, so that
+    :func:`forward` differentiates as torch does."""
 
     name: str
     lin: Callable[[Tensor], Tensor]
@@ -50,6 +55,7 @@ class Affine:
     fan_in: int = 0
     fan_out: int = 0
     bias_abs: Tensor | None = None
+    stop: bool = False
 
 
 @dataclass
@@ -172,6 +178,12 @@ def transpose(fn: Callable[[Tensor], Tensor], v: Tensor, in_shape: tuple[int, ..
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(fn(z), z, v)
     return grad
+
+
+def has_stop(graph: Graph) -> bool:
+    """Whether the graph holds a stop-gradient (:attr:`Affine.stop`): the attribution's
+    Jacobian is then no Hessian of ``f_y`` (module :mod:`attrcert.sound`)."""
+    return any(n.affine is not None and n.affine.stop for n in graph.nodes)
 
 
 def affine_t_cr(a: Affine, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:

@@ -23,7 +23,7 @@ Val = Callable[[object], object]
 F64 = Callable[[object], "Tensor | None"]
 IsVar = Callable[[object], bool]
 SHAPE_OPS = ("flatten", "view", "reshape", "_unsafe_view", "contiguous", "clone", "alias",
-             "dropout", "detach", "squeeze", "unsqueeze", "expand", "lift_fresh_copy")
+             "dropout", "squeeze", "unsqueeze", "expand", "lift_fresh_copy", "to", "_to_copy")
 REDUCE_OPS = ("mean", "sum", "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "avg_pool2d")
 CONST_OPS = ("add", "sub", "mul", "div", "neg", "rsub")
 
@@ -58,14 +58,27 @@ def broadcast(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Affine:
 
 
 def shape_op(op: str, node: object, args: tuple, kwargs: dict, val: Val) -> Affine:
-    """Reshapes, copies, eval dropout and broadcasting: exact, ``|A| = A``."""
+    """Reshapes, copies, eval dropout, broadcasting and casts to the same dtype (the reader
+    refuses any other dtype): exact, ``|A| = A``. A reshape must keep the batch axis and
+    each sample's values (``view(-1)`` of a batch is refused)."""
     if op == "dropout" and val(args[2] if len(args) > 2 else kwargs.get("train")):
         raise InputError("--sound needs dropout in eval mode")
     shape = _per_sample(getattr(node, "meta", {}).get("val"), op)
+    in_meta: Tensor = getattr(args[0], "meta", {}).get("val")  # type: ignore[assignment]
+    in_shape = _per_sample(in_meta, op)
+    out_meta: Tensor = node.meta["val"]  # type: ignore[attr-defined]
+    if out_meta.shape[:1] != in_meta.shape[:1] or (
+            op != "expand" and math.prod(shape) != math.prod(in_shape)):
+        raise refusal(f"{op} across the batch axis")
     if op == "expand":
-        return broadcast(tuple(int(s) for s in args[0].meta["val"].shape[1:]), shape)
+        return broadcast(in_shape, shape)
     f = _reshape(shape)
     return Affine(f"aten.{op}", f, f, None)
+
+
+def detach_op() -> Affine:
+    """``aten.detach``: the value passes, no adjoint does (:attr:`.nodes.Affine.stop`)."""
+    return Affine("aten.detach", lambda t: t.detach(), lambda t: t, None, stop=True)
 
 
 def slice_op(op: str, args: tuple, val: Val) -> Affine:
@@ -177,11 +190,16 @@ def conv_op(op: str, args: tuple, val: Val, f64: F64, is_var: IsVar) -> Affine:
                   fan_out=(int(w.shape[0]) // int(groups)) * int(w[0, 0].numel()) + 1)
 
 
-def linear_op(op: str, args: tuple, val: Val, f64: F64, is_var: IsVar) -> Affine:
+def linear_op(op: str, args: tuple, val: Val, f64: F64, is_var: IsVar,
+              kwargs: dict | None = None) -> Affine:
+    kwargs = kwargs or {}
     if op == "linear":
         w, xarg = f64(val(args[1])), args[0]
         b = f64(val(args[2])) if len(args) > 2 and args[2] is not None else None
     elif op == "addmm":
+        if any(float(val(args[i] if len(args) > i else kw)) != 1.0  # type: ignore[arg-type]
+               for i, kw in ((3, kwargs.get("beta", 1.0)), (4, kwargs.get("alpha", 1.0)))):
+            raise refusal("addmm with beta or alpha other than 1")
         b, xarg, w = f64(val(args[0])), args[1], f64(val(args[2])).t()  # type: ignore[union-attr]
     else:
         b, xarg, w = None, args[0], f64(val(args[1])).t()  # type: ignore[union-attr]
@@ -256,3 +274,9 @@ def const_op(op: str, args: tuple, kwargs: dict, val: Val, f64: F64,
                       fan_out=2)
     raise InputError("--sound does not support dividing by an activation (aten.div of "
                      "a constant by x)")
+
+
+def rounded_division(op: str, kwargs: dict) -> bool:
+    """Whether ``op`` is ``div`` with a ``rounding_mode`` (floor or trunc: piecewise
+    constant, not the smooth ``x / c`` that :func:`const_op` models)."""
+    return op == "div" and kwargs.get("rounding_mode") is not None

@@ -59,6 +59,7 @@ def centres(att: Attribution, x: Tensor, eps: float, u: float
     a = alpha.view(shape)
     span = (x - base).abs()
     z = base + a * (x - base)
+    z[-1] = x[0]  # alpha = 1: the exact path point is x (the margin's ball is centred there)
     # the float path point b + alpha (x_hat - b): each of its operations rounded
     e_ball = a * r + 5.0 * u * (base.abs() + a * (span + eps + r))
     e_point = 5.0 * u * (base.abs() + a * span)
@@ -108,4 +109,4 @@ def run(graph: Graph, pats: list[Tensor], z: Tensor, radius: Tensor, q: float, t
         (torch.cat([p.grad0[0] for p in parts]), torch.cat([p.grad0[1] for p in parts])),
         all(p.mvt_ok for p in parts),
         {k: torch.cat([p.above[k] for p in parts]) for k in parts[0].above},
-        cat("gap"), cat("gap0"), cat("round_ball"), cat("round_point"))
+        cat("gap"), cat("gap0"), cat("round_ball"), cat("round_point"), margin=cat("margin"))

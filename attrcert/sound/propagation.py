@@ -5,7 +5,8 @@ graph, from the enclosures of every node's value ``z`` and adjoint ``u = d f_y /
 ball (``boxes``, ``adjoints``: ``(lo, hi)`` per node, batched over pieces). A forward pass
 bounds ``e >= |z_hat - z|`` per node, a backward pass ``f >= |u_hat - u|``:
 
-- affine ``A z + b``: ``e' = |A| e + i_A``, ``f = |A|^T f' + j_A``;
+- affine ``A z + b``: ``e' = |A| e + i_A``, ``f = |A|^T f' + j_A`` (a stop-gradient:
+  ``e' = e``, nothing backwards);
 - ``z_a + s z_b``: ``e' = e_a + |s| e_b``; the adjoint passes to both (times ``|s|``);
 - ``z_a z_b``: ``e' = |a| e_b + |b| e_a + e_a e_b``; to ``a``: ``f (|b| + e_b) + |u| e_b``;
 - ``sigma(z)``: ``e' = L1 e + i_sigma``; with ``|s_hat - s| <= ds = L2 e + k_sigma``,
@@ -137,6 +138,8 @@ def backward_errors(graph: Graph, boxes: list[Box], adjoints: list[Box], errs: l
         if node.kind == AFFINE:
             a = node.affine
             assert a is not None
+            if a.stop:  # a stop-gradient: no adjoint, so no adjoint error
+                continue
             back = transpose(a.lin_abs, total, a.in_shape)
             ft = transpose(a.lin_abs, f, a.in_shape)
             if a.fan_out:
@@ -175,14 +178,24 @@ def backward_errors(graph: Graph, boxes: list[Box], adjoints: list[Box], errs: l
     return out
 
 
-def rounding_error(graph: Graph, boxes: list[Box], adjoints: list[Box], rnd: Rounding,
-                   e0: Tensor) -> Tensor:
-    """``(P, d)`` bounds on ``|G_hat - G|``: torch's computed gradient at a point within
-    ``e0`` of ``x'``, against the exact ``G(x')``, for every ``x'`` whose node values and
-    adjoints lie in ``boxes`` and ``adjoints`` (see the module docstring)."""
+def forward_errors(graph: Graph, boxes: list[Box], rnd: Rounding, e0: Tensor) -> list[Tensor]:
+    """Bounds ``e >= |z_hat - z|`` on every node's value: torch's arithmetic at a point within
+    ``e0`` of ``x'``, against the exact ``z(x')``, for every ``x'`` whose node values lie in
+    ``boxes`` (the forward half of :func:`rounding_error`)."""
     m = ErrorModel(rnd)
     errs = [e0]
     for i in range(1, len(graph.nodes)):
         errs.append(forward_step(graph, i, boxes, errs, m))
-    f = backward_errors(graph, boxes, adjoints, errs, m)[0]
+    return errs
+
+
+def rounding_error(graph: Graph, boxes: list[Box], adjoints: list[Box], rnd: Rounding,
+                   e0: Tensor, errs: list[Tensor] | None = None) -> Tensor:
+    """``(P, d)`` bounds on ``|G_hat - G|``: torch's computed gradient at a point within
+    ``e0`` of ``x'``, against the exact ``G(x')``, for every ``x'`` whose node values and
+    adjoints lie in ``boxes`` and ``adjoints`` (see the module docstring); ``errs``: the
+    forward errors if :func:`forward_errors` already gave them."""
+    if errs is None:
+        errs = forward_errors(graph, boxes, rnd, e0)
+    f = backward_errors(graph, boxes, adjoints, errs, ErrorModel(rnd))[0]
     return f.reshape(f.shape[0], -1)

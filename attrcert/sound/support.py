@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
+import torch
+
 from ..errors import InputError
 
 SUPPORTED = ("Linear", "Conv2d", "AvgPool2d / adaptive average pooling / means",
@@ -45,3 +49,86 @@ def refusal(op: str) -> InputError:
             f"{', '.join(SUPPORTED)}")
     return InputError(f"--sound does not support the operation aten.{op} in this model: "
                       f"supported are {', '.join(SUPPORTED)}")
+
+
+def runtime_dtypes(gm: torch.fx.GraphModule, example: torch.Tensor) -> dict[str, torch.dtype]:
+    """The dtype of every tensor-valued node when ``gm`` runs on ``example`` (one pass of
+    the graph): an archive exported in float32 and run with ``--dtype float64`` computes in
+    float64 where its recorded shapes say float32, except where it casts explicitly. Empty
+    when the pass fails (the model's own check then reports it)."""
+    found: dict[str, torch.dtype] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> object:
+            out = super().run_node(n)
+            first = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(first, torch.Tensor):
+                found[n.name] = first.dtype
+            return out
+
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Recorder(gm).run(example)
+    except Exception:  # the model's own forward check reports failures
+        return {}
+    return found
+
+
+def check_precision(node: torch.fx.Node, op: str, dtype: torch.dtype,
+                    actual: torch.dtype | None) -> None:
+    """Refuse a node computed from the input whose result is not in the model's precision
+    ``dtype`` (a float16 mean or a ``.half()`` inside a float32 model, a float64 step inside
+    a float32 one, integers): the rounding term is proved for one unit roundoff, and float16
+    also underflows where the float32 analysis assumes it does not. ``actual``: the dtype
+    the node had when the graph ran (:func:`runtime_dtypes`; else the recorded one)."""
+    if actual is None:
+        meta = node.meta.get("val")
+        first = meta[0] if isinstance(meta, (tuple, list)) and meta else meta
+        actual = first.dtype if isinstance(first, torch.Tensor) else None
+    if actual is not None and actual != dtype:
+        raise InputError(f"--sound proves the rounding of one precision, "
+                         f"{str(dtype).replace('torch.', '')}: aten.{op} (node {node.name}) "
+                         f"computes in {str(actual).replace('torch.', '')}; remove that cast "
+                         "(or dtype= argument) from the model")
+
+
+def _returns_alias(node: torch.fx.Node) -> bool:
+    """Whether ``node`` returns a view of its first argument (its schema says so)."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.returns or not node.args:
+        return False
+    info = schema.returns[0].alias_info
+    return info is not None and not info.is_write
+
+
+def check_inplace(graph: torch.fx.Graph) -> None:
+    """Refuse an in-place operation (``aten.silu_``, ``aten.mul_``, ``aten.copy_``, ...) whose
+    target, or a view of it, is read by a node after it: the graph names the old value
+    there, while torch reads the changed one. (The operations themselves are then read as
+    their out-of-place forms, or refused by name.)"""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None or not schema.is_mutable:
+            continue
+        if not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        seen, todo = set(), [node.args[0]]
+        while todo:  # the target and every view of it, both ways
+            cur = todo.pop()
+            if cur in seen:
+                continue
+            seen.add(cur)
+            if _returns_alias(cur) and isinstance(cur.args[0], torch.fx.Node):
+                todo.append(cur.args[0])
+            todo.extend(u for u in cur.users if u is not node and _returns_alias(u)
+                        and u.args[0] is cur)
+        late = [u for a in seen for u in a.users
+                if u is not node and u not in seen and order[u] > order[node]]
+        if late:
+            op = str(node.target).split(".")[1] if "." in str(node.target) else node.name
+            raise InputError(f"--sound cannot read the in-place aten.{op} (node {node.name}): "
+                             f"the value it changes is read again afterwards (by "
+                             f"{late[0].name}); write the model without the in-place "
+                             "operation")
