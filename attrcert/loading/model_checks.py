@@ -75,7 +75,8 @@ def check_logits(out: object, rows: int, model: Path | str, sources: Sequence[st
                          f"image{'s' if rows != 1 else ''}: attrcert needs logits of shape "
                          "(N, k)")
     if out.shape[0] != rows:
-        raise InputError(f"model {model} returned {out.shape[0]} rows of logits for {rows} "
+        raise InputError(f"model {model} returned {out.shape[0]} row"
+                         f"{'s' if out.shape[0] != 1 else ''} of logits for {rows} "
                          "images: it must return one row per image (does it slice or reduce "
                          "the batch?)")
     if out.shape[1] == 0:

@@ -23,10 +23,13 @@ methods, scripted ``torch.nn.functional``, bounded loops) loads as before.
 from __future__ import annotations
 
 import ast
+import collections
 import io
+import pickle
 import pickletools
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from .export_program import Finding
 from .operators import TORCHSCRIPT_PRIM, aten_allowed, sampling
@@ -40,7 +43,7 @@ from .torchscript_bounds import (
     function_alias,
 )
 
-__all__ = ["torchscript_findings"]
+__all__ = ["torchscript_findings", "traced_input_shape"]
 
 #: Bytes of code an archive may hold (ResNet-50, scripted: 0.4 MB).
 MAX_CODE = 64 * 2**20
@@ -292,3 +295,40 @@ def _pickle_findings(data: bytes, entry: str) -> list[Finding]:
     except Exception:  # torch reports a corrupt pickle itself, in one line
         return []
     return []
+
+
+class _Shapes(pickle.Unpickler):
+    """Reads ``traced_inputs.pkl`` (the example inputs ``torch.jit.trace`` keeps) into the
+    shapes of its tensors: the only classes it builds are a dict and the shape tuples."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda storage, offset, size, *rest: ("tensor", tuple(size))
+        if (module, name) == ("torch.jit._pickle", "restore_type_tag"):
+            return lambda value, tag: value
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name.endswith("Storage"):
+            return name
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def traced_input_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of the first example input that ``torch.jit.trace`` kept in the archive
+    (``traced_inputs.pkl``), or ``None`` (a scripted model, an older torch, anything odd).
+    Nothing from the file is run: only a dict and tuples are built."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("/traced_inputs.pkl")), None)
+            if name is None or zf.getinfo(name).file_size > 2**20:
+                return None
+            inputs = _Shapes(io.BytesIO(zf.read(name))).load()
+        first = inputs["forward"][0]
+        if isinstance(first, tuple) and first[0] == "tensor":
+            return tuple(int(s) for s in first[1])
+    except Exception:  # any odd pickle: no shape, the user passes IMAGES or --size
+        return None
+    return None

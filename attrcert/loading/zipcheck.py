@@ -77,11 +77,11 @@ def _entries_problem(infos: list[zipfile.ZipInfo], fh, end: int, size: int) -> s
         if stop > end:
             return f"the entry {name[:80]!r} reaches past the end of the archive's data"
         spans.append((start, stop, name))
-    if total > MAX_RATIO * max(size, 1):
-        return (f"its entries declare {total} bytes in all from a file of {size} bytes "
-                "(a zip bomb?)")
     spans.sort()
     for (_, stop, first), (start, _, second) in itertools.pairwise(spans):
         if start < stop:
             return f"the entries {first[:60]!r} and {second[:60]!r} overlap (a zip bomb?)"
+    if total > MAX_RATIO * max(size, 1):
+        return (f"its entries declare {total} bytes in all from a file of {size} bytes "
+                "(a zip bomb?)")
     return None
