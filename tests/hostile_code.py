@@ -239,7 +239,7 @@ def zip_with_central(entries: list[tuple[str, bytes]], rewrite) -> bytes:
             zf.writestr(name, data)
     raw = buffer.getvalue()
     end = _eocd(raw)
-    count, size, start = struct.unpack("<HII", raw[end + 10:end + 20])
+    count, _, start = struct.unpack("<HII", raw[end + 10:end + 20])
     records, pos = [], start
     fmt = struct.Struct("<4s6H3I5H2I")
     for _ in range(count):

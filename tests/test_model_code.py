@@ -22,7 +22,7 @@ from attrcert.errors import InputError, LoadError
 from attrcert.loading import load_model
 from attrcert.loading.export_program import node_refusal, target_is_safe
 from attrcert.loading.model_checks import check_logits
-from attrcert.loading.operators import ATEN, PRIMS, TORCHSCRIPT_ATEN, TORCHSCRIPT_PRIM, SAMPLING
+from attrcert.loading.operators import ATEN, PRIMS, SAMPLING, TORCHSCRIPT_ATEN, TORCHSCRIPT_PRIM
 from attrcert.loading.zipcheck import zip_problem
 
 from . import hostile_code as hc
@@ -96,8 +96,8 @@ def test_trust_code_runs_the_writer(name, tmp_path, images, capfd):
     target.write_bytes(hc.ORIGINAL)
     model = hc.TORCHSCRIPT[name][0](target, tmp_path / "m.pt")
     target.write_bytes(hc.ORIGINAL)
-    code, out, err = run_main(["inspect", str(model), "--size", "8", "8", "--trust-code"],
-                              capfd)
+    code, _, err = run_main(["inspect", str(model), "--size", "8", "8", "--trust-code"],
+                            capfd)
     assert code == 0, err
     assert err.count("warning:") == 1 and "runs code" in err
     assert target.read_bytes() != hc.ORIGINAL
@@ -126,7 +126,7 @@ def test_shipped_torchscript_sample_inspects_without_images(capfd):
 def test_scripted_model_without_a_shape_is_one_line(tmp_path, capfd):
     model = hc.scripted(hc.ListLoops(), tmp_path / "s.pt")
     one_line_error(*run_main(["inspect", str(model)], capfd), "input shape", "--size")
-    code, out, err = run_main(["inspect", str(model), "--size", "8", "8"], capfd)
+    code, _, err = run_main(["inspect", str(model), "--size", "8", "8"], capfd)
     assert code == 0, err
 
 
@@ -158,9 +158,11 @@ def test_impure_targets_are_refused(target):
 
 
 @pytest.mark.parametrize("target", [
-    "torch.ops.aten.conv2d.default", "torch.ops.aten.silu_.default", "torch.ops.aten.relu_.default",
+    "torch.ops.aten.conv2d.default", "torch.ops.aten.silu_.default",
+    "torch.ops.aten.relu_.default",
     "torch.ops.aten.add_.Tensor", "torch.ops.aten._native_batch_norm_legit_no_training.default",
-    "torch.ops.aten.scaled_dot_product_attention.default", "torch.ops.prims.convert_element_type.default",
+    "torch.ops.aten.scaled_dot_product_attention.default",
+    "torch.ops.prims.convert_element_type.default",
     "torch.ops.higher_order.cond", "torch.ops.aten.sym_size.int", "_operator.getitem"])
 def test_pure_targets_are_accepted(target):
     assert target_is_safe(target)
@@ -182,7 +184,7 @@ def test_sampling_operators_only_when_they_cannot_draw():
 
 def test_allowlist_names_real_operators():
     """Every listed name is an operator of this torch (no typo lets a name through)."""
-    import torch._prims  # noqa: F401  (registers torch.ops.prims)
+    import torch._prims
 
     def schemas(name):
         return torch._C._jit_get_schemas_for_operator(name)

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..analysis import check_device
 from ..config import AttributionSpec
 from ..distributed import Shard, load_shard_images, shard_image_size
 from ..errors import InputError, OptionError
-from ..analysis import check_device
 from ..loading import (
     PRESETS,
     Geometry,

@@ -80,7 +80,7 @@ def sniff_model(path: Path) -> str:
         except (zipfile.BadZipFile, OSError, ValueError):
             return "zip"
         parts = [n.split("/") for n in names]  # <root>/<entry>: both formats have one root
-        if any(len(p) == 2 and p[1] in {"archive_format", "serialized_exported_program.json"}
+        if any((len(p) == 2 and p[1] in {"archive_format", "serialized_exported_program.json"})
                or (len(p) == 3 and p[1] == "models" and p[2].endswith(".json")) for p in parts):
             return "export"
         if any(len(p) >= 3 and p[1] == "code" for p in parts) \
