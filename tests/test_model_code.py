@@ -241,6 +241,32 @@ def test_model_outputs_are_one_clear_line(kind, words, tmp_path, images, capfd):
     one_line_error(*run_main(argv("bound", model, images), capfd), str(model), *words)
 
 
+class Unsteady(torch.nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.lin = torch.nn.Linear(64, 4)
+        self.norm = torch.nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        y = self.lin(x.flatten(1))
+        return y + torch.rand_like(y) if self.kind == "random" else self.norm(y)
+
+
+@pytest.mark.parametrize("kind", ["random", "batch_norm_training"])
+def test_model_that_is_not_a_fixed_function_is_refused(kind, tmp_path, images, capfd):
+    """Sampling operators pass TorchScript's checker (scripted drop_path keeps them in
+    training branches), but a model that draws, or mixes a batch's images, is refused when
+    its logits for one image change: with --trust-code too."""
+    model = tmp_path / "m.pt"
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(Unsteady(kind).train(), torch.rand(2, 1, 8, 8),
+                                       check_trace=False), str(model))
+    for extra in ([], ["--trust-code"]):
+        one_line_error(*run_main(argv("bound", model, images) + extra, capfd),
+                       "other logits for the same image")
+
+
 def test_check_logits_names_the_row_and_the_problem():
     ok = torch.zeros(2, 3)
     assert check_logits(ok, 2, "m", ["a", "b"]) is ok

@@ -30,7 +30,7 @@ from ..loading import (
     sniff_model,
     with_normalization,
 )
-from ..loading.model_checks import check_logits, nonfinite_logits
+from ..loading.model_checks import check_deterministic, check_logits, nonfinite_logits
 from ..loading.torchscript_code import traced_input_shape
 from ..results import ASSUMPTION, OUTPUT_SUFFIXES
 from ..smoothness import find_nonsmooth
@@ -138,8 +138,9 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
 def trial_forward(model: torch.nn.Module, images: Images, rows: list[int] | None,
                   path: Path) -> int:
     """The number of classes, from the model's logits for the first image (and for the first
-    two, or the first twice, which shows a model that slices or reduces the batch), checked
-    by :func:`check_logits`. A model that fails on two images is left to fail later."""
+    two, or the first twice, which shows a model that slices or reduces the batch, or gives
+    the first image other logits), checked by :func:`check_logits` and
+    :func:`check_deterministic`. A model that fails on two images is left to fail later."""
     names = [images.sources[i if rows is None else rows[i]]
              for i in range(min(2, images.tensor.shape[0]))]
     first = images.tensor[:1]
@@ -159,6 +160,7 @@ def trial_forward(model: torch.nn.Module, images: Images, rows: list[int] | None
             two = None
     if two is not None:
         check_logits(two, 2, path, names * 2 if len(names) == 1 else names)
+        check_deterministic(out, two[:1], path)
     return int(out.shape[1])
 
 

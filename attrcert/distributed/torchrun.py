@@ -136,6 +136,7 @@ def run_torchrun(shard: Shard, device: str,
     try:
         dist.init_process_group(backend, timeout=wait)
         group = dist.new_group(backend=backend, timeout=GATHER_TIMEOUT)
+        assert isinstance(group, dist.ProcessGroup)  # every rank is a member
     except Exception as exc:  # torch raises ValueError, DistStoreError, DistNetworkError ...
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -5,7 +5,10 @@ failure one line that says what is wrong and what to do.
   weights-only file (loaded into ``--arch``) no quantized tensor either;
 - :func:`check_logits`: the model's output is one floating-point tensor of shape ``(N, k)``,
   one finite row per image: the logits ``f(x)`` of Theorem 1, whose gradients are the
-  attributions.
+  attributions;
+- :func:`check_deterministic`: the same image gives the same logits in another call and
+  another batch (no random numbers, no state kept between calls, no mixing of a batch's
+  images), or the bounds would be about a function that does not exist.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import Tensor
 
 from ..errors import InputError, LoadError
 
-__all__ = ["check_logits", "check_weights", "nonfinite_logits"]
+__all__ = ["check_deterministic", "check_logits", "check_weights", "nonfinite_logits"]
 
 
 def check_weights(tensors: Iterable[tuple[str, object]], path: Path, *,
@@ -87,3 +90,20 @@ def check_logits(out: object, rows: int, model: Path | str, sources: Sequence[st
         row = int((~finite).nonzero()[0, 0])
         raise nonfinite_logits(model, sources[min(row, len(sources) - 1)])
     return out
+
+
+def check_deterministic(alone: Tensor, in_batch: Tensor, model: Path | str) -> None:
+    """``alone`` (the logits of one image) and ``in_batch`` (that image's row in a batch of
+    two) must agree up to rounding (relative 1e-3 of the largest logit).
+
+    Raises:
+        InputError: they differ.
+    """
+    scale = max(1.0, float(alone.abs().max()))
+    if not torch.allclose(in_batch.to(alone.dtype), alone, rtol=1e-3, atol=1e-4 * scale):
+        gap = float((in_batch.to(alone.dtype) - alone).abs().max())
+        raise InputError(f"model {model} returns other logits for the same image in another "
+                         f"call or batch (by up to {gap:.3g}): it draws random numbers, keeps "
+                         "state between calls or mixes the images of a batch (dropout or "
+                         "batch norm in training mode?); attrcert needs a fixed function of "
+                         "each image")
