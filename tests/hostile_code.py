@@ -84,6 +84,16 @@ class BatchLoop(nn.Module):
         return y
 
 
+class TensorRows(nn.Module):
+    """A loop over a tensor's rows: ``torch.len`` of a tensor, which ``expand`` makes 1e15."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = _head(x)
+        for row in x:
+            y = y + row.sum()
+        return y
+
+
 class HugeLoop(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = _head(x)
@@ -169,6 +179,7 @@ TORCHSCRIPT = {  # name -> (builder(target, path) -> path, words the refusal hol
     "while_true": (lambda t, p: scripted(WhileTrue(), p), ("loop", "while")),
     "batch_loop": (lambda t, p: scripted(BatchLoop(), p), ("loop",)),
     "huge_loop": (lambda t, p: scripted(HugeLoop(), p), ("calls",)),
+    "tensor_rows": (lambda t, p: scripted(TensorRows(), p), ("loop", "torch.len(x)")),
     "counter": (lambda t, p: scripted(Counter(), p), ("attribute", "self.calls")),
 }
 

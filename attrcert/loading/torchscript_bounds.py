@@ -4,8 +4,10 @@ loop has a proved trip bound and the whole call tree a bounded number of calls.
 A ``for`` loop must run over ``range(B)``, a ``while`` loop must be the form TorchScript
 writes for a ``for`` loop with an early exit (a counter from a constant ``>= 0``, increased by
 one per pass, the loop going on only while the counter is below ``B``), where the bound ``B``
-(:func:`bound`) is a constant or the length of a list or a tensor's rank (``torch.len(xs)``,
-``torch.dim(x)``, less or a fraction of it). A length costs memory as long as the list, so a
+(:func:`bound`) is a constant or the length of a list, tuple, dict or string (``torch.len(xs)``
+where ``xs`` comes from ``torch.size``, ``torch.unbind``, a literal or a ``List[...]``
+parameter; never a tensor's size, which ``expand`` makes 1e15 for free) or a tensor's rank
+(``torch.dim(x)``), less or a fraction of it. A length costs memory as long as the list, so a
 loop over one is linear in what the model already built; such a loop may not hold another
 one nor call the archive's functions (which could hold one): no quadratic work from a short
 file. :class:`Work` adds up the calls of a method, each callee's own calls included
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["DATA", "MAX_WORK", "Function", "Program", "Refusal", "Work", "bound", "definitions",
-           "dotted", "function_alias"]
+           "dotted", "function_alias", "function_definitions"]
 
 #: The most calls one method may make, its callees' included, loops at their bounds.
 MAX_WORK = 1_000_000
@@ -96,6 +98,45 @@ def definitions(stmts: list[ast.stmt]) -> dict[str, list[ast.expr | None]]:
     return defs
 
 
+def function_definitions(node: ast.FunctionDef) -> dict[str, list[ast.expr | None]]:
+    """:func:`definitions` of a function's body, each parameter defined as
+    ``annotate(<its annotation>, <itself>)`` (so that a list parameter is known as one)."""
+    defs = definitions(node.body)
+    for arg in node.args.args:
+        value = (ast.Call(func=ast.Name("annotate"), args=[arg.annotation, ast.Name(arg.arg)],
+                          keywords=[]) if arg.annotation is not None else None)
+        defs.setdefault(arg.arg, []).insert(0, value)
+    return defs
+
+
+#: Calls that return a container (list, tuple, dict) whose length bounds a loop: the
+#: memory it takes is as long as the loop (unlike a tensor's size, which ``expand`` makes
+#: anything for free).
+CONTAINERS = frozenset({"torch.size", "torch.unbind", "torch.split", "torch.split_with_sizes",
+                        "torch.chunk", "torch.unsafe_chunk", "torch.tensor_split",
+                        "torch.unsafe_split", "torch.list", "torch.keys", "torch.values",
+                        "torch.items", "torch.copy"})
+_CONTAINER_TYPES = ("List[", "Dict[", "Tuple[", "str")
+
+
+def _container(expr: ast.expr | None, defs: dict[str, list[ast.expr | None]],
+               depth: int = 0) -> bool:
+    """Whether ``expr`` is a list, tuple, dict or string (not a tensor), as far as its
+    definition tells."""
+    if expr is None or depth > 32:
+        return False
+    if isinstance(expr, ast.List | ast.Tuple | ast.Dict):
+        return True
+    if isinstance(expr, ast.Name):
+        return _container(_single(expr.id, defs), defs, depth + 1)
+    if not isinstance(expr, ast.Call):
+        return False
+    name = dotted(expr.func)
+    if name in {"annotate", "unchecked_cast"} and expr.args:
+        return ast.unparse(expr.args[0]).startswith(_CONTAINER_TYPES)
+    return name in CONTAINERS
+
+
 def function_alias(name: str, defs: dict[str, list[ast.expr | None]]) -> str | None:
     """The archive function a local name stands for (TorchScript writes
     ``_0 = __torch__.torch.nn.functional.relu`` and then ``_0(x)``), else ``None``."""
@@ -131,8 +172,10 @@ def bound(expr: ast.expr | None, defs: dict[str, list[ast.expr | None]],
     if not isinstance(expr, ast.Call) or expr.keywords:
         return None
     name, args = dotted(expr.func), expr.args
-    if name in {"torch.len", "len", "torch.dim"} and len(args) == 1:
+    if name == "torch.dim" and len(args) == 1:
         return DATA
+    if name in {"torch.len", "len"} and len(args) == 1:
+        return DATA if _container(args[0], defs) else None
     if name == "ops.prim.min" and len(args) == 1:
         items = args[0]
         if isinstance(items, ast.Name) and (inner is None or items.id not in inner):
@@ -205,6 +248,8 @@ def while_trips(loop: ast.While, defs: dict[str, list[ast.expr | None]]) -> int 
         start = _int(starts[0]) if len(starts) == 1 else None
         if start is None or start < 0:
             continue
+        if not isinstance(test.args[1], ast.Name | ast.Constant):
+            continue  # a bound evaluated once per pass could grow with the loop
         limit = bound(test.args[1], defs, inner)
         if limit is not None:
             return limit if limit == DATA else limit + 1
@@ -227,7 +272,7 @@ class Work:
             raise Refusal(fn, "calls itself (recursion), which attrcert cannot bound")
         self.stack.append(fn.qualname)
         types = self._types(fn)
-        defs = definitions(fn.node.body)
+        defs = function_definitions(fn.node)
         work = self._block(fn.node.body, fn, types, defs, False)
         self.stack.pop()
         if work > MAX_WORK:

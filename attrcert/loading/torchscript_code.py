@@ -59,7 +59,6 @@ EXPRESSIONS = (ast.Call, ast.Name, ast.Constant, ast.Attribute, ast.Subscript, a
                ast.IfExp, ast.keyword, ast.expr_context, ast.operator, ast.unaryop,
                ast.boolop, ast.cmpop)
 RESERVED = frozenset({"torch", "ops", "__torch__", "CONSTANTS"})
-_CLASS_LISTS = frozenset({"__parameters__", "__buffers__", "__constants__"})
 _GLOBAL_OPS = {"GLOBAL", "INST"}
 
 
