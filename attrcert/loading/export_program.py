@@ -200,7 +200,7 @@ def node_refusal(node: Any) -> str | None:
         if given is not _NOT_LITERAL and given == value and type(given) is type(value):
             return None
     return (f"calls {target[:80]!r} so that it draws random numbers (a model must compute "
-            "the same logits every time: export it in eval mode)")
+            "the same logits every time)")
 
 
 def _walk(obj: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
