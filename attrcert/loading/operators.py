@@ -68,14 +68,18 @@ LAYERS = _names("""
     grid_sampler_3d affine_grid_generator im2col col2im reflection_pad1d reflection_pad2d
     reflection_pad3d replication_pad1d replication_pad2d replication_pad3d constant_pad_nd pad
     _pad_circular _pad_enum embedding embedding_bag _embedding_bag one_hot""")
-#: Normalisation and attention (attention's ``dropout_p`` is checked: :data:`SAMPLING`).
+#: Normalisation and attention (attention's ``dropout_p`` is checked: :data:`SAMPLING`;
+#: the fused inference kernels of ``nn.TransformerEncoderLayer``'s fast path are pure, and
+#: refused later, with their remedy, as having no derivative).
 NORMALIZATION = _names("""
     batch_norm _batch_norm_impl_index native_batch_norm _native_batch_norm_legit
     _native_batch_norm_legit_no_training _native_batch_norm_legit_functional
     _batch_norm_with_update _batch_norm_no_update instance_norm layer_norm native_layer_norm
     group_norm native_group_norm rms_norm _fused_rms_norm scaled_dot_product_attention
     _scaled_dot_product_attention_math _scaled_dot_product_flash_attention_for_cpu
-    _scaled_dot_product_efficient_attention _scaled_dot_product_flash_attention""")
+    _scaled_dot_product_efficient_attention _scaled_dot_product_flash_attention
+    _transformer_encoder_layer_fwd _native_multi_head_attention _masked_softmax
+    _transform_bias_rescale_qkv""")
 #: Views, reshaping, joining, splitting, indexing, copies and dtype conversions.
 SHAPES = _names("""
     view _unsafe_view reshape reshape_as view_as flatten unflatten squeeze unsqueeze permute
