@@ -32,7 +32,7 @@ from .spectral import (
 )
 
 __all__ = ["LABEL_GRADIENTS", "Analysis", "analyse", "attribute_rows", "attribution_deviations",
-           "prepare", "resolve_device", "worst_case_directions"]
+           "check_device", "prepare", "resolve_device", "worst_case_directions"]
 
 LABEL_GRADIENTS = ("completeness", "attribution")
 Progress = Callable[[int, int], None]
@@ -92,13 +92,33 @@ def resolve_device(device: torch.device | str | None, model: Model, x: Tensor) -
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    return check_device(device)
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device``, if it is one attrcert can compute on here: the CPU,
+    an existing CUDA device, or MPS where it is available (``meta`` holds no values)."""
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise OptionError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") \
             from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"device {device!r} asked for, but CUDA is not available here")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(f"device {device!r} asked for, but CUDA is not available here")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise OptionError(f"device {device!r} asked for, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s): use cuda:0 .. "
+                              f"cuda:{torch.cuda.device_count() - 1}")
+    elif resolved.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise OptionError(f"device {device!r} asked for, but MPS (Apple GPUs) is not "
+                              "available here: use cpu or cuda")
+    elif resolved.type != "cpu":
+        why = "holds shapes without values" if resolved.type == "meta" else "is not supported"
+        raise OptionError(f"device {device!r} cannot compute attributions (it {why}): use "
+                          "auto, cpu, cuda, cuda:N or mps")
     return resolved
 
 

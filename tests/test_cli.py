@@ -261,4 +261,4 @@ def test_trusted_pickle_loads_with_a_one_line_warning(two, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert strict_json(proc.stdout)["classes"] == 10
     assert proc.stderr.strip().splitlines() == [
-        f"warning: unpickling {whole} with --trust-pickle: this runs code from the file"]
+        f"warning: unpickling {whole} with --trust-code: this runs code from the file"]

@@ -96,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         err.print("interrupted")
         sys.exit(130)
     except AttrcertError as exc:
+        if getattr(exc, "every_rank", False):  # torchrun's ranks did not meet: no rank 0
+            err.quiet = False
         err.print(f"error: {exc}")  # literally: messages may hold [brackets]
         sys.exit(2)
     except Exception as exc:  # a bug or an incompatible model: still one line, no traceback

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..analysis import check_device
 from ..config import AttributionSpec
 from ..distributed import Shard, load_shard_images, rank_file, shard_image_size, sidecar
 from ..errors import InputError, OptionError, one_line
@@ -30,6 +31,8 @@ from ..loading import (
     sniff_model,
     with_normalization,
 )
+from ..loading.model_checks import check_deterministic, check_logits, nonfinite_logits
+from ..loading.torchscript_code import traced_input_shape
 from ..results import ASSUMPTION, OUTPUT_SUFFIXES
 from ..resume import file_sha256
 from ..smoothness import find_nonsmooth
@@ -158,6 +161,8 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
     """Model, images, labels and baseline, checked against each other; with ``shard``,
     only the shard's images (:func:`attrcert.distributed.load_shard_images`)."""
     check_output_paths(opts, shard)
+    if opts.device != "auto":
+        check_device(opts.device)
     model = load_model_reporting(opts.model, opts.arch, opts.trust_pickle)
     mean, std = normalization(opts)
     if mean is not None and std is not None:
@@ -171,20 +176,7 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
     else:
         images, rows = load_shard_images(opts.images, shard, channels=channels,
                                          geometry=geometry, value_range=opts.value_range)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            out = model(images.tensor[:1])
-        except Exception as exc:  # the model's own error: say which shape it was given
-            raise InputError(f"the model fails on images of shape "
-                             f"{tuple(images.tensor.shape[1:])}: {exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if out.ndim != 2 or out.shape[0] != 1:
-        raise InputError(f"the model returned shape {tuple(out.shape)} for one image: "
-                         "attrcert needs logits of shape (N, k)")
-    if not torch.isfinite(out).all():
-        raise nonfinite(opts.model, images.sources[0 if rows is None else rows[0]])
-    k = int(out.shape[1])
+    k = trial_forward(model, images, rows, opts.model)
     target = (load_labels(opts.labels, images.sources, num_classes=k) if opts.labels
               else _folder_labels(images, opts.images, k))
     baseline = None
@@ -199,6 +191,35 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
         baseline = base[0]
     nonsmooth = find_nonsmooth(model, images.tensor[:1])
     return Loaded(model, images, target, baseline, nonsmooth, rows)
+
+
+def trial_forward(model: torch.nn.Module, images: Images, rows: list[int] | None,
+                  path: Path) -> int:
+    """The number of classes, from the model's logits for the first image (and for the first
+    two, or the first twice, which shows a model that slices or reduces the batch, or gives
+    the first image other logits), checked by :func:`check_logits` and
+    :func:`check_deterministic`. A model that fails on two images is left to fail later."""
+    names = [images.sources[i if rows is None else rows[i]]
+             for i in range(min(2, images.tensor.shape[0]))]
+    first = images.tensor[:1]
+    pair = images.tensor[:2] if images.tensor.shape[0] >= 2 else torch.cat([first, first])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = model(first)
+        except Exception as exc:  # the model's own error: say which shape it was given
+            raise InputError(f"the model fails on images of shape "
+                             f"{tuple(images.tensor.shape[1:])}: {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        check_logits(out, 1, path, names[:1])
+        try:
+            two = model(pair)
+        except Exception:  # a fixed batch size: certify reports it if it matters
+            two = None
+    if two is not None:
+        check_logits(two, 2, path, names * 2 if len(names) == 1 else names)
+        check_deterministic(out, two[:1], path)
+    return int(out.shape[1])
 
 
 def _folder_labels(images: Images, folder: Path, k: int) -> torch.Tensor | None:
@@ -226,9 +247,7 @@ def normalization(opts: Common) -> tuple[list[float] | None, list[float] | None]
 
 
 def nonfinite(model: Path, source: str, what: str = "logits") -> InputError:
-    return InputError(f"model {model} returns {what} that are not finite (NaN or infinite) "
-                      f"for {source}: check its weights and its input range; such a model "
-                      "cannot be certified")
+    return nonfinite_logits(model, source, what)
 
 
 def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
@@ -265,21 +284,27 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
 
 
 def input_shape(net: torch.nn.Module, images: Path | None,
-                size: tuple[int, int] | None) -> tuple[int, ...]:
-    """``(C, H, W)`` the model takes: from ``images``, the exported graph, or ``size``."""
+                size: tuple[int, int] | None, path: Path | None = None) -> tuple[int, ...]:
+    """``(C, H, W)`` the model takes: from ``images``, the exported graph, ``size``, or the
+    example input a traced TorchScript archive at ``path`` keeps."""
     if images is not None:
         geometry = Geometry(size=size)
         channels = folder_channels(net, images, geometry)
         loaded = load_images(images, channels=channels, geometry=geometry, value_range="any")
         return tuple(loaded.tensor.shape[1:])  # the shape only: any values do
-    for node in getattr(getattr(net, "graph", None), "nodes", []):
-        val = node.meta.get("val") if hasattr(node, "meta") else None
-        if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.ndim == 4:
-            return tuple(int(s) for s in val.shape[1:])
+    if isinstance(net, torch.fx.GraphModule):  # a ScriptModule's graph is not torch.fx's
+        for node in net.graph.nodes:
+            val = node.meta.get("val")
+            if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.ndim == 4:
+                return tuple(int(s) for s in val.shape[1:])
     if size is not None:
         channels = infer_input_channels(net, *size)
         if channels is not None:
             return (channels, *size)
+    traced = traced_input_shape(path) if isinstance(net, torch.jit.ScriptModule) and path \
+        else None
+    if traced is not None and len(traced) == 4:
+        return traced[1:]
     raise OptionError("cannot tell this model's input shape: pass IMAGES or --size H W")
 
 

@@ -9,7 +9,9 @@ from typing import Annotated
 import torch
 import typer
 
+from ..errors import InputError, one_line
 from ..loading import sniff_model
+from ..loading.model_checks import check_logits
 from ..results import dumps_strict
 from ..smoothness import find_nonsmooth, nonsmooth_message
 from ..writing import stdout_to_stderr, write_stdout
@@ -34,11 +36,16 @@ def inspect(
     """
     with stdout_to_stderr():  # what the model prints must not mix with the results
         net = load_model_reporting(model, arch, trust_pickle)
-        shape = input_shape(net, images, size)
+        shape = input_shape(net, images, size, model)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             example = torch.zeros(1, *shape)
-            out = net(example)
+            try:
+                out = net(example)
+            except Exception as exc:  # the model's own error: one line, with the shape it got
+                raise InputError(f"the model fails on an input of shape {tuple(shape)}: "
+                                 f"{one_line(exc)}") from None
+        check_logits(out, 1, model, ["an input of zeros"])
         ops = find_nonsmooth(net, example)
     info = {
         "model": str(model),

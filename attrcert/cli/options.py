@@ -83,7 +83,10 @@ ArchOpt = Annotated[str | None, typer.Option(
     help="module:factory (or file.py:factory) building the model for a weights file. This "
     "imports and runs that Python code, by design: name only code you trust.")]
 TrustOpt = Annotated[bool, typer.Option(
-    "--trust-pickle", help="Allow a pickled model: loading it RUNS CODE from the file.")]
+    "--trust-code", "--trust-pickle", help="Load a model file that attrcert cannot check: a "
+    "pickle, or an archive calling operators outside attrcert's allowlist (files, print, "
+    "randomness, unbounded loops). This RUNS CODE from the file. --trust-pickle is the old "
+    "name.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 LabelGradOpt = Annotated[LabelGradient, typer.Option(
     help="Proposition 1's a_y': from class gradients (completeness, SPEC §4) or through the "

@@ -1,10 +1,18 @@
 """torchrun: each rank certifies its shard on its own device; every rank gathers all
-records (``torch.distributed.all_gather_object``), so that all exit with the same status."""
+records (``torch.distributed.all_gather_object``), so that all exit with the same status.
+
+The ranks first meet within :func:`rendezvous_timeout` (30 s unless
+``ATTRCERT_RENDEZVOUS_TIMEOUT`` says otherwise): ``WORLD_SIZE`` and ``RANK`` left in the
+environment with no other rank to meet fail at once with what to do, instead of waiting for
+torch's default of days. Only the final gather, which waits for the slowest shard, has
+:data:`GATHER_TIMEOUT`."""
 
 from __future__ import annotations
 
 import datetime
 import os
+import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +26,62 @@ from .shards import Shard
 #: How long a rank that finished its shard waits for the others in the final gather. The
 #: shards can take very different times (GPU-days in all), so this is long on purpose.
 GATHER_TIMEOUT = datetime.timedelta(days=7)
+#: How long the ranks wait for each other to start, unless ``ATTRCERT_RENDEZVOUS_TIMEOUT``
+#: (seconds) says otherwise.
+RENDEZVOUS_TIMEOUT = datetime.timedelta(seconds=30)
+RENDEZVOUS_ENV = "ATTRCERT_RENDEZVOUS_TIMEOUT"
+
+
+def rendezvous_timeout() -> datetime.timedelta:
+    """:data:`RENDEZVOUS_TIMEOUT`, or ``ATTRCERT_RENDEZVOUS_TIMEOUT`` seconds."""
+    text = os.environ.get(RENDEZVOUS_ENV, "").strip()
+    if not text:
+        return RENDEZVOUS_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 7 * 86400:
+        raise OptionError(f"{RENDEZVOUS_ENV}={text!r}: give the seconds the ranks wait for "
+                          "each other to start (a number, at most 604800)")
+    return datetime.timedelta(seconds=seconds)
+
+
+class RendezvousError(OptionError):
+    """The ranks did not meet: every rank says so (not only rank 0, which may not exist)."""
+
+    every_rank = True
+
+
+def _master_reachable(wait: datetime.timedelta) -> str | None:
+    """For a rank that connects to the store (all but rank 0, or all under torchrun's agent):
+    wait until ``MASTER_ADDR:MASTER_PORT`` accepts a connection, silently; why not, or
+    ``None``. (torch's own client retries with a C++ stack trace per try on stderr.)"""
+    addr, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+    try:
+        number = int(port)
+    except ValueError:
+        return f"MASTER_PORT={port!r} is not a port number"
+    deadline = time.monotonic() + wait.total_seconds()
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((addr, number), timeout=max(0.1, min(1.0, left))):
+                return None
+        except OSError as exc:
+            if left <= 0:
+                return f"nothing answered within {wait.total_seconds():g} s: {exc}"
+        time.sleep(0.2)
+
+
+def _no_peer(shard: Shard, reason: str) -> OptionError:
+    where = (f" at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+             if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT") else "")
+    return RendezvousError(f"WORLD_SIZE={shard.count} and RANK={shard.index} are set, but the "
+                       f"other ranks did not start{where} ({reason}): start attrcert with "
+                       f"torchrun (torchrun --nproc-per-node {shard.count} -m attrcert ...), "
+                       f"or unset WORLD_SIZE and RANK (left over from another job?); "
+                       f"{RENDEZVOUS_ENV} sets how many seconds the ranks wait for each other")
 
 
 @dataclass
@@ -61,14 +125,23 @@ def run_torchrun(shard: Shard, device: str,
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(shard.local_rank)
+    backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+    wait = rendezvous_timeout()
+    if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise _no_peer(shard, "MASTER_ADDR and MASTER_PORT, which torchrun sets, are not")
+    if shard.index != 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        unreachable = _master_reachable(wait)
+        if unreachable is not None:
+            raise _no_peer(shard, unreachable)
     try:
-        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo",
-                                timeout=GATHER_TIMEOUT)
-    except (RuntimeError, ValueError) as exc:
+        dist.init_process_group(backend, timeout=wait)
+        group = dist.new_group(backend=backend, timeout=GATHER_TIMEOUT)
+        assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+    except Exception as exc:  # torch raises ValueError, DistStoreError, DistNetworkError ...
+        if dist.is_initialized():
+            dist.destroy_process_group()
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise OptionError(f"WORLD_SIZE={shard.count} but torch.distributed cannot start "
-                          f"({first}): start attrcert with torchrun, or unset WORLD_SIZE")\
-            from None
+        raise _no_peer(shard, first[:200]) from None
     try:
         mine = RankResult(shard.index)
         try:
@@ -89,11 +162,11 @@ def run_torchrun(shard: Shard, device: str,
                           "(set ATTRCERT_DEBUG=1 for the traceback)")
             mine.exit_code = 2
         results: list[RankResult | None] = [None] * shard.count
-        dist.all_gather_object(results, mine)
+        dist.all_gather_object(results, mine, group=group)
         # every rank has every result before any rank tears its connections down (without
         # this, a rank that left early could abort a slower one still receiving, seen once
         # on a loaded 2-core machine as "terminate called without an active exception")
-        dist.barrier()
+        dist.barrier(group=group)
     finally:
         dist.destroy_process_group()
     return combine([r for r in results if r is not None], shard.count)

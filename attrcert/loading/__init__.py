@@ -1,9 +1,12 @@
 """Loading models, images and labels, by content rather than by file suffix.
 
 - :mod:`~attrcert.loading.models`: :func:`load_model` for every model format, and what may
-  be trusted (:mod:`~attrcert.loading.export_archive` reads ``.pt2`` archives without
-  running code from them; :mod:`~attrcert.loading.pickles`; :mod:`~attrcert.loading.arch`
-  for ``--arch``);
+  be trusted (:mod:`~attrcert.loading.zipcheck` checks every zip index first;
+  :mod:`~attrcert.loading.export_archive` reads ``.pt2`` archives without running code from
+  them; :mod:`~attrcert.loading.torchscript_code` reads TorchScript code before torch
+  compiles it; both allow only the pure operators of :mod:`~attrcert.loading.operators`;
+  :mod:`~attrcert.loading.pickles`; :mod:`~attrcert.loading.arch` for ``--arch``);
+- :mod:`~attrcert.loading.model_checks`: what a model's weights and logits must be;
 - :mod:`~attrcert.loading.images`: :func:`load_images` (folders of PNG/JPEG, tensor files);
 - :mod:`~attrcert.loading.labels`: :func:`load_labels`;
 - :mod:`~attrcert.loading.normalization`: :func:`with_normalization`;

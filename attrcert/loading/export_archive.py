@@ -16,7 +16,7 @@
 
 :func:`load_export_archive` first reads the zip with :mod:`zipfile` and its JSON with
 :mod:`json` (:func:`inspect_archive`): each of the above is a :class:`Finding` naming its
-entry, refused unless ``trust_pickle`` (``--trust-pickle``, which then loads the file with
+entry, refused unless ``trust_pickle`` (``--trust-code``, which then loads the file with
 torch's own loader after a warning); a corrupt archive (unsafe entry names, a tensor that
 reaches past its record, a missing part) is refused outright. It then hands torch a copy of
 the archive holding only the entries torch needs, with the sample inputs emptied (they are
@@ -44,13 +44,15 @@ from torch import nn
 from ..errors import LoadError, one_line
 from .export_program import (
     FQN,
-    REFUSED_OPS,
-    SAFE_HIGHER_ORDER,
-    SAFE_NAMESPACES,
+    SAFE_MATH,
+    SAFE_OPERATOR,
     SAFE_TORCH,
     Finding,
+    operator_allowed,
     program_findings,
 )
+from .operators import inactive_when, sampling
+from .pickles import TRUST_ADVICE
 
 __all__ = ["Archive", "check_graph", "inspect_archive", "load_export_archive", "quiet_torch"]
 
@@ -123,11 +125,6 @@ def _root_and_names(zf: zipfile.ZipFile) -> tuple[str, list[str]]:
     roots = {name.split("/", 1)[0] for name in names}
     if len(roots) != 1 or any("/" not in name for name in names):
         raise _Corrupt("its entries do not share one root folder")
-    for info in zf.infolist():
-        if info.compress_type != zipfile.ZIP_STORED and info.file_size > 64 * max(
-                info.compress_size, 1):
-            raise _Corrupt(f"entry {info.filename} expands {info.file_size} bytes from "
-                           f"{info.compress_size} (a zip bomb?)")
     root = roots.pop() + "/"
     return root, [name[len(root):] for name in names]
 
@@ -167,6 +164,11 @@ def _payload_config(zf: zipfile.ZipFile, archive: Archive, name: str, folder: st
         if record.startswith("opaque_obj_"):
             archive.findings.append(Finding(where, "is an opaque Python object (a pickle)"))
             continue
+        device = (meta.get("tensor_meta") or {}).get("device") if isinstance(
+            meta.get("tensor_meta"), dict) else None
+        if isinstance(device, dict) and device.get("type") == "meta":
+            raise _Corrupt(f"{where} is a meta tensor (a shape without values: the model was "
+                           "exported on the meta device)")
         full = archive.root + folder + record
         if full not in sizes:
             raise _Corrupt(f"{where} points to the missing record {folder}{record}")
@@ -276,34 +278,49 @@ def _sanitized_copy(path: Path, archive: Archive) -> io.BytesIO:
     return out
 
 
-def check_graph(module: nn.Module, path: Path) -> None:
-    """Every call in the loaded graph (and its subgraphs) is a tensor operator of
-    :data:`SAFE_NAMESPACES`, a checked higher-order op or pure arithmetic."""
+def _node_refusal(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None:
+    """Why a node of the loaded graph must not run, the same rules as
+    :func:`~.export_program.node_refusal` on the archive's JSON (``None``: it may)."""
     import operator
 
+    target = node.target
+    name = getattr(target, "__name__", "")
+    if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
+        if not operator_allowed(target.namespace, target._opname):
+            return f"calls {target!r}, which is not a pure tensor operator attrcert allows"
+        if target.namespace == "aten" and sampling(target._opname):
+            condition = inactive_when(target._opname)
+            if condition is None:
+                return f"calls {target!r}, which draws random numbers"
+            arg, position, value = condition
+            given = node.kwargs.get(arg, node.args[position] if len(node.args) > position
+                                    else (value if arg == "dropout_p" else None))
+            if not (given == value and type(given) is type(value)):
+                return f"calls {target!r} so that it draws random numbers"
+        return None
+    if node.op == "call_function" and isinstance(target, torch._ops.HigherOrderOperator):
+        ok = operator_allowed("higher_order", target.name())
+    elif node.op == "call_function":
+        ok = (getattr(operator, name, None) is target and name in SAFE_OPERATOR) or (
+            getattr(math, name, None) is target and name in SAFE_MATH) or (
+            getattr(torch, name, None) is target and name in SAFE_TORCH)
+    else:
+        ok = node.op == "call_module" and isinstance(gm.get_submodule(str(target)),
+                                                     torch.fx.GraphModule)
+    return None if ok else (f"calls {target!r} ({node.op}), which is not a pure tensor "
+                            "operator attrcert allows")
+
+
+def check_graph(module: nn.Module, path: Path) -> None:
+    """Every call in the loaded graph (and its subgraphs) is allowed (:func:`_node_refusal`):
+    the archive's JSON was checked before torch read it; this checks what torch built."""
     for gm in (m for m in module.modules() if isinstance(m, torch.fx.GraphModule)):
         for node in gm.graph.nodes:
             if node.op in {"placeholder", "output", "get_attr"}:
                 continue
-            target = node.target
-            if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
-                ns = target.namespace
-                if ns in SAFE_NAMESPACES and f"{ns}.{target._opname}" not in REFUSED_OPS:
-                    continue
-            if node.op == "call_function" and isinstance(target, torch._ops.HigherOrderOperator):
-                if target.name() in SAFE_HIGHER_ORDER:
-                    continue
-            if node.op == "call_function" and (
-                    getattr(operator, getattr(target, "__name__", ""), None) is target
-                    or getattr(math, getattr(target, "__name__", ""), None) is target
-                    or getattr(target, "__name__", "") in SAFE_TORCH):
-                continue
-            if node.op == "call_module" and isinstance(gm.get_submodule(str(target)),
-                                                       torch.fx.GraphModule):
-                continue
-            raise LoadError(f"{path} is refused: its graph calls {target!r} ({node.op}), which "
-                            "is not a tensor operator attrcert allows; pass --trust-pickle "
-                            "only if you trust its source")
+            refusal = _node_refusal(node, gm)
+            if refusal is not None:
+                raise LoadError(f"{path} is refused: its graph {refusal}; {TRUST_ADVICE}")
 
 
 def load_export_archive(path: Path, trust_pickle: bool, warn: Any) -> nn.Module:
@@ -326,7 +343,7 @@ def load_export_archive(path: Path, trust_pickle: bool, warn: Any) -> nn.Module:
         with quiet_torch(), contextlib.redirect_stdout(io.StringIO()):
             if archive.findings:
                 first = archive.findings[0]
-                warn(f"loading {path} with --trust-pickle: its entry {first.entry} "
+                warn(f"loading {path} with --trust-code: its entry {first.entry} "
                      f"{first.what}, and loading it runs code from the file")
                 return torch.export.load(str(path)).module()
             module = torch.export.load(_sanitized_copy(path, archive)).module()

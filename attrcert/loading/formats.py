@@ -79,10 +79,12 @@ def sniff_model(path: Path) -> str:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError, ValueError):
             return "zip"
-        if any(n.endswith("serialized_exported_program.json") or "/models/" in n
-               or n.endswith("archive_format") for n in names):
+        parts = [n.split("/") for n in names]  # <root>/<entry>: both formats have one root
+        if any((len(p) == 2 and p[1] in {"archive_format", "serialized_exported_program.json"})
+               or (len(p) == 3 and p[1] == "models" and p[2].endswith(".json")) for p in parts):
             return "export"
-        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+        if any(len(p) >= 3 and p[1] == "code" for p in parts) \
+                and any(len(p) == 2 and p[1] == "constants.pkl" for p in parts):
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
             return "state_dict"

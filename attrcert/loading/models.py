@@ -1,18 +1,24 @@
 """Models from files (:func:`load_model`), by content rather than by file suffix.
 
 - torch.export archives (``.pt2``): read by :mod:`attrcert.loading.export_archive`, which
-  refuses every part of the archive that would run code when loaded;
-- TorchScript archives: TorchScript's own unpickler, which builds no Python objects;
+  refuses every part of the archive that would run code when loaded, and every operator
+  outside :mod:`attrcert.loading.operators`' allowlist;
+- TorchScript archives: their code read first (:mod:`attrcert.loading.torchscript_code`:
+  pure operators, bounded loops, no ``__setstate__``), then ``torch.jit.load`` (TorchScript's
+  own unpickler, which builds no Python objects), in eval mode;
 - weights only (a state dict), as safetensors or as ``torch.save(model.state_dict())``
   (read with ``torch.load(weights_only=True)``): rebuilt with ``--arch module:factory`` or
   ``--arch path/to/file.py:factory`` (:mod:`attrcert.loading.arch`);
 - anything else that is a pickle (``torch.save(model)``, legacy ``torch.save`` files, plain
   ``pickle.dump`` files) runs code from the file when loaded: refused unless
-  ``trust_pickle=True`` (``--trust-pickle``), and then loaded with a
+  ``trust_pickle=True`` (``--trust-code``, alias ``--trust-pickle``), and then loaded with a
   :class:`~attrcert.loading.pickles.UntrustedPickleWarning`.
 
-Every failure is a :class:`~attrcert.errors.LoadError` with a one-line message that says what
-is wrong and what to do; no torch traceback escapes.
+Every zip archive (all but safetensors and legacy pickles) passes
+:func:`~attrcert.loading.zipcheck.zip_problem` first, ``--trust-code`` or not; no weight may
+be a meta tensor (:func:`~attrcert.loading.model_checks.check_weights`). Every failure is a
+:class:`~attrcert.errors.LoadError` with a one-line message that says what is wrong and what
+to do; no torch traceback escapes.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ..errors import LoadError, one_line
 from .arch import load_into_arch, state_dict_of, weights_only_error
 from .export_archive import load_export_archive, quiet_torch
 from .formats import KIND_NAMES, sniff_model
+from .model_checks import check_weights
 from .pickles import (
     UntrustedPickleWarning,
     pickle_parses,
@@ -36,6 +43,8 @@ from .pickles import (
     refuse_pickle,
     safe_torch_load,
 )
+from .torchscript_code import torchscript_findings
+from .zipcheck import zip_problem
 
 _WHOLE_MODEL = "a torch.export (.pt2) or TorchScript archive"
 
@@ -44,14 +53,42 @@ def _warn_untrusted(message: str) -> None:
     warnings.warn(message, UntrustedPickleWarning, stacklevel=4)
 
 
+def _into_arch(state: dict[str, Tensor], arch: str | None, path: Path) -> nn.Module:
+    if arch is None:
+        raise weights_only_error(path)
+    check_weights(state.items(), path, weights_only=True)
+    return load_into_arch(state, arch, path)
+
+
+def _load_torchscript(path: Path, trust_pickle: bool) -> nn.Module:
+    """A TorchScript archive whose code :func:`torchscript_findings` accepts (or any, with
+    ``trust_pickle``, after a warning), loaded in eval mode."""
+    try:
+        findings = torchscript_findings(path)
+    except ValueError as exc:
+        raise LoadError(f"cannot load model {path}: a corrupt TorchScript archive ({exc}); "
+                        "save the model again") from None
+    remedy = ("save the model again with torch.jit.trace of a plain nn.Module, or export it "
+              "with torch.export (.pt2)")
+    if findings and not trust_pickle:
+        raise LoadError(findings[0].message(path, remedy))
+    if findings:
+        _warn_untrusted(f"loading {path} with --trust-code: its entry {findings[0].entry} "
+                        f"{findings[0].what}, and it runs code from the file")
+    with warnings.catch_warnings(), quiet_torch():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated in torch >= 2.10
+        model = torch.jit.load(str(path), map_location="cpu")
+    return model.eval()
+
+
 def _load_untrusted(path: Path, kind: str, arch: str | None) -> nn.Module:
-    """``--trust-pickle``: unpickle for real (this runs code from the file)."""
-    warnings.warn(f"unpickling {path} with --trust-pickle: this runs code from the file",
+    """``--trust-code``: unpickle for real (this runs code from the file)."""
+    warnings.warn(f"unpickling {path} with --trust-code: this runs code from the file",
                   UntrustedPickleWarning, stacklevel=3)
     try:
         if kind == "pickle":
             with path.open("rb") as fh:
-                obj = pickle.load(fh)  # runs code: the user passed --trust-pickle
+                obj = pickle.load(fh)  # runs code: the user passed --trust-code
         else:
             obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -60,26 +97,22 @@ def _load_untrusted(path: Path, kind: str, arch: str | None) -> nn.Module:
         with contextlib.suppress(NotImplementedError):
             obj.eval()
         return obj
-    state = state_dict_of(obj, path)
-    if arch is None:
-        raise weights_only_error(path)
-    return load_into_arch(state, arch, path)
+    return _into_arch(state_dict_of(obj, path), arch, path)
 
 
 def _load_model_cpu(path: Path, kind: str, arch: str | None, trust_pickle: bool) -> nn.Module:
+    if kind in {"export", "torchscript", "state_dict"}:
+        problem = zip_problem(path)
+        if problem is not None:
+            raise LoadError(f"{path} is refused: {problem}; save or export the model again")
     if kind == "export":
         return load_export_archive(path, trust_pickle, _warn_untrusted)
     if kind == "torchscript":
-        with warnings.catch_warnings(), quiet_torch():
-            warnings.simplefilter("ignore")  # TorchScript is deprecated in torch >= 2.10
-            return torch.jit.load(str(path), map_location="cpu")
+        return _load_torchscript(path, trust_pickle)
     if kind == "safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
-        if arch is None:
-            raise weights_only_error(path)
-        return load_into_arch(state, arch, path)
+        return _into_arch(load_file(str(path), device="cpu"), arch, path)
     if kind in {"state_dict", "torch_legacy"}:
         try:
             obj = safe_torch_load(path)
@@ -92,10 +125,7 @@ def _load_model_cpu(path: Path, kind: str, arch: str | None, trust_pickle: bool)
             return _load_untrusted(path, kind, arch)
         if isinstance(obj, nn.Module):  # allowlisted by the user via add_safe_globals
             return obj.eval()
-        state = state_dict_of(obj, path)
-        if arch is None:
-            raise weights_only_error(path)
-        return load_into_arch(state, arch, path)
+        return _into_arch(state_dict_of(obj, path), arch, path)
     if kind == "pickle":  # torch.load cannot read a plain pickle safely: it needs the magic
         if not trust_pickle:
             raise refuse_pickle(path, "a plain Python pickle, not a torch.save file")
@@ -153,6 +183,7 @@ def load_model(
     except Exception as exc:  # torch raises many types for corrupt archives
         raise LoadError(f"cannot load model {path} (a corrupt or truncated "
                         f"{KIND_NAMES.get(kind, 'file')}?): {one_line(exc)}") from None
+    check_weights([*model.named_parameters(), *model.named_buffers()], path, weights_only=False)
     try:
         return model.to(device)
     except Exception as exc:

@@ -14,6 +14,10 @@ import torch
 
 from ..errors import LoadError
 
+#: How past a refusal: the option's names and what it does.
+TRUST_ADVICE = ("pass --trust-code (or --trust-pickle) only if you trust its source: it runs "
+                "code from the file")
+
 
 class UntrustedPickleWarning(UserWarning):
     """A model was unpickled with ``--trust-pickle``: that ran code from the file."""
@@ -59,9 +63,8 @@ def pickle_parses(path: Path, kind: str) -> bool:
 def refuse_pickle(path: Path, reason: str) -> LoadError:
     return LoadError(
         f"{path} is a pickle that cannot be loaded safely ({reason}); loading it would run "
-        "code from the file: pass --trust-pickle only if you trust its source, or export "
-        "the model with torch.export (.pt2) or save its state dict as safetensors "
-        "and pass --arch"
+        "code from the file: export the model with torch.export (.pt2) or save its state "
+        f"dict as safetensors and pass --arch, or {TRUST_ADVICE}"
     )
 
 
