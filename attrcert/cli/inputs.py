@@ -16,7 +16,6 @@ from ..config import AttributionSpec
 from ..distributed import Shard, load_shard_images, shard_image_size
 from ..errors import InputError, OptionError
 from ..loading import (
-    PRESETS,
     Geometry,
     Images,
     UntrustedPickleWarning,
@@ -29,6 +28,14 @@ from ..loading import (
     sniff_model,
     with_normalization,
 )
+from ..loading.batching import (
+    StaticBatch,
+    batched,
+    exported_input,
+    static_batch_of,
+    static_row_shape,
+)
+from ..loading.classes import folder_targets
 from ..results import ASSUMPTION, OUTPUT_SUFFIXES
 from ..smoothness import find_nonsmooth
 from ..writing import check_output_path
@@ -43,21 +50,11 @@ class Loaded:
     target: torch.Tensor | None
     baseline: torch.Tensor | None
     nonsmooth: list[str]
+    #: How class folders became targets (:func:`attrcert.loading.classes.folder_targets`).
+    class_rule: str | None = None
     #: With a shard (``--shard``, torchrun): the indices among all images of the rows of
     #: ``images.tensor``, which holds only the shard; ``images.sources`` still names all.
     rows: list[int] | None = None
-
-
-def floats(text: str | None, name: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise OptionError(f"--{name} {text!r}: give numbers separated by commas") from None
-    if not values:
-        raise OptionError(f"--{name} is empty: give one number per channel")
-    return values
 
 
 def check_output_paths(opts: Common) -> None:
@@ -80,6 +77,13 @@ def folder_channels(model: torch.nn.Module, images: Path, geometry: Geometry,
         return None
     raw = first_image_size(images) if shard is None else shard_image_size(images, shard)
     height, width = geometry.output(*raw)
+    row = static_row_shape(model)
+    if row is not None and len(row) == 3:
+        if (height, width) != row[1:]:
+            raise InputError(f"the model was exported for {row[1]}x{row[2]} inputs, but the "
+                             f"images are {height}x{width} after resizing: pass --size "
+                             f"{row[1]} {row[2]} (or the --resize/--crop that give it)")
+        return row[0]
     channels = infer_input_channels(model, height, width)
     if channels is None:
         raise InputError(f"the model accepts neither 1- nor 3-channel images of "
@@ -118,6 +122,8 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
         warnings.simplefilter("ignore")
         try:
             out = model(images.tensor[:1])
+        except InputError:  # a static-shape export names the shape it needs
+            raise
         except Exception as exc:  # the model's own error: say which shape it was given
             raise InputError(f"the model fails on images of shape "
                              f"{tuple(images.tensor.shape[1:])}: {exc.__class__.__name__}: "
@@ -127,9 +133,17 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
                          "attrcert needs logits of shape (N, k)")
     if not torch.isfinite(out).all():
         raise nonfinite(opts.model, images.sources[0 if rows is None else rows[0]])
+    model = batched(model, images.tensor[:1])
+    note_static_batch(model, opts.model)
     k = int(out.shape[1])
-    target = (load_labels(opts.labels, images.sources, num_classes=k) if opts.labels
-              else _folder_labels(images, opts.images, k))
+    rule = None
+    if opts.labels:
+        target = load_labels(opts.labels, images.sources, num_classes=k)
+    elif images.labels is not None and images.classes is not None:
+        folders = folder_targets(images.classes, images.sources, k, opts.images)
+        target, rule = folders.targets, folders.rule
+    else:
+        target = None
     baseline = None
     if opts.baseline != "zero":
         if opts.method is not Method.integrated_gradients:
@@ -140,31 +154,23 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
                              f"need one image of shape {tuple(images.tensor.shape[1:])}")
         baseline = base[0]
     nonsmooth = find_nonsmooth(model, images.tensor[:1])
-    return Loaded(model, images, target, baseline, nonsmooth, rows)
+    return Loaded(model, images, target, baseline, nonsmooth, class_rule=rule, rows=rows)
 
 
-def _folder_labels(images: Images, folder: Path, k: int) -> torch.Tensor | None:
-    """The labels of class folders, checked against the model's ``k`` classes."""
-    if images.labels is None:
-        return None
-    top = int(images.labels.max())
-    if top >= k:
-        where = images.sources[int(images.labels.argmax())]
-        raise InputError(f"{folder}: the class folder of {where} means label {top}, but the "
-                         f"model has {k} classes (class folders are numbered in sorted order, "
-                         "or by their names when all are integers): pass --labels FILE.csv")
-    return images.labels
+def note_static_batch(model: torch.nn.Module, path: Path) -> None:
+    """One line on stderr when ``model`` runs a fixed number of rows per call."""
+    for module in model.modules():
+        if isinstance(module, StaticBatch):
+            err.print(f"note: {path} {module.reason}: attrcert runs it {module.batch} "
+                      f"row{'s' if module.batch > 1 else ''} per call (slower than batches; "
+                      "export with a dynamic batch to avoid it, see README 'Your model')")
+            return
 
 
 def normalization(opts: Common) -> tuple[list[float] | None, list[float] | None]:
-    """``--mean`` / ``--std``, else the preset's."""
-    mean, std = floats(opts.mean, "mean"), floats(opts.std, "std")
-    if (mean is None) != (std is None):
-        raise OptionError("give --mean and --std together")
-    if mean is None and opts.preset is not None:
-        preset = PRESETS[opts.preset.value]
-        mean, std = list(preset.mean), list(preset.std)
-    return mean, std
+    """``--mean`` / ``--std``, else the preset's, else the library's for ``--arch``."""
+    pre = opts.preprocessing()
+    return pre.mean, pre.std
 
 
 def nonfinite(model: Path, source: str) -> InputError:
@@ -174,6 +180,7 @@ def nonfinite(model: Path, source: str) -> InputError:
 
 
 def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
+    pre, batch = opts.preprocessing(), static_batch_of(loaded.model)
     return {
         "command": command,
         "attrcert": __version__,
@@ -188,10 +195,12 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "baseline": opts.baseline if opts.method is Method.integrated_gradients else None,
         "labels": (str(opts.labels) if opts.labels else
                    "class folders" if loaded.images.labels is not None else None),
-        "mean": normalization(opts)[0],
-        "std": normalization(opts)[1],
-        **({"preset": opts.preset.value} if opts.preset is not None else {}),
-        **({"geometry": opts.geometry_config()} if not opts.geometry().identity else {}),
+        **({"class_folders": loaded.class_rule} if loaded.class_rule else {}),
+        "mean": pre.mean,
+        "std": pre.std,
+        **({"preset": pre.source} if pre.source else {}),
+        **({"geometry": pre.geometry_config()} if not pre.geometry.identity else {}),
+        **({"static_batch": batch} if batch is not None else {}),
         "device": opts.device,
         "dtype": opts.dtype.value,
         "spectral": opts.spectral.value,
@@ -205,16 +214,17 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
 
 
 def input_shape(net: torch.nn.Module, images: Path | None,
-                size: tuple[int, int] | None) -> tuple[int, ...]:
-    """``(C, H, W)`` the model takes: from ``images``, the exported graph, or ``size``."""
+                geometry: Geometry) -> tuple[int, ...]:
+    """``(C, H, W)`` the model takes: from ``images`` (after ``geometry``), the exported
+    graph, or the size ``geometry`` gives."""
     if images is not None:
-        geometry = Geometry(size=size)
         channels = folder_channels(net, images, geometry)
         return tuple(load_images(images, channels=channels, geometry=geometry).tensor.shape[1:])
-    for node in getattr(getattr(net, "graph", None), "nodes", []):
-        val = node.meta.get("val") if hasattr(node, "meta") else None
-        if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.ndim == 4:
-            return tuple(int(s) for s in val.shape[1:])
+    for module in net.modules():
+        shape = exported_input(module)
+        if shape is not None and len(shape) == 4:
+            return tuple(int(s) for s in shape[1:])
+    size = geometry.crop or geometry.size
     if size is not None:
         channels = infer_input_channels(net, *size)
         if channels is not None:

@@ -79,9 +79,10 @@ def sniff_model(path: Path) -> str:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError, ValueError):
             return "zip"
-        if any(n.endswith("serialized_exported_program.json") or "/models/" in n
-               or n.endswith("archive_format") for n in names):
-            return "export"
+        inner = [n.partition("/")[2] for n in names]  # below the archive's root folder
+        if any(n in {"serialized_exported_program.json", "archive_format"}
+               or n.startswith("models/") for n in inner):
+            return "export"  # not any ".../models/...": TorchScript of timm.models has those
         if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
