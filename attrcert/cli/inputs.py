@@ -81,7 +81,7 @@ def folder_channels(model: torch.nn.Module, images: Path, geometry: Geometry,
     if row is not None and len(row) == 3:
         if (height, width) != row[1:]:
             raise InputError(f"the model was exported for {row[1]}x{row[2]} inputs, but the "
-                             f"images are {height}x{width} after resizing: pass --size "
+                             f"images are {height}x{width} after preprocessing: pass --size "
                              f"{row[1]} {row[2]} (or the --resize/--crop that give it)")
         return row[0]
     channels = infer_input_channels(model, height, width)

@@ -115,10 +115,15 @@ def static_batch_of(model: nn.Module) -> int | None:
 
 
 def static_row_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """The row shape a :class:`StaticBatch` inside ``model`` was exported for, else ``None``."""
+    """The shape of one input row that an export inside ``model`` fixes (its batch static
+    or not), else ``None``."""
     for module in model.modules():
         if isinstance(module, StaticBatch):
             return module.row_shape
+        shape = exported_input(module)
+        if shape is not None:
+            row = tuple(shape[1:])
+            return row if all(isinstance(s, int) for s in row) else None  # type: ignore
     return None
 
 
