@@ -105,6 +105,27 @@ def test_static_batches_give_the_dynamic_exports_values_and_second_derivatives(l
         assert ours.shape == theirs.shape
         torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
     assert results[0][2].abs().max() > 0  # GELU and LayerNorm: curvature to compare
+    assert loaded[kind].vectorized is True  # torch.vmap over the chunks: one batched pass
+
+
+class _Scalar(nn.Module):
+    """Reads a value out of the graph (``.item()``): ``torch.vmap`` cannot batch it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            raise RuntimeError("batch of 1 only")
+        return torch.tanh(x.flatten(1)[:, :4]) * (1 + float(x.detach().mean().item()))
+
+
+def test_chunk_by_chunk_where_vmap_cannot_batch_the_model():
+    model = StaticBatch(_Scalar(), 1, None, "test")
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    out = model(x)
+    assert model.vectorized is False
+    want = torch.cat([_Scalar()(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(out, want)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    assert grad.requires_grad  # differentiable twice
 
 
 def test_a_static_export_of_another_input_size_is_one_line(loaded):

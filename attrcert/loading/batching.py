@@ -5,8 +5,10 @@ fixes the batch dimension: the program refuses any other batch. attrcert stacks 
 integrated-gradients points of Eq. 40, attack copies and classes along the batch, so such
 a model runs inside :class:`StaticBatch`, which cuts the rows into chunks of the static
 batch (the last one padded with copies of its last row, whose outputs are dropped) and
-concatenates the outputs. Each chunk is a separate call of the same graph, so the result
-is the model's, row for row, and differentiable twice wherever the model is.
+runs the model on every chunk: vectorised by ``torch.vmap`` (one batched pass, as fast as
+a dynamic export) where that gives, on the first rows it sees, the values, gradients and
+second derivatives of calling the model chunk by chunk; else chunk by chunk. Either way the
+result is the model's, row for row, and differentiable twice wherever the model is.
 
 - :func:`with_static_batch`: a loaded ``.pt2`` module, wrapped when its input spec fixes
   the batch (read from the exported program's placeholder, without running it);
@@ -30,7 +32,9 @@ __all__ = ["StaticBatch", "batched", "exported_input", "static_batch_of", "stati
 
 
 class StaticBatch(nn.Module):
-    """``model`` run on chunks of ``batch`` rows, outputs concatenated along dim 0.
+    """``model`` run on chunks of ``batch`` rows, outputs concatenated along dim 0: by
+    ``torch.vmap`` over the chunks where it agrees with calling the model chunk by chunk
+    (:meth:`_vmap_agrees`), else chunk by chunk.
 
     Attributes:
         model: the wrapped model (a module that accepts exactly ``batch`` rows).
@@ -48,6 +52,9 @@ class StaticBatch(nn.Module):
         self.batch = int(batch)
         self.row_shape = row_shape
         self.reason = reason
+        #: whether ``torch.vmap`` runs the chunks (decided on the first call with more
+        #: than ``batch`` rows, by :meth:`_vmap_agrees`); ``None``: not yet known.
+        self.vectorized: bool | None = None
         self.training = model.training  # as wrapped: a later train(was_training) keeps it
 
     def forward(self, x: Tensor) -> Tensor:
@@ -61,15 +68,40 @@ class StaticBatch(nn.Module):
         rows = x.shape[0]
         if rows == self.batch:
             return self.model(x)
-        outputs = []
-        for start in range(0, rows, self.batch):
-            chunk = x[start:start + self.batch]
-            short = self.batch - chunk.shape[0]
-            if short:  # pad with detached copies: their outputs are dropped below
-                chunk = torch.cat([chunk, chunk[-1:].detach().expand(short, *chunk.shape[1:])])
-            out = self.model(chunk)
-            outputs.append(out[:self.batch - short] if short else out)
-        return torch.cat(outputs)
+        if self.vectorized is None:
+            self.vectorized = self._vmap_agrees(x[:self.batch].detach())
+        short = -rows % self.batch  # pad with detached copies: their outputs are dropped
+        padded = torch.cat([x, x[-1:].detach().expand(short, *x.shape[1:])]) if short else x
+        chunks = padded.reshape(-1, self.batch, *x.shape[1:])
+        if self.vectorized:
+            out = torch.vmap(self.model)(chunks)
+            out = out.reshape(-1, *out.shape[2:])
+        else:
+            out = torch.cat([self.model(chunk) for chunk in chunks])
+        return out[:rows] if short else out
+
+    def _vmap_agrees(self, chunk: Tensor) -> bool:
+        """Whether ``torch.vmap`` of the model gives, on two chunks made from ``chunk``
+        (it and its mirror image), the outputs, gradients and a Hessian-vector product of
+        calling the model chunk by chunk (float tolerance); ``False`` if it fails."""
+        two = torch.stack([chunk, chunk.flip(-1)])
+        results = []
+        try:
+            with torch.enable_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # vmap's "performance drop" for some ops
+                for vectorized in (True, False):
+                    z = two.clone().requires_grad_(True)
+                    out = (torch.vmap(self.model)(z) if vectorized
+                           else torch.stack([self.model(c) for c in z]))
+                    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype,
+                                             device=out.device).view(out.shape)
+                    (grad,) = torch.autograd.grad((out * weights).sum(), z, create_graph=True)
+                    second = (torch.autograd.grad((grad * grad).sum(), z)[0]
+                              if grad.requires_grad else torch.zeros_like(z))
+                    results.append([out.detach(), grad.detach(), second])
+        except Exception:  # an op without a batching rule, data-dependent control flow
+            return False
+        return all(_agree(a, [b]) for a, b in zip(results[0], results[1], strict=True))
 
     def train(self, mode: bool = True) -> StaticBatch:
         """Set the training flag here and in the model where it accepts it (a torch.export
