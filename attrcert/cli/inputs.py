@@ -161,9 +161,10 @@ def note_static_batch(model: torch.nn.Module, path: Path) -> None:
     """One line on stderr when ``model`` runs a fixed number of rows per call."""
     for module in model.modules():
         if isinstance(module, StaticBatch):
-            err.print(f"note: {path} {module.reason}: attrcert runs it {module.batch} "
-                      f"row{'s' if module.batch > 1 else ''} per call (slower than batches; "
-                      "export with a dynamic batch to avoid it, see README 'Your model')")
+            rows = f"{module.batch} row{'s' if module.batch > 1 else ''}"
+            err.print(f"note: {path} {module.reason}: attrcert runs it on chunks of {rows} "
+                      "(batched by torch.vmap where that gives the numbers of calling it "
+                      "chunk by chunk; see README 'Your model')")
             return
 
 

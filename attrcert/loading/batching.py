@@ -135,7 +135,7 @@ def with_static_batch(module: nn.Module) -> nn.Module:
     row = tuple(s for s in shape[1:])
     row_shape = row if all(isinstance(s, int) for s in row) else None
     return StaticBatch(module, shape[0], row_shape,  # type: ignore[arg-type]
-                       f"exported with a static batch of {shape[0]}")
+                       f"was exported with a static batch of {shape[0]}")
 
 
 def static_batch_of(model: nn.Module) -> int | None:
@@ -191,5 +191,5 @@ def batched(model: nn.Module, row: Tensor) -> nn.Module:
             ok = isinstance(both, Tensor) and _agree(both, singles)
     if ok:
         return model
-    return StaticBatch(model, 1, None, "it gives wrong results or fails on more than one "
+    return StaticBatch(model, 1, None, "gives wrong results or fails on more than one "
                        "row per call (a trace with a fixed batch?)")
