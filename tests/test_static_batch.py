@@ -108,6 +108,14 @@ def test_static_batches_give_the_dynamic_exports_values_and_second_derivatives(l
     assert loaded[kind].vectorized is True  # torch.vmap over the chunks: one batched pass
 
 
+def test_fewer_rows_than_the_static_batch_are_padded(loaded):
+    fresh = StaticBatch(loaded["static2"].model, 2, (3, SIDE, SIDE), "test")
+    x = torch.rand(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.float()(x), loaded["dynamic2"].float()(x))
+    assert fresh.vectorized is True  # decided on a padded chunk of 2 rows
+
+
 class _Scalar(nn.Module):
     """Reads a value out of the graph (``.item()``): ``torch.vmap`` cannot batch it."""
 

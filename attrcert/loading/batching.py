@@ -68,11 +68,11 @@ class StaticBatch(nn.Module):
         rows = x.shape[0]
         if rows == self.batch:
             return self.model(x)
-        if self.vectorized is None:
-            self.vectorized = self._vmap_agrees(x[:self.batch].detach())
         short = -rows % self.batch  # pad with detached copies: their outputs are dropped
         padded = torch.cat([x, x[-1:].detach().expand(short, *x.shape[1:])]) if short else x
         chunks = padded.reshape(-1, self.batch, *x.shape[1:])
+        if self.vectorized is None:
+            self.vectorized = self._vmap_agrees(chunks[0].detach())
         if self.vectorized:
             out = torch.vmap(self.model)(chunks)
             out = out.reshape(-1, *out.shape[2:])
