@@ -61,6 +61,17 @@ def rgb_model(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def two_class_model(tmp_path_factory):
+    """A 2-class RGB classifier (TorchScript): as many classes as cat/ and dog/."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 5, stride=4), nn.Softplus(), nn.AdaptiveAvgPool2d(2),
+                        nn.Flatten(), nn.Linear(16, 2)).eval()
+    path = tmp_path_factory.mktemp("m2") / "two.pt"
+    torch.jit.script(net).save(str(path))
+    return str(path)
+
+
 def run_main(argv, capfd):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -122,8 +133,8 @@ def test_integer_class_folders_are_the_labels_themselves(tmp_path):
     assert listing.sources == ["10/x.jpg", "3/x.jpg"] and listing.labels == [10, 3]
 
 
-def test_cli_targets_come_from_class_folders(classes, rgb_model, capfd):
-    code, out, err = run_main(["bound", rgb_model, str(classes), "--method", "saliency",
+def test_cli_targets_come_from_class_folders(classes, two_class_model, capfd):
+    code, out, err = run_main(["bound", two_class_model, str(classes), "--method", "saliency",
                                "--quiet", "--format", "json"], capfd)
     assert code == 0, err
     doc = json.loads(out)
@@ -172,8 +183,9 @@ def test_preset_parts_are_overridden_and_conflicts_refused(jpegs, rgb_model, cap
     assert code == 2 and "not both" in err
 
 
-def test_shards_of_class_folders_merge_to_the_single_run(classes, rgb_model, tmp_path, capfd):
-    argv = ["bound", rgb_model, str(classes), "--method", "saliency", "--quiet"]
+def test_shards_of_class_folders_merge_to_the_single_run(classes, two_class_model, tmp_path,
+                                                         capfd):
+    argv = ["bound", two_class_model, str(classes), "--method", "saliency", "--quiet"]
     code, out, err = run_main([*argv, "--format", "json"], capfd)
     assert code == 0, err
     whole = json.loads(out)["samples"]

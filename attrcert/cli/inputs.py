@@ -18,7 +18,6 @@ from ..config import AttributionSpec
 from ..distributed import Shard, load_shard_images, rank_file, shard_image_size, sidecar
 from ..errors import InputError, OptionError, one_line
 from ..loading import (
-    PRESETS,
     Geometry,
     Images,
     UntrustedPickleWarning,
@@ -31,6 +30,14 @@ from ..loading import (
     sniff_model,
     with_normalization,
 )
+from ..loading.batching import (
+    StaticBatch,
+    batched,
+    exported_input,
+    static_batch_of,
+    static_row_shape,
+)
+from ..loading.classes import folder_targets
 from ..loading.model_checks import check_deterministic, check_logits, nonfinite_logits
 from ..loading.torchscript_code import traced_input_shape
 from ..results import ASSUMPTION, OUTPUT_SUFFIXES
@@ -49,21 +56,11 @@ class Loaded:
     target: torch.Tensor | None
     baseline: torch.Tensor | None
     nonsmooth: list[str]
+    #: How class folders became targets (:func:`attrcert.loading.classes.folder_targets`).
+    class_rule: str | None = None
     #: With a shard (``--shard``, torchrun): the indices among all images of the rows of
     #: ``images.tensor``, which holds only the shard; ``images.sources`` still names all.
     rows: list[int] | None = None
-
-
-def floats(text: str | None, name: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise OptionError(f"--{name} {text!r}: give numbers separated by commas") from None
-    if not values:
-        raise OptionError(f"--{name} is empty: give one number per channel")
-    return values
 
 
 def check_output_paths(opts: Common, shard: Shard | None = None) -> None:
@@ -139,6 +136,13 @@ def folder_channels(model: torch.nn.Module, images: Path, geometry: Geometry,
         return None
     raw = first_image_size(images) if shard is None else shard_image_size(images, shard)
     height, width = geometry.output(*raw)
+    row = static_row_shape(model)
+    if row is not None and len(row) == 3:
+        if (height, width) != row[1:]:
+            raise InputError(f"the model was exported for {row[1]}x{row[2]} inputs, but the "
+                             f"images are {height}x{width} after preprocessing: pass --size "
+                             f"{row[1]} {row[2]} (or the --resize/--crop that give it)")
+        return row[0]
     channels = infer_input_channels(model, height, width)
     if channels is None:
         raise InputError(f"the model accepts neither 1- nor 3-channel images of "
@@ -177,8 +181,16 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
         images, rows = load_shard_images(opts.images, shard, channels=channels,
                                          geometry=geometry, value_range=opts.value_range)
     k = trial_forward(model, images, rows, opts.model)
-    target = (load_labels(opts.labels, images.sources, num_classes=k) if opts.labels
-              else _folder_labels(images, opts.images, k))
+    model = batched(model, images.tensor[:1])
+    note_static_batch(model, opts.model)
+    rule = None
+    if opts.labels:
+        target = load_labels(opts.labels, images.sources, num_classes=k)
+    elif images.labels is not None and images.classes is not None:
+        folders = folder_targets(images.classes, images.sources, k, opts.images)
+        target, rule = folders.targets, folders.rule
+    else:
+        target = None
     baseline = None
     if opts.baseline != "zero":
         if opts.method is not Method.integrated_gradients:
@@ -190,7 +202,7 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
                              f"need one image of shape {tuple(images.tensor.shape[1:])}")
         baseline = base[0]
     nonsmooth = find_nonsmooth(model, images.tensor[:1])
-    return Loaded(model, images, target, baseline, nonsmooth, rows)
+    return Loaded(model, images, target, baseline, nonsmooth, class_rule=rule, rows=rows)
 
 
 def trial_forward(model: torch.nn.Module, images: Images, rows: list[int] | None,
@@ -207,6 +219,8 @@ def trial_forward(model: torch.nn.Module, images: Images, rows: list[int] | None
         warnings.simplefilter("ignore")
         try:
             out = model(first)
+        except InputError:  # a static-shape export names the shape it needs
+            raise
         except Exception as exc:  # the model's own error: say which shape it was given
             raise InputError(f"the model fails on images of shape "
                              f"{tuple(images.tensor.shape[1:])}: {exc.__class__.__name__}: "
@@ -222,28 +236,21 @@ def trial_forward(model: torch.nn.Module, images: Images, rows: list[int] | None
     return int(out.shape[1])
 
 
-def _folder_labels(images: Images, folder: Path, k: int) -> torch.Tensor | None:
-    """The labels of class folders, checked against the model's ``k`` classes."""
-    if images.labels is None:
-        return None
-    top = int(images.labels.max())
-    if top >= k:
-        where = images.sources[int(images.labels.argmax())]
-        raise InputError(f"{folder}: the class folder of {where} means label {top}, but the "
-                         f"model has {k} classes (class folders are numbered in sorted order, "
-                         "or by their names when all are integers): pass --labels FILE.csv")
-    return images.labels
+def note_static_batch(model: torch.nn.Module, path: Path) -> None:
+    """One line on stderr when ``model`` runs a fixed number of rows per call."""
+    for module in model.modules():
+        if isinstance(module, StaticBatch):
+            rows = f"{module.batch} row{'s' if module.batch > 1 else ''}"
+            err.print(f"note: {path} {module.reason}: attrcert runs it on chunks of {rows} "
+                      "(batched by torch.vmap where that gives the numbers of calling it "
+                      "chunk by chunk; see README 'Your model')")
+            return
 
 
 def normalization(opts: Common) -> tuple[list[float] | None, list[float] | None]:
-    """``--mean`` / ``--std``, else the preset's."""
-    mean, std = floats(opts.mean, "mean"), floats(opts.std, "std")
-    if (mean is None) != (std is None):
-        raise OptionError("give --mean and --std together")
-    if mean is None and opts.preset is not None:
-        preset = PRESETS[opts.preset.value]
-        mean, std = list(preset.mean), list(preset.std)
-    return mean, std
+    """``--mean`` / ``--std``, else the preset's, else the library's for ``--arch``."""
+    pre = opts.preprocessing()
+    return pre.mean, pre.std
 
 
 def nonfinite(model: Path, source: str, what: str = "logits") -> InputError:
@@ -251,6 +258,7 @@ def nonfinite(model: Path, source: str, what: str = "logits") -> InputError:
 
 
 def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
+    pre, batch = opts.preprocessing(), static_batch_of(loaded.model)
     return {
         "command": command,
         "attrcert": __version__,
@@ -265,10 +273,12 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "baseline": opts.baseline if opts.method is Method.integrated_gradients else None,
         "labels": (str(opts.labels) if opts.labels else
                    "class folders" if loaded.images.labels is not None else None),
-        "mean": normalization(opts)[0],
-        "std": normalization(opts)[1],
-        **({"preset": opts.preset.value} if opts.preset is not None else {}),
-        **({"geometry": opts.geometry_config()} if not opts.geometry().identity else {}),
+        **({"class_folders": loaded.class_rule} if loaded.class_rule else {}),
+        "mean": pre.mean,
+        "std": pre.std,
+        **({"preset": pre.source} if pre.source else {}),
+        **({"geometry": pre.geometry_config()} if not pre.geometry.identity else {}),
+        **({"static_batch": batch} if batch is not None else {}),
         **({"input_range": opts.value_range} if opts.value_range != "unit" else {}),
         "device": opts.device,
         "dtype": opts.dtype.value,
@@ -284,19 +294,19 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
 
 
 def input_shape(net: torch.nn.Module, images: Path | None,
-                size: tuple[int, int] | None, path: Path | None = None) -> tuple[int, ...]:
-    """``(C, H, W)`` the model takes: from ``images``, the exported graph, ``size``, or the
-    example input a traced TorchScript archive at ``path`` keeps."""
+                geometry: Geometry, path: Path | None = None) -> tuple[int, ...]:
+    """``(C, H, W)`` the model takes: from ``images`` (after ``geometry``), the exported
+    graph, the size ``geometry`` gives, or the example input a traced TorchScript archive at
+    ``path`` keeps."""
     if images is not None:
-        geometry = Geometry(size=size)
         channels = folder_channels(net, images, geometry)
         loaded = load_images(images, channels=channels, geometry=geometry, value_range="any")
         return tuple(loaded.tensor.shape[1:])  # the shape only: any values do
-    if isinstance(net, torch.fx.GraphModule):  # a ScriptModule's graph is not torch.fx's
-        for node in net.graph.nodes:
-            val = node.meta.get("val")
-            if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.ndim == 4:
-                return tuple(int(s) for s in val.shape[1:])
+    for module in net.modules():
+        shape = exported_input(module)
+        if shape is not None and len(shape) == 4:
+            return tuple(int(s) for s in shape[1:])
+    size = geometry.crop or geometry.size
     if size is not None:
         channels = infer_input_channels(net, *size)
         if channels is not None:

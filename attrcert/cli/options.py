@@ -19,10 +19,10 @@ from ..analysis import LABEL_GRADIENTS
 from ..attributions import METHODS
 from ..bounds import METRICS
 from ..config import AttackOptions, SolverOptions
-from ..errors import OptionError
 from ..loading import PRESETS, VALUE_RANGES, Geometry
 from ..memory import parse_size
 from ..sizing import SPECTRAL
+from .preprocessing import Preprocessing, resolve_preprocessing
 
 MAX_SIDE = 16384  #: --size H W: larger sides are surely typos (and would exhaust memory)
 MAX_INT = 2**31 - 1
@@ -80,8 +80,26 @@ FormatOpt = Annotated[Format, typer.Option(
 SizeOpt = Annotated[tuple[int, int] | None, typer.Option(
     help="Resize images to H W.", show_default=False, callback=image_size)]
 ArchOpt = Annotated[str | None, typer.Option(
-    help="module:factory (or file.py:factory) building the model for a weights file. This "
-    "imports and runs that Python code, by design: name only code you trust.")]
+    help="What builds the model for a weights file: timm:NAME or torchvision:NAME (the "
+    "library's architecture, untrained, sized from the weights; its preprocessing unless "
+    "--preset/--mean/--std/--size/--resize/--crop say otherwise), or module:factory / "
+    "file.py:factory (this imports and runs that Python code, by design: name only code "
+    "you trust).")]
+MeanOpt = Annotated[str | None, typer.Option(
+    help="Per-channel mean, e.g. 0.485,0.456,0.406: folded into the model so eps stays in "
+    "pixel units.")]
+StdOpt = Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")]
+PresetOpt = Annotated[PresetName | None, typer.Option(
+    help="The input pipeline a model family expects: imagenet = resize the shorter side to "
+    "256, centre-crop 224, ImageNet mean/std; cifar10 = CIFAR-10 mean/std. --mean, --std, "
+    "--size, --resize and --crop override its parts. Default: the library's for --arch "
+    "timm:NAME / torchvision:NAME, else none.", show_default=False)]
+ResizeOpt = Annotated[int | None, typer.Option(
+    min=1, max=MAX_SIDE, help="Resize so that the shorter side is this long, keeping the "
+    "aspect ratio (torchvision's Resize(int)).", show_default=False)]
+CropOpt = Annotated[tuple[int, int] | None, typer.Option(
+    help="Then centre-crop H W (torchvision's CenterCrop).", show_default=False,
+    callback=image_size)]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-code", "--trust-pickle", help="Load a model file that attrcert cannot check: a "
     "pickle, or an archive calling operators outside attrcert's allowlist (files, print, "
@@ -106,23 +124,12 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "labels": (Annotated[Path | None, typer.Option(
         help="CSV with columns name,label: target classes instead of the predictions.")],
         None),
-    "mean": (Annotated[str | None, typer.Option(
-        help="Per-channel mean, e.g. 0.485,0.456,0.406: folded into the model so eps stays "
-        "in pixel units.")], None),
-    "std": (Annotated[str | None, typer.Option(
-        help="Per-channel std, e.g. 0.229,0.224,0.225.")], None),
-    "preset": (Annotated[PresetName | None, typer.Option(
-        help="The input pipeline a model family expects: imagenet = resize the shorter side "
-        "to 256, centre-crop 224, ImageNet mean/std; cifar10 = CIFAR-10 mean/std. --mean, "
-        "--std, --size, --resize and --crop override its parts.", show_default=False)],
-        None),
+    "mean": (MeanOpt, None),
+    "std": (StdOpt, None),
+    "preset": (PresetOpt, None),
     "size": (SizeOpt, None),
-    "resize": (Annotated[int | None, typer.Option(
-        min=1, max=MAX_SIDE, help="Resize so that the shorter side is this long, keeping "
-        "the aspect ratio (torchvision's Resize(int)).", show_default=False)], None),
-    "crop": (Annotated[tuple[int, int] | None, typer.Option(
-        help="Then centre-crop H W (torchvision's CenterCrop).", show_default=False,
-        callback=image_size)], None),
+    "resize": (ResizeOpt, None),
+    "crop": (CropOpt, None),
     "input_range": (Annotated[InputRange, typer.Option(
         help="The values of float tensor files: unit = in [0, 1] (others are refused); 255 = "
         "in [0, 255], divided by 255; any = taken as they are (eps is then in their units, "
@@ -225,20 +232,20 @@ class Common:
         """``--input-range`` as :func:`attrcert.loading.load_images` takes it."""
         return "unit" if self.input_range is None else str(self.input_range.value)
 
+    def preprocessing(self) -> Preprocessing:
+        """Resize, crop and normalisation: from the options given, else --preset's, else
+        the library's for --arch timm:NAME / torchvision:NAME, else none."""
+        return resolve_preprocessing(
+            preset=self.preset.value if self.preset is not None else None, arch=self.arch,
+            mean=self.mean, std=self.std, size=self.size, resize=self.resize, crop=self.crop)
+
     def geometry(self) -> Geometry:
-        """Resize and crop: from --size / --resize / --crop if any is given, else the
-        preset's, else none."""
-        if self.size is not None or self.resize is not None or self.crop is not None:
-            if self.size is not None and self.resize is not None:
-                raise OptionError("give either --size H W or --resize S, not both")
-            return Geometry(size=self.size, shorter=self.resize, crop=self.crop)
-        return PRESETS[self.preset.value].geometry if self.preset is not None else Geometry()
+        """Resize and crop (:meth:`preprocessing`)."""
+        return self.preprocessing().geometry
 
     def geometry_config(self) -> dict[str, Any]:
         """The geometry as the configuration records it."""
-        shape = self.geometry()
-        return {"size": list(shape.size) if shape.size else None, "resize": shape.shorter,
-                "crop": list(shape.crop) if shape.crop else None}
+        return self.preprocessing().geometry_config()
 
     def solver(self, device: str) -> SolverOptions:
         """The solver options (on ``device``: a torchrun rank may differ from --device)."""

@@ -1,5 +1,10 @@
-"""``--arch module:factory``: import the user's Python code (by design: it builds the
-model) and load a weights-only file (a state dict) into the model it returns."""
+"""``--arch``: build a model and load a weights-only file (a state dict) into it, strictly.
+
+``--arch module:factory`` (or ``path/to/file.py:factory``) imports the user's Python code
+(by design: it builds the model); ``--arch timm:NAME`` and ``--arch torchvision:NAME`` build
+a library's architecture untrained (:mod:`attrcert.loading.libraries`). The prefixes that
+checkpoints carry (``module.`` from DataParallel, ``model.``, ``_orig_mod.`` from
+``torch.compile``) are stripped when every key has them and the model's keys do not."""
 
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..errors import LoadError, one_line
+from .libraries import build_library_model, parse_library_arch
+
+#: Prefixes that wrappers add to every key of a state dict, stripped by :func:`strip_prefixes`.
+PREFIXES = ("module.", "model.", "_orig_mod.")
 
 
 class WeightsConvertedWarning(UserWarning):
@@ -144,10 +153,28 @@ def _warn_converted(model: nn.Module, state: Mapping[str, Tensor], path: Path) -
                       stacklevel=4)
 
 
+def strip_prefixes(state: Mapping[str, Tensor], own: set[str]) -> dict[str, Tensor]:
+    """``state`` without the :data:`PREFIXES` that all its keys share and the keys ``own``
+    of the model do not (repeatedly: ``module.model.fc.weight`` -> ``fc.weight``)."""
+    current = dict(state)
+    while current and not set(current) <= own:
+        for prefix in PREFIXES:
+            if all(k.startswith(prefix) for k in current) and not (
+                    own and all(k.startswith(prefix) for k in own)):
+                current = {k[len(prefix):]: v for k, v in current.items()}
+                break
+        else:
+            break
+    return current
+
+
 def load_into_arch(state: Mapping[str, Tensor], arch: str, path: Path) -> nn.Module:
     """The model ``arch`` builds with ``state`` loaded strictly (weights of another dtype
     are cast to the model's, with a :class:`WeightsConvertedWarning`)."""
-    model = _build_arch(arch)
+    library = parse_library_arch(arch)
+    model = (build_library_model(library, strip_prefixes(state, set())) if library
+             else _build_arch(arch))
+    state = strip_prefixes(state, set(model.state_dict()))
     problem = _mismatch(model, state)
     if problem:
         raise LoadError(f"the weights in {path} do not fit --arch {arch}: {problem}")
@@ -161,5 +188,6 @@ def load_into_arch(state: Mapping[str, Tensor], arch: str, path: Path) -> nn.Mod
 
 
 def weights_only_error(path: Path) -> LoadError:
-    return LoadError(f"{path} holds weights only (a state dict): pass --arch module:factory "
-                     "(or --arch path/to/file.py:factory) to build the model")
+    return LoadError(f"{path} holds weights only (a state dict): pass --arch timm:NAME, "
+                     "--arch torchvision:NAME or --arch path/to/file.py:factory to build "
+                     "the model")

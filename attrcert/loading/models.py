@@ -2,13 +2,15 @@
 
 - torch.export archives (``.pt2``): read by :mod:`attrcert.loading.export_archive`, which
   refuses every part of the archive that would run code when loaded, and every operator
-  outside :mod:`attrcert.loading.operators`' allowlist;
+  outside :mod:`attrcert.loading.operators`' allowlist; one exported with a static batch
+  runs a chunk of that many rows per call (:class:`~attrcert.loading.batching.StaticBatch`);
 - TorchScript archives: their code read first (:mod:`attrcert.loading.torchscript_code`:
   pure operators, bounded loops, no ``__setstate__``), then ``torch.jit.load`` (TorchScript's
   own unpickler, which builds no Python objects), in eval mode;
 - weights only (a state dict), as safetensors or as ``torch.save(model.state_dict())``
   (read with ``torch.load(weights_only=True)``): rebuilt with ``--arch module:factory`` or
-  ``--arch path/to/file.py:factory`` (:mod:`attrcert.loading.arch`);
+  ``--arch path/to/file.py:factory`` (:mod:`attrcert.loading.arch`), or with
+  ``--arch timm:NAME`` / ``--arch torchvision:NAME`` (:mod:`attrcert.loading.libraries`);
 - anything else that is a pickle (``torch.save(model)``, legacy ``torch.save`` files, plain
   ``pickle.dump`` files) runs code from the file when loaded: refused unless
   ``trust_pickle=True`` (``--trust-code``, alias ``--trust-pickle``), and then loaded with a
@@ -33,6 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import LoadError, one_line
 from .arch import load_into_arch, state_dict_of, weights_only_error
+from .batching import with_static_batch
 from .export_archive import load_export_archive, quiet_torch
 from .formats import KIND_NAMES, sniff_model
 from .model_checks import check_weights
@@ -106,7 +109,7 @@ def _load_model_cpu(path: Path, kind: str, arch: str | None, trust_pickle: bool)
         if problem is not None:
             raise LoadError(f"{path} is refused: {problem}; save or export the model again")
     if kind == "export":
-        return load_export_archive(path, trust_pickle, _warn_untrusted)
+        return with_static_batch(load_export_archive(path, trust_pickle, _warn_untrusted))
     if kind == "torchscript":
         return _load_torchscript(path, trust_pickle)
     if kind == "safetensors":
@@ -157,6 +160,8 @@ def load_model(
         arch: ``"module:factory"`` (imported with the working directory on ``sys.path``) or
             ``"path/to/file.py:factory"``; the factory takes no arguments and returns the
             untrained ``nn.Module`` into which weights-only files are loaded (strictly).
+            Or ``"timm:NAME"`` / ``"torchvision:NAME"`` (optionally ``NAME(key=value, ...)``):
+            the library's architecture, built untrained with the weights' class count.
             Ignored for whole-model archives.
         trust_pickle: unpickle files that need arbitrary Python objects (runs code from the
             file; emits :class:`UntrustedPickleWarning`). Without it they are refused

@@ -81,4 +81,6 @@ def with_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[fl
     param = next(iter(model.parameters()), None)
     if param is not None and param.is_floating_point():
         mean_t, std_t = (t.to(device=param.device, dtype=param.dtype) for t in (mean_t, std_t))
-    return Normalized(model, mean_t, std_t)
+    wrapped = Normalized(model, mean_t, std_t)
+    wrapped.training = model.training  # else a later train(was_training) trains the model
+    return wrapped

@@ -18,9 +18,11 @@ from torch import Tensor
 
 from ..errors import OptionError
 
-__all__ = ["PRESETS", "Geometry", "Preset"]
+__all__ = ["INTERPOLATIONS", "PRESETS", "Geometry", "Preset"]
 
 Size = tuple[int, int]
+#: Resampling filters of the resize step (as torchvision's and timm's ``interpolation``).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 def _check_size(value: object, name: str) -> None:
@@ -42,11 +44,14 @@ class Geometry:
             (torchvision's ``Resize(int)``); not with ``size``.
         crop: ``(H, W)``: then cut this centre out (``CenterCrop``; the image must be at
             least this large after resizing).
+        interpolation: the resize filter, one of :data:`INTERPOLATIONS` (antialiased when
+            shrinking, except ``nearest``).
     """
 
     size: Size | None = None
     shorter: int | None = None
     crop: Size | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -61,6 +66,9 @@ class Geometry:
             raise OptionError(f"shorter side must be a positive integer, got {self.shorter!r}")
         if self.size is not None and self.shorter is not None:
             raise OptionError("give either a size H W or a shorter side, not both")
+        if self.interpolation not in INTERPOLATIONS:
+            raise OptionError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                              f"got {self.interpolation!r}")
 
     @property
     def identity(self) -> bool:
@@ -91,37 +99,46 @@ class Geometry:
         return (round((height - crop_h) / 2.0), round((width - crop_w) / 2.0), crop_h, crop_w)
 
     def apply_array(self, arr: np.ndarray) -> np.ndarray:
-        """The transform of an ``(H, W, C)`` float image in ``[0, 1]`` (bilinear,
-        antialiased when shrinking, as Pillow; in float, channel by channel)."""
+        """The transform of an ``(H, W, C)`` float image in ``[0, 1]`` (Pillow's filter,
+        antialiased when shrinking; in float, channel by channel)."""
         height, width = arr.shape[:2]
         target = self.resized(height, width)
         if target != (height, width):
-            arr = _resize(arr, target)
+            arr = _resize(arr, target, self.interpolation)
         if self.crop is not None:
             top, left, h, w = self.crop_box(*arr.shape[:2])
             arr = arr[top:top + h, left:left + w]
         return arr
 
     def apply_tensor(self, tensor: Tensor) -> Tensor:
-        """The transform of an ``(N, C, H, W)`` batch (bilinear, antialiased)."""
+        """The transform of an ``(N, C, H, W)`` batch (antialiased, except ``nearest``)."""
         height, width = tensor.shape[-2:]
         target = self.resized(int(height), int(width))
         if target != (height, width):
-            tensor = F.interpolate(tensor, size=target, mode="bilinear", align_corners=False,
-                                   antialias=True)
+            if self.interpolation == "nearest":
+                tensor = F.interpolate(tensor, size=target, mode="nearest-exact")
+            else:
+                low, high = tensor.min(), tensor.max()
+                tensor = F.interpolate(tensor, size=target, mode=self.interpolation,
+                                       align_corners=False, antialias=True)
+                if self.interpolation == "bicubic":  # overshoots, where bilinear cannot
+                    tensor = tensor.clamp(low, high)
         if self.crop is not None:
             top, left, h, w = self.crop_box(*tensor.shape[-2:])
             tensor = tensor[..., top:top + h, left:left + w]
         return tensor
 
 
-def _resize(arr: np.ndarray, size: Size) -> np.ndarray:
-    """Bilinear resize of an ``(H, W, C)`` float array, channel by channel, in float."""
+def _resize(arr: np.ndarray, size: Size, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize of an ``(H, W, C)`` float array with Pillow's ``interpolation`` filter,
+    channel by channel, in float (clipped to ``[0, 1]``: bicubic overshoots)."""
     from PIL import Image
 
     height, width = size
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "nearest": Image.Resampling.NEAREST}[interpolation]
     planes = [np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., c], dtype=np.float32))
-                         .resize((width, height), Image.Resampling.BILINEAR))
+                         .resize((width, height), resample))
               for c in range(arr.shape[2])]
     return np.clip(np.stack(planes, axis=2), 0.0, 1.0)
 
