@@ -1,8 +1,9 @@
-"""One batch's analysis: attribution -> Jacobian -> spectrum -> label gradients.
+"""One batch's analysis: attribution -> Jacobian -> spectrum.
 
 :func:`analyse` does the costly part that every bound needs, once per batch: the
-attribution ``g`` (SPEC §1), the spectrum of its Jacobian ``J = dg/dx`` (``xi_max``,
-``v_max`` and, for l-inf, Theorem 2's ``sum |P_ij|``), and Proposition 1's class gradients.
+attribution ``g`` (SPEC §1) and the spectrum of its Jacobian ``J = dg/dx`` (``xi_max``,
+``v_max`` and, for l-inf, Theorem 2's ``sum |P_ij|``). Proposition 1 is
+:mod:`attrcert.proposition1`'s.
 :func:`prepare` puts the model and inputs where they compute; :func:`attribution_deviations`
 measures ``||g(x + delta) - g(x)||`` for the perturbations that attain ``T_e``
 (:func:`worst_case_directions`), as Eq. 39 needs.
@@ -19,16 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attributions import Attribution, Model, summed, target_gradient
+from .attributions import Attribution, Model, summed
 from .errors import ModelOutputError, OptionError
 from .jacobian import attribution_jacobian
 from .memory import halving
 from .spectral import Spectrum, abs_sum_gram_blocked, spectrum_full, spectrum_iterative
 
-__all__ = ["LABEL_GRADIENTS", "Analysis", "analyse", "attribute_rows", "attribution_deviations",
+__all__ = ["Analysis", "analyse", "attribute_rows", "attribution_deviations",
            "prepare", "resolve_device", "worst_case_directions"]
 
-LABEL_GRADIENTS = ("completeness", "attribution")
 Progress = Callable[[int, int], None]
 
 
@@ -42,8 +42,6 @@ class Analysis:
         logits: ``(N, k)`` at ``x``.
         attr: ``g(x)`` flattened, ``(N, d)``.
         spectrum: ``xi_max``, ``v_max``, ``sum |P_ij|`` of each ``J``.
-        label_grads: ``(N, k, d)``: for each class ``j`` the gradient that Proposition 1
-            uses (``grad f_j`` under completeness, or ``grad sum_i g^j_i``).
         completeness_gap: ``(N,)`` ``|sum_i g_i - (f_y(x) - f_y(b))|`` (IG only).
         value_points: attribution points (Riemann points times input rows) that one
             first-order pass over perturbed copies of this batch may hold
@@ -60,7 +58,6 @@ class Analysis:
     logits: Tensor
     attr: Tensor
     spectrum: Spectrum
-    label_grads: Tensor
     completeness_gap: Tensor | None
     value_points: int | None = None
     points_per_pass: int | None = None
@@ -147,14 +144,12 @@ def analyse(
     target: Tensor,
     *,
     chunk_size: int | None = None,
-    label_gradient: str = "completeness",
     spectral: str = "full",
     tol: float = 1e-4,
     seed: int = 0,
     progress: Progress | None = None,
     abs_sum_blocked: bool = False,
     first_index: int = 0,
-    classes_per_pass: int | None = None,
     points_per_pass: int | None = None,
     value_points: int | None = None,
 ) -> Analysis:
@@ -209,8 +204,6 @@ def analyse(
                                    progress=progress)
         spectrum = spectrum_full(jac)
         del jac
-    label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient,
-                                   classes_per_pass)
     gap = None
     if attribution.complete:
         base = attribution.baseline_for(x)  # type: ignore[attr-defined]
@@ -227,41 +220,10 @@ def analyse(
         spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
                           None if spectrum.abs_sum_gram is None
                           else spectrum.abs_sum_gram.cpu()),
-        label_grads=label_grads.double().cpu(),
         completeness_gap=gap,
         value_points=value_points,
         points_per_pass=points_per_pass,
     )
-
-
-def _label_gradients(model: Model, x: Tensor, attribution: Attribution, k: int, how: str,
-                     classes_per_pass: int | None = None) -> Tensor:
-    """``(N, k, d)``: per class ``j``, ``grad_x f_j`` (completeness, SPEC §4 default) or
-    ``grad_x sum_i g^j_i`` (through the attribution: one second-order pass).
-
-    Each pass stacks ``classes_per_pass`` copies of the batch (all ``k`` by default), so
-    that 1000 classes of ImageNet-sized images need not fit in memory at once; each class's
-    gradient is computed from its own copy, so the chunking does not change it."""
-    if how not in LABEL_GRADIENTS:
-        raise OptionError(f"unknown label_gradient {how!r}: use {' or '.join(LABEL_GRADIENTS)}")
-    n = x.shape[0]
-    step = max(1, min(k, classes_per_pass or k))
-    parts = []
-    for first in range(0, k, step):
-        count = min(step, k - first)
-        copies = x.unsqueeze(0).expand(count, *x.shape).reshape(count * n, *x.shape[1:])
-        copies = copies.clone().requires_grad_(True)
-        classes = torch.arange(first, first + count, device=x.device).repeat_interleave(n)
-        if how == "completeness":
-            grads = target_gradient(model, copies, classes, create_graph=False)
-        else:
-            g = attribution(model, copies, classes, create_graph=True)
-            if not g.requires_grad:  # g does not depend on x: its gradient is zero
-                grads = torch.zeros_like(copies)
-            else:
-                (grads,) = torch.autograd.grad(g.sum(), copies, materialize_grads=True)
-        parts.append(grads.reshape(count, n, -1).detach())
-    return torch.cat(parts).transpose(0, 1)
 
 
 def worst_case_directions(v_max: Tensor, p: float) -> Tensor:

@@ -15,13 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from ..analysis import LABEL_GRADIENTS
 from ..attributions import METHODS
 from ..bounds import METRICS
 from ..config import AttackOptions, SolverOptions
 from ..errors import OptionError
 from ..loading import PRESETS, Geometry
 from ..memory import parse_size
+from ..proposition1 import LABEL_GRADIENTS
 from ..sizing import SPECTRAL
 
 MAX_SIDE = 16384  #: --size H W: larger sides are surely typos (and would exhaust memory)
