@@ -196,7 +196,9 @@ def analyse(
                                         chunk_size=chunk_size or 1)
                    if abs_sum_blocked else None)
         spectrum = Spectrum(torch.cat([s.xi_max for s in parts]),
-                            torch.cat([s.v_max for s in parts]), abs_sum)
+                            torch.cat([s.v_max for s in parts]), abs_sum,
+                            products=_joined([s.products for s in parts]),
+                            residual=_joined([s.residual for s in parts]))
         if progress is not None:
             progress(x[0].numel(), x[0].numel())
     else:
@@ -219,11 +221,19 @@ def analyse(
         attr=g.reshape(n, -1).double().cpu(),
         spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
                           None if spectrum.abs_sum_gram is None
-                          else spectrum.abs_sum_gram.cpu()),
+                          else spectrum.abs_sum_gram.cpu(),
+                          products=spectrum.products, residual=spectrum.residual),
         completeness_gap=gap,
         value_points=value_points,
         points_per_pass=points_per_pass,
     )
+
+
+def _joined(parts: list[Tensor | None]) -> Tensor | None:
+    """The per-sample tensors of the parts, joined (``None`` if any part has none)."""
+    if any(part is None for part in parts):
+        return None
+    return torch.cat([part for part in parts if part is not None])
 
 
 def worst_case_directions(v_max: Tensor, p: float) -> Tensor:
