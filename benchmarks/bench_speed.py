@@ -139,8 +139,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         old = checkout(args.against, folder / "old") if args.only != "new" else None
-        print(f"| case | old s | new s | old/new | xi_max rel. diff | label radius old / new "
-              f"| RSS old / new GB | new: analyse / label s (classes) / products |")
+        print("| case | old s | new s | old/new | xi_max rel. diff | label radius old / new "
+              "| RSS old / new GB | new: analyse / label s (classes) / products |")
         print("|---|---|---|---|---|---|---|---|")
         for name in args.cases.split(","):
             arch, side, method, steps = CASES[name]

@@ -15,9 +15,13 @@ Lanczos solver uses. No second-order graph of ``g`` (the double-VJP trick's ``w(
 J^T u``) is built: the kept graph is ``G``'s, about half the memory
 (:func:`attrcert.sizing.point_bytes`), and a product costs what ``J^T u`` cost before.
 
-Points that do not fit in memory are cut into segments (:meth:`Attribution.segments`):
-the first segment's graph is kept, the others are rebuilt for every product and freed
-after it, one at a time, so the operator is the same with fewer points held.
+Points that do not fit in memory are cut into segments (:meth:`Attribution.segments`,
+:func:`curvature_segments`): half of those that fit are kept, the others are rebuilt for
+every product in passes of the other half and freed after each, so the operator is the
+same with fewer points held. A rebuilt pass (``G``'s graph and one VJP) costs about 1.5
+times a kept one and batches well (``benchmarks/bench_products.py``, BENCHMARKS.md), which
+is why the rebuilt points go in passes as large as the budget allows rather than one at a
+time, and why forward-over-reverse (slower here than a rebuilt reverse pass) is not used.
 """
 
 from __future__ import annotations
@@ -27,7 +31,21 @@ from torch import Tensor
 
 from ..attributions import Attribution, Model
 
-__all__ = ["CurvatureProducts"]
+__all__ = ["CurvatureProducts", "curvature_segments"]
+
+
+def curvature_segments(points: int, points_per_pass: int | None) -> tuple[int, list[int]]:
+    """``(kept, rebuilt)``: how :class:`CurvatureProducts` holds ``points`` gradient
+    evaluations when at most ``points_per_pass`` fit in memory at once: all kept when they
+    fit; else half kept and the rest rebuilt in passes of the other half (so kept and
+    rebuilt never exceed ``points_per_pass`` together); with ``points_per_pass = 1`` none
+    kept and every point rebuilt on its own."""
+    if points_per_pass is None or points_per_pass >= points:
+        return points, []
+    kept = points_per_pass // 2
+    chunk = max(1, points_per_pass - kept)
+    rest = points - kept
+    return kept, [min(chunk, rest - first) for first in range(0, rest, chunk)]
 
 
 class _SegmentGraph:
@@ -60,26 +78,30 @@ class CurvatureProducts:
     """
 
     def __init__(self, attribution: Attribution, model: Model, x: Tensor, target: Tensor,
-                 *, copies: int = 1, segments: list[Attribution] | None = None) -> None:
-        """``x``: one sample ``(1, C, H, W)``; ``target``: ``(1,)``; ``segments``: the
-        attribution cut into segments whose first is kept and the rest rebuilt per product
-        (default: ``[attribution]``, all kept)."""
+                 *, copies: int = 1, points_per_pass: int | None = None) -> None:
+        """``x``: one sample ``(1, C, H, W)``; ``target``: ``(1,)``; ``points_per_pass``: at
+        most this many of the attribution's points in memory (:func:`curvature_segments`;
+        ``None``: all, kept)."""
         x = x.detach()
         self.dtype, self.device = x.dtype, x.device
         self.copies, self.d = copies, x[0].numel()
         self.count = 0
         self._x, self._target, self._model = x, target, model
-        parts = segments or [attribution]
-        self._kept = _SegmentGraph(parts[0], model, x, target, copies)
-        self._rebuilt = parts[1:]
-        self.passes = 1
-        big_g = self._kept.big_g.detach()[:1]
+        kept, rebuilt = curvature_segments(attribution.points, points_per_pass)
+        parts = attribution.segments([kept, *rebuilt] if kept else rebuilt)
+        self._kept = _SegmentGraph(parts[0], model, x, target, copies) if kept else None
+        self._rebuilt = parts[1:] if kept else parts
+        self.passes = int(kept > 0)
+        big_g = self._kept.big_g.detach()[:1] if self._kept is not None else 0.0
+        u: Tensor | None = None if self._kept is None else self._kept.u
         for segment in self._rebuilt:
-            big_g = big_g + segment.parts(model, x, target)[1].detach()
-        self.gradient = big_g.reshape(1, self.d)  # G at x: J's diagonal part
-        self.factor = None if self._kept.u is None else self._kept.u[:1].reshape(1, self.d)
+            part_u, part_g = segment.parts(model, x, target)
+            big_g = big_g + part_g.detach()
+            u = None if part_u is None else part_u.detach()
+        self.gradient = torch.as_tensor(big_g).reshape(1, self.d)  # G at x: J's diagonal part
+        self.factor = None if u is None else u[:1].reshape(1, self.d)
         self.symmetric = self.factor is None
-        self.zero = self._kept.constant and not self._rebuilt and (
+        self.zero = self._kept is not None and self._kept.constant and not self._rebuilt and (
             self.symmetric or not bool(self.gradient.abs().max() > 0))
 
     def curvature(self, v: Tensor) -> Tensor:
@@ -87,7 +109,7 @@ class CurvatureProducts:
         self.count += v.shape[0]
         shaped = v.to(dtype=self.dtype, device=self.device).reshape(self.copies,
                                                                      *self._x.shape[1:])
-        total = self._kept.curvature(shaped)
+        total = None if self._kept is None else self._kept.curvature(shaped)
         for segment in self._rebuilt:
             graph = _SegmentGraph(segment, self._model, self._x, self._target, self.copies)
             self.passes += 1

@@ -21,7 +21,7 @@ from ..attributions import Attribution, Model
 from .curvature import CurvatureProducts
 from .full import Spectrum, canonical_sign, spectrum_full
 from .krylov import MAX_STEPS, TopSingular, golub_kahan, symmetric_lanczos
-from .products import JacobianProducts, segment_sizes
+from .products import JacobianProducts
 
 __all__ = ["SOLVERS", "spectrum_iterative", "top_singular"]
 
@@ -78,13 +78,11 @@ def spectrum_iterative(
     residual = torch.zeros(n, dtype=torch.float64)
     vs = torch.zeros(n, d, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.int64)
-    sizes = segment_sizes(attribution.points, points_per_pass)
     for i in range(n):
         z = rng.standard_normal(d)
         xs, ts = x[i : i + 1], target[i : i + 1]
         if solver == "krylov":
-            ops = CurvatureProducts(attribution, model, xs, ts,
-                                    segments=attribution.segments(sizes))
+            ops = CurvatureProducts(attribution, model, xs, ts, points_per_pass=points_per_pass)
             top = top_singular(ops, torch.from_numpy(z), tol=tol,
                                max_steps=maxiter or MAX_STEPS)
             xi[i], vs[i], residual[i], counts[i] = top.value, top.vector, top.residual, \
