@@ -1,8 +1,9 @@
-"""One batch's analysis: attribution -> Jacobian -> spectrum -> label gradients.
+"""One batch's analysis: attribution -> Jacobian -> spectrum.
 
 :func:`analyse` does the costly part that every bound needs, once per batch: the
-attribution ``g`` (SPEC §1), the spectrum of its Jacobian ``J = dg/dx`` (``xi_max``,
-``v_max`` and, for l-inf, Theorem 2's ``sum |P_ij|``), and Proposition 1's class gradients.
+attribution ``g`` (SPEC §1) and the spectrum of its Jacobian ``J = dg/dx`` (``xi_max``,
+``v_max`` and, for l-inf, Theorem 2's ``sum |P_ij|``). Proposition 1 is
+:mod:`attrcert.proposition1`'s.
 :func:`prepare` puts the model and inputs where they compute; :func:`attribution_deviations`
 measures ``||g(x + delta) - g(x)||`` for the perturbations that attain ``T_e``
 (:func:`worst_case_directions`), as Eq. 39 needs.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attributions import Attribution, Model, summed, target_gradient
+from .attributions import Attribution, Model, summed
 from .errors import ModelOutputError, OptionError
 from .jacobian import attribution_jacobian
 from .memory import halving
@@ -31,10 +32,9 @@ from .spectral import (
     spectrum_iterative,
 )
 
-__all__ = ["LABEL_GRADIENTS", "Analysis", "analyse", "attribute_rows", "attribution_deviations",
+__all__ = ["Analysis", "analyse", "attribute_rows", "attribution_deviations",
            "check_device", "prepare", "resolve_device", "worst_case_directions"]
 
-LABEL_GRADIENTS = ("completeness", "attribution")
 Progress = Callable[[int, int], None]
 
 
@@ -48,8 +48,6 @@ class Analysis:
         logits: ``(N, k)`` at ``x``.
         attr: ``g(x)`` flattened, ``(N, d)``.
         spectrum: ``xi_max``, ``v_max``, ``sum |P_ij|`` of each ``J``.
-        label_grads: ``(N, k, d)``: for each class ``j`` the gradient that Proposition 1
-            uses (``grad f_j`` under completeness, or ``grad sum_i g^j_i``).
         completeness_gap: ``(N,)`` ``|sum_i g_i - (f_y(x) - f_y(b))|`` (IG only).
         value_points: attribution points (Riemann points times input rows) that one
             first-order pass over perturbed copies of this batch may hold
@@ -66,7 +64,6 @@ class Analysis:
     logits: Tensor
     attr: Tensor
     spectrum: Spectrum
-    label_grads: Tensor
     completeness_gap: Tensor | None
     value_points: int | None = None
     points_per_pass: int | None = None
@@ -173,14 +170,12 @@ def analyse(
     target: Tensor,
     *,
     chunk_size: int | None = None,
-    label_gradient: str = "completeness",
     spectral: str = "full",
     tol: float = 1e-4,
     seed: int = 0,
     progress: Progress | None = None,
     abs_sum_blocked: bool = False,
     first_index: int = 0,
-    classes_per_pass: int | None = None,
     points_per_pass: int | None = None,
     value_points: int | None = None,
 ) -> Analysis:
@@ -232,7 +227,9 @@ def analyse(
                                         chunk_size=chunk_size or 1)
                    if abs_sum_blocked else None)
         spectrum = Spectrum(torch.cat([s.xi_max for s in parts]),
-                            torch.cat([s.v_max for s in parts]), abs_sum)
+                            torch.cat([s.v_max for s in parts]), abs_sum,
+                            products=_joined([s.products for s in parts]),
+                            residual=_joined([s.residual for s in parts]))
         if progress is not None:
             progress(x[0].numel(), x[0].numel())
     else:
@@ -243,8 +240,6 @@ def analyse(
         except ModelOutputError as exc:  # the index among all samples
             raise nonfinite_jacobian(first_index + exc.index) from None
         del jac
-    label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient,
-                                   classes_per_pass)
     gap = None
     if attribution.complete:
         base = attribution.baseline_for(x)  # type: ignore[attr-defined]
@@ -260,42 +255,19 @@ def analyse(
         attr=g.reshape(n, -1).double().cpu(),
         spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
                           None if spectrum.abs_sum_gram is None
-                          else spectrum.abs_sum_gram.cpu()),
-        label_grads=label_grads.double().cpu(),
+                          else spectrum.abs_sum_gram.cpu(),
+                          products=spectrum.products, residual=spectrum.residual),
         completeness_gap=gap,
         value_points=value_points,
         points_per_pass=points_per_pass,
     )
 
 
-def _label_gradients(model: Model, x: Tensor, attribution: Attribution, k: int, how: str,
-                     classes_per_pass: int | None = None) -> Tensor:
-    """``(N, k, d)``: per class ``j``, ``grad_x f_j`` (completeness, SPEC §4 default) or
-    ``grad_x sum_i g^j_i`` (through the attribution: one second-order pass).
-
-    Each pass stacks ``classes_per_pass`` copies of the batch (all ``k`` by default), so
-    that 1000 classes of ImageNet-sized images need not fit in memory at once; each class's
-    gradient is computed from its own copy, so the chunking does not change it."""
-    if how not in LABEL_GRADIENTS:
-        raise OptionError(f"unknown label_gradient {how!r}: use {' or '.join(LABEL_GRADIENTS)}")
-    n = x.shape[0]
-    step = max(1, min(k, classes_per_pass or k))
-    parts = []
-    for first in range(0, k, step):
-        count = min(step, k - first)
-        copies = x.unsqueeze(0).expand(count, *x.shape).reshape(count * n, *x.shape[1:])
-        copies = copies.clone().requires_grad_(True)
-        classes = torch.arange(first, first + count, device=x.device).repeat_interleave(n)
-        if how == "completeness":
-            grads = target_gradient(model, copies, classes, create_graph=False)
-        else:
-            g = attribution(model, copies, classes, create_graph=True)
-            if not g.requires_grad:  # g does not depend on x: its gradient is zero
-                grads = torch.zeros_like(copies)
-            else:
-                (grads,) = torch.autograd.grad(g.sum(), copies, materialize_grads=True)
-        parts.append(grads.reshape(count, n, -1).detach())
-    return torch.cat(parts).transpose(0, 1)
+def _joined(parts: list[Tensor | None]) -> Tensor | None:
+    """The per-sample tensors of the parts, joined (``None`` if any part has none)."""
+    if any(part is None for part in parts):
+        return None
+    return torch.cat([part for part in parts if part is not None])
 
 
 def worst_case_directions(v_max: Tensor, p: float) -> Tensor:

@@ -24,7 +24,7 @@ from .config import AttackOptions, AttributionSpec, SolverOptions, resolve, reso
 from .errors import OptionError
 from .kinks import add_kink_fields
 from .perturbation import NormLike, Perturbation, parse_norm
-from .records import Provenance, add_attack_fields, certificate_records
+from .records import LabelOptions, Provenance, add_attack_fields, certificate_records
 from .results import Record
 from .sizing import Sizing, fitted_batches, size_run
 from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
@@ -60,14 +60,11 @@ class _Run:
                 on_batch(batch, a)
         return records
 
-    def analyse(self, sl: slice, label_gradient: str, progress: Progress | None) -> Analysis:
-        n = len(range(*sl.indices(self.x.shape[0])))
-        steps = int(getattr(self.attribution, "steps", 1))
+    def analyse(self, sl: slice, progress: Progress | None) -> Analysis:
         return analyse(self.model, self.x[sl], self.attribution, self.targets[sl],
-                       chunk_size=self.sizing.chunk_size, label_gradient=label_gradient,
+                       chunk_size=self.sizing.chunk_size,
                        spectral=self.sizing.spectral, tol=self.solver.tol, progress=progress,
                        abs_sum_blocked=self.sizing.abs_sum_blocked, first_index=sl.start,
-                       classes_per_pass=self.sizing.classes_per_pass(n, label_gradient, steps),
                        points_per_pass=self.sizing.points_per_pass,
                        value_points=self.sizing.value_points)
 
@@ -185,8 +182,10 @@ def certify(
 
     def work(sl: slice) -> tuple[list[Record], Analysis]:
         start = time.perf_counter()
-        a = run.analyse(sl, label_gradient, progress)
-        records = certificate_records(run.model, a, run.attribution, pert, run.about)
+        a = run.analyse(sl, progress)
+        label = LabelOptions(label_gradient, run.sizing.classes_per_pass(
+            a.x.shape[0], label_gradient, run.attribution.points))
+        records = certificate_records(run.model, a, run.attribution, pert, run.about, label)
         add_kink_fields(run.model, a, pert, records)
         for rec in records:
             rec["spectral"] = run.sizing.spectral
@@ -240,7 +239,7 @@ def max_eps(
 
     def work(sl: slice) -> tuple[list[Record], Analysis]:
         start = time.perf_counter()
-        a = run.analyse(sl, "completeness", progress)
+        a = run.analyse(sl, progress)
         records = eps_max_records(run.model, a, run.attribution, p, tolerance, run.about)
         _stamp(records, sl, run.sizing.spectral, start)
         return records, a

@@ -13,18 +13,32 @@ from .analysis import Analysis, attribution_deviations, worst_case_directions
 from .attributions import Attribution, Model
 from .config import AttackOptions
 from .perturbation import Perturbation, norm_label
+from .proposition1 import LabelTest, label_test
 from .results import ASSUMPTION, Record, finite_or_none
 
 #: How Proposition 1's label fields are obtained: Eq. 8 linearises the logits at ``x``.
 LABEL_METHOD = "first_order"
 
-__all__ = ["LABEL_METHOD", "Provenance", "abs_sum_gram", "add_attack_fields",
+__all__ = ["LABEL_METHOD", "LabelOptions", "Provenance", "abs_sum_gram", "add_attack_fields",
            "add_label_attack_fields", "certificate_records", "common_fields", "label_fields"]
 
 
 def abs_sum_gram(a: Analysis, i: int) -> float | None:
     """Theorem 2's ``sum_ij |P_ij|`` of sample ``i`` (``None`` where it was not computed)."""
     return None if a.spectrum.abs_sum_gram is None else float(a.spectrum.abs_sum_gram[i])
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """How Proposition 1's ``a_{y'}`` is computed (:func:`attrcert.proposition1.label_test`).
+
+    Attributes:
+        how: ``"completeness"`` or ``"attribution"``.
+        classes_per_pass: class gradients per pass (the memory budget's).
+    """
+
+    how: str = "completeness"
+    classes_per_pass: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,8 @@ def common_fields(a: Analysis, i: int, p: float, about: Provenance) -> Record:
 
 
 def certificate_records(model: Model, a: Analysis, attribution: Attribution,
-                        pert: Perturbation, about: Provenance) -> list[Record]:
+                        pert: Perturbation, about: Provenance,
+                        label: LabelOptions | None = None) -> list[Record]:
     """The records of one batch at ``pert``: ``T_e`` (Theorem 1 / Corollary 1 / Theorem 2),
     ``c`` (Eq. 39) and ``T_e_prime`` (Eq. 11, l2 only), the cosine bounds (Corollary 2) and
     Proposition 1's label fields at the perturbations ``+-eps`` times the worst-case
@@ -79,6 +94,10 @@ def certificate_records(model: Model, a: Analysis, attribution: Attribution,
     with torch.no_grad():
         moved = a.x.unsqueeze(0) + deltas.to(a.x.dtype).to(a.x.device).view(2, *a.x.shape)
         kept_pred = model(moved.reshape(2 * n, *a.x.shape[1:])).argmax(1).view(2, n).cpu()
+    label = label or LabelOptions()
+    test = label_test(model, a.x, a.target, a.logits, deltas, q=pert.dual,
+                      attribution=attribution, how=label.how,
+                      classes_per_pass=label.classes_per_pass)
     records = []
     for i in range(n):
         xi = float(a.spectrum.xi_max[i])
@@ -112,7 +131,7 @@ def certificate_records(model: Model, a: Analysis, attribution: Attribution,
                 "T_c_prime_deg": finite_or_none(cos_p.degrees),
                 "vacuous_prime": cos_p.vacuous,
             })
-        rec.update(label_fields(a, i, pert, deltas[:, i], kept_pred[:, i]))
+        rec.update(label_fields(test, i, int(a.target[i]), kept_pred[:, i]))
         records.append(rec)
     return records
 
@@ -168,22 +187,18 @@ def add_attack_fields(model: Model, a: Analysis, attribution: Attribution,
                 "as a certificate")
 
 
-def label_fields(a: Analysis, i: int, pert: Perturbation, deltas: Tensor,
-                 kept_pred: Tensor) -> Record:
-    """Proposition 1 (SPEC §4): ``label_preserved`` (Eq. 8 at ``deltas``), ``label_radius``
-    (``min_y' b_y' / ||a_y'||_q``) and ``label_kept`` (the model's argmax at ``deltas``).
-    Eq. 8 linearises the logits at ``x``, so both are first-order (``label_method``), as
-    ``T_e`` is: an attack checks them (:func:`add_label_attack_fields`), ``--sound`` proves
-    ``label_certified``."""
-    y = int(a.target[i])
-    b = bounds.label_margins(a.logits[i].numpy(), y)
-    av = bounds.label_directions(a.label_grads[i].numpy(), y)
-    radius = bounds.label_radius(av, b, pert.dual)
+def label_fields(test: LabelTest, i: int, target: int, kept_pred: Tensor) -> Record:
+    """Proposition 1's fields of sample ``i``: ``label_preserved`` (Eq. 8 at the worst-case
+    perturbations), ``label_radius`` (``min_{y'} b_{y'} / ||a_{y'}||_q``) and ``label_kept``
+    (the model's argmax there). Eq. 8 linearises the logits at ``x``, so both are
+    first-order (``label_method``), as ``T_e`` is: an attack checks them
+    (:func:`add_label_attack_fields`), ``--sound`` proves ``label_certified``."""
+    radius = finite_or_none(float(test.radius[i]))
     return {
-        "label_preserved": bounds.label_preserved(av, b, [dl.numpy() for dl in deltas]),
-        "label_radius": finite_or_none(radius),
+        "label_preserved": bool(test.preserved[i]),
+        "label_radius": radius,
         "label_radius_unbounded": radius is None,
-        "label_kept": bool((kept_pred == y).all()),
+        "label_kept": bool((kept_pred == target).all()),
         "label_method": LABEL_METHOD,
     }
 

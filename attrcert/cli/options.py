@@ -15,12 +15,12 @@ from typing import Annotated, Any
 
 import typer
 
-from ..analysis import LABEL_GRADIENTS
 from ..attributions import METHODS
 from ..bounds import METRICS
 from ..config import AttackOptions, SolverOptions
 from ..loading import PRESETS, VALUE_RANGES, Geometry
 from ..memory import parse_size
+from ..proposition1 import LABEL_GRADIENTS
 from ..sizing import SPECTRAL
 from .preprocessing import Preprocessing, resolve_preprocessing
 

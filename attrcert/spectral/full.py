@@ -40,12 +40,16 @@ class Spectrum:
         products: ``(N,)`` int64, the Jacobian-vector products (``J v`` plus ``J^T u``)
             spent per sample by :func:`~attrcert.spectral.spectrum_iterative`; ``None`` for
             :func:`spectrum_full`.
+        residual: ``(N,)`` float64, the Krylov residual behind ``xi_max`` (``xi_max`` is
+            the Ritz value plus a term of this size); ``None`` where ``xi_max`` is exact to
+            rounding (:func:`spectrum_full`) or a Ritz value (``svds``).
     """
 
     xi_max: Tensor
     v_max: Tensor
     abs_sum_gram: Tensor | None = None
     products: Tensor | None = None
+    residual: Tensor | None = None
 
 
 def gram(jac: Tensor) -> Tensor:

@@ -1,0 +1,198 @@
+"""Krylov solvers for the largest singular value of an operator known only by its products,
+in float64 on the operator's device, each stopping on a residual that keeps the reported
+value above the one it converged to.
+
+- :func:`symmetric_lanczos`: a symmetric ``H`` (saliency's ``J`` is the Hessian of ``f_y``):
+  ``||H||_2 = max |lambda|``, one product per step.
+- :func:`golub_kahan`: any square ``J``: Lanczos bidiagonalization, two products (``J v``,
+  ``J^T u``) per step.
+
+Both re-orthogonalise in full. A Ritz value approaches its eigenvalue from inside the
+spectrum, so each returns ``value = ritz + residual term``: for a symmetric matrix and a
+Ritz pair ``(theta, y)`` with ``||H y - theta y|| = r`` some eigenvalue lies in
+``[theta - r, theta + r]``, and ``value`` bounds it from above. That it is the top one is
+what every Krylov method assumes from a random start (a top eigenvector orthogonal to the
+start vector is never found); docs/math.md says what this means for ``T_e``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["MAX_STEPS", "NonFiniteProduct", "TopSingular", "golub_kahan", "symmetric_lanczos"]
+
+Product = Callable[[Tensor], Tensor]
+#: default step limit of both solvers
+MAX_STEPS = 300
+#: a residual this small relative to the Ritz value means an invariant subspace was found
+_BREAKDOWN = 1e-14
+
+
+class NonFiniteProduct(ArithmeticError):
+    """A product of the operator is not finite (NaN or infinite): no solver is run on it."""
+
+
+def _finite(w: Tensor) -> Tensor:
+    """``w`` in float64, flattened; :class:`NonFiniteProduct` if any entry is not finite
+    (LAPACK must never see one)."""
+    w = w.to(torch.float64).reshape(-1)
+    if not bool(torch.isfinite(w).all()):
+        raise NonFiniteProduct("an operator product is not finite")
+    return w
+
+
+@dataclass(frozen=True)
+class TopSingular:
+    """The largest singular value of an operator as a Krylov solver found it.
+
+    Attributes:
+        value: ``ritz`` plus the residual term: an upper bound on the singular value the
+            solver converged to (the one it reports).
+        ritz: the Ritz value (a lower estimate of that singular value).
+        residual: the residual norm behind ``value - ritz``.
+        vector: ``(d,)`` float64 unit right singular vector (``v_max``), on the CPU.
+        products: operator products spent (``H v``; or ``J v`` plus ``J^T u``).
+    """
+
+    value: float
+    ritz: float
+    residual: float
+    vector: Tensor
+    products: int
+
+
+def _reorthogonalize(r: Tensor, basis: list[Tensor]) -> Tensor:
+    """``r`` minus its projection on the orthonormal ``basis``, twice (classical
+    Gram-Schmidt applied twice is orthogonal to working precision)."""
+    q = torch.stack(basis, 1)
+    for _ in range(2):
+        r = r - q @ (q.T @ r)
+    return r
+
+
+def _unit(z: Tensor) -> Tensor:
+    z = z.to(torch.float64).reshape(-1)
+    return z / z.norm()
+
+
+def _zero(d: int, products: int) -> TopSingular:
+    e1 = torch.zeros(d, dtype=torch.float64)
+    e1[0] = 1.0
+    return TopSingular(0.0, 0.0, 0.0, e1, products)
+
+
+def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
+                      max_steps: int = MAX_STEPS, min_steps: int = 2) -> TopSingular:
+    """``||H||_2 = max_i |lambda_i|`` of a symmetric ``H`` from ``v -> H v``.
+
+    Lanczos from ``q_1 = start / ||start||``: ``beta_k q_{k+1} = H q_k - alpha_k q_k -
+    beta_{k-1} q_{k-1}`` (re-orthogonalised in full), ``T_k`` tridiagonal. The Ritz pair
+    ``(theta, s)`` of ``T_k`` with the largest ``|theta|`` has residual
+    ``||H Q_k s - theta Q_k s|| = beta_k |s_k|``; it stops when that is at most
+    ``tol |theta|`` (after ``min_steps``), when ``beta_k`` vanishes (``Q_k`` spans an
+    invariant subspace: ``theta`` is exact) or after ``d`` steps.
+
+    Args:
+        matvec: ``(d,)`` float64 -> ``H v`` (any dtype, same device).
+        start: the start vector (random in practice).
+        tol: relative residual at which to stop; ``value <= (1 + tol) |theta|``.
+        max_steps: products allowed.
+        min_steps: steps before the first stop.
+
+    Raises:
+        NonFiniteProduct: a product is not finite.
+        RuntimeError: no convergence within ``max_steps``.
+    """
+    d = start.numel()
+    q = _unit(start)
+    basis: list[Tensor] = []
+    alphas: list[float] = []
+    betas: list[float] = []
+    beta = 0.0
+    for step in range(1, min(d, max_steps) + 1):
+        basis.append(q)
+        w = _finite(matvec(q))
+        alpha = float(q @ w)
+        w = _reorthogonalize(w, basis)
+        beta = float(w.norm())
+        alphas.append(alpha)
+        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            t = t + torch.diag(off, 1) + torch.diag(off, -1)
+        theta, s = torch.linalg.eigh(t)
+        top = int(theta.abs().argmax())
+        ritz = abs(float(theta[top]))
+        residual = beta * abs(float(s[-1, top]))
+        if step == 1 and ritz == 0.0 and beta == 0.0:  # H z = 0 for a random z: H = 0
+            return _zero(d, step)
+        done = (step >= min_steps and residual <= tol * ritz) or step == d
+        if done or beta <= _BREAKDOWN * max(ritz, float(theta.abs().max())):
+            vector = (torch.stack(basis, 1) @ s[:, top].to(q.device)).cpu()
+            return TopSingular(ritz + residual, ritz, residual, vector / vector.norm(), step)
+        betas.append(beta)
+        q = w / beta
+    raise RuntimeError(f"symmetric Lanczos did not converge in {max_steps} products "
+                       f"(residual {residual:.3g} of {ritz:.3g}): raise tol or the step limit")
+
+
+def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
+                max_steps: int = MAX_STEPS, min_steps: int = 2) -> TopSingular:
+    """``sigma_max(J)`` and its right singular vector from ``v -> J v`` and ``u -> J^T u``.
+
+    Golub-Kahan-Lanczos bidiagonalization from ``v_1 = start / ||start||``:
+    ``alpha_k u_k = J v_k - beta_{k-1} u_{k-1}``, ``beta_k v_{k+1} = J^T u_k - alpha_k v_k``
+    (re-orthogonalised in full), so ``J V_k = U_k B_k``. With ``(s, p, q)`` the top singular
+    triplet of ``B_k`` and ``x = V_k q``: ``J^T J x = s^2 x + s beta_k p_k v_{k+1}``, so an
+    eigenvalue of ``J^T J`` lies within ``s beta_k |p_k|`` of ``s^2`` and
+    ``value = sqrt(s^2 + s beta_k |p_k|)``. Stops when ``beta_k |p_k| <= tol s`` (after
+    ``min_steps``), at an invariant subspace, or after ``d`` steps.
+
+    Raises:
+        NonFiniteProduct: a product is not finite.
+        RuntimeError: no convergence within ``max_steps`` steps.
+    """
+    d = start.numel()
+    v = _unit(start)
+    p = _finite(matvec(v))
+    alpha = float(p.norm())
+    products = 1
+    if alpha == 0.0:  # J z = 0 for a random z: J = 0 (almost surely)
+        return _zero(d, products)
+    vs, us = [v], [p / alpha]
+    alphas, betas = [alpha], []
+    s = residual = 0.0
+    for step in range(1, min(d, max_steps) + 1):
+        r = _finite(rmatvec(us[-1])) - alphas[-1] * vs[-1]
+        products += 1
+        r = _reorthogonalize(r, vs)
+        beta = float(r.norm())
+        b = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            b = b + torch.diag(torch.tensor(betas, dtype=torch.float64), 1)
+        left, sing, right_t = torch.linalg.svd(b)
+        s = float(sing[0])
+        residual = beta * abs(float(left[-1, 0]))
+        done = (step >= min_steps and residual <= tol * s) or step == d
+        if done or beta <= _BREAKDOWN * s:
+            vector = (torch.stack(vs, 1) @ right_t[0].to(v.device)).cpu()
+            return TopSingular(math.sqrt(s * s + s * residual), s, residual,
+                               vector / vector.norm(), products)
+        vs.append(r / beta)
+        betas.append(beta)
+        p = _finite(matvec(vs[-1])) - beta * us[-1]
+        products += 1
+        p = _reorthogonalize(p, us)
+        alpha = float(p.norm())
+        if alpha <= _BREAKDOWN * s:  # invariant subspace: B_k's triplet is exact
+            vector = (torch.stack(vs[:-1], 1) @ right_t[0].to(v.device)).cpu()
+            return TopSingular(s, s, 0.0, vector / vector.norm(), products)
+        alphas.append(alpha)
+        us.append(p / alpha)
+    raise RuntimeError(f"Golub-Kahan did not converge in {max_steps} steps "
+                       f"(residual {residual:.3g} of {s:.3g}): raise tol or the step limit")
