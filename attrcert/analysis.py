@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .attributions import Attribution, Model, summed, target_gradient
+from .degenerate import zero_jacobians
 from .errors import ModelOutputError, OptionError
 from .jacobian import attribution_jacobian
 from .memory import halving
@@ -64,6 +65,7 @@ class Analysis:
     completeness_gap: Tensor | None
     value_points: int | None = None
     points_per_pass: int | None = None
+    zero_jacobian: Tensor | None = None
 
     @property
     def batch_points_per_pass(self) -> int | None:
@@ -157,6 +159,7 @@ def analyse(
     classes_per_pass: int | None = None,
     points_per_pass: int | None = None,
     value_points: int | None = None,
+    probe_all: bool = False,
 ) -> Analysis:
     """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
 
@@ -171,6 +174,10 @@ def analyse(
     halved on an accelerator's out-of-memory error); ``value_points`` the points of a
     first-order pass (:func:`attribute_rows`), kept in the result for later passes.
 
+    Before the spectrum, samples whose ``J`` is zero are found by one product ``J v``
+    (:func:`attrcert.degenerate.zero_jacobians`: every sample with ``probe_all``, else those
+    with a zero attribution or equal logits) and skip it (``xi_max = 0``).
+
     Raises:
         ModelOutputError: the model's logits are not finite for a sample (its index among
             all samples is ``first_index`` plus its position in ``x``).
@@ -184,6 +191,54 @@ def analyse(
         raise ModelOutputError(f"the model returned logits that are not finite (NaN or "
                                f"infinite) for sample {index}: it cannot be certified", index)
     g = attribute_rows(attribution, model, x, target, value_points)
+    per_pass = None if points_per_pass is None else max(1, points_per_pass // n)
+    zero, probes = zero_jacobians(attribution, model, x, target, g, logits,
+                                  probe_all=probe_all, points_per_pass=per_pass)
+    keep = (~zero).nonzero().flatten().tolist()
+    rows: list[int] | slice = keep if len(keep) < n else slice(None)
+    spectrum, points_per_pass = _spectrum(
+        model, x[rows], attribution, target[rows], chunk_size=chunk_size, spectral=spectral,
+        tol=tol, seed=seed, progress=progress, abs_sum_blocked=abs_sum_blocked,
+        points_per_pass=points_per_pass)
+    if len(keep) < n:
+        spectrum = _with_zeros(spectrum, keep, probes, n)
+    label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient,
+                                   classes_per_pass)
+    gap = None
+    if attribution.complete:
+        base = attribution.baseline_for(x)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            f_base = model(base).gather(1, target.view(-1, 1)).squeeze(1)
+        f_x = logits.gather(1, target.view(-1, 1)).squeeze(1)
+        gap = (g.reshape(n, -1).sum(1) - (f_x - f_base)).abs().double().cpu()
+    return Analysis(
+        x=x,
+        target=target,
+        predicted=logits.argmax(1),
+        logits=logits.double().cpu(),
+        attr=g.reshape(n, -1).double().cpu(),
+        spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
+                          None if spectrum.abs_sum_gram is None
+                          else spectrum.abs_sum_gram.cpu()),
+        label_grads=label_grads.double().cpu(),
+        completeness_gap=gap,
+        value_points=value_points,
+        points_per_pass=points_per_pass,
+        zero_jacobian=zero,
+    )
+
+
+def _spectrum(model: Model, x: Tensor, attribution: Attribution, target: Tensor, *,
+              chunk_size: int | None, spectral: str, tol: float, seed: int,
+              progress: Progress | None, abs_sum_blocked: bool,
+              points_per_pass: int | None) -> tuple[Spectrum, int | None]:
+    """The spectrum of each sample's ``J`` (see :func:`analyse`), and the points per pass
+    after any halving."""
+    n = x.shape[0]
+    if n == 0:
+        d = math.prod(x.shape[1:])
+        empty = torch.zeros(0, dtype=torch.float64)
+        return Spectrum(empty, torch.zeros(0, d, dtype=torch.float64), None), points_per_pass
     if spectral == "iterative":
         parts = []
         for i in range(n):
@@ -209,29 +264,23 @@ def analyse(
                                    progress=progress)
         spectrum = spectrum_full(jac)
         del jac
-    label_grads = _label_gradients(model, x, attribution, logits.shape[1], label_gradient,
-                                   classes_per_pass)
-    gap = None
-    if attribution.complete:
-        base = attribution.baseline_for(x)  # type: ignore[attr-defined]
-        with torch.no_grad():
-            f_base = model(base).gather(1, target.view(-1, 1)).squeeze(1)
-        f_x = logits.gather(1, target.view(-1, 1)).squeeze(1)
-        gap = (g.reshape(n, -1).sum(1) - (f_x - f_base)).abs().double().cpu()
-    return Analysis(
-        x=x,
-        target=target,
-        predicted=logits.argmax(1),
-        logits=logits.double().cpu(),
-        attr=g.reshape(n, -1).double().cpu(),
-        spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
-                          None if spectrum.abs_sum_gram is None
-                          else spectrum.abs_sum_gram.cpu()),
-        label_grads=label_grads.double().cpu(),
-        completeness_gap=gap,
-        value_points=value_points,
-        points_per_pass=points_per_pass,
-    )
+    return spectrum, points_per_pass
+
+
+def _with_zeros(spectrum: Spectrum, keep: list[int], probes: Tensor, n: int) -> Spectrum:
+    """The spectrum of all ``n`` samples from that of the rows ``keep``: the others have
+    ``J = 0`` (``xi_max = 0``, ``sum |P_ij| = 0``, ``v_max`` the probe direction)."""
+    xi = torch.zeros(n, dtype=torch.float64)
+    v = probes.clone()
+    xi[keep] = spectrum.xi_max.double().cpu()
+    if keep:
+        v[keep] = spectrum.v_max.double().cpu()
+    gram = None
+    if spectrum.abs_sum_gram is not None or not keep:
+        gram = torch.zeros(n, dtype=torch.float64)
+        if spectrum.abs_sum_gram is not None:
+            gram[keep] = spectrum.abs_sum_gram.double().cpu()
+    return Spectrum(xi, v, gram)
 
 
 def _label_gradients(model: Model, x: Tensor, attribution: Attribution, k: int, how: str,

@@ -68,7 +68,8 @@ class _Run:
                        abs_sum_blocked=self.sizing.abs_sum_blocked, first_index=sl.start,
                        classes_per_pass=self.sizing.classes_per_pass(n, label_gradient, steps),
                        points_per_pass=self.sizing.points_per_pass,
-                       value_points=self.sizing.value_points)
+                       value_points=self.sizing.value_points,
+                       probe_all=self.about.method == "saliency" and bool(self.about.nonsmooth))
 
 
 def _prepare_run(model: Model, x: Tensor, spec: AttributionSpec, solver: SolverOptions,

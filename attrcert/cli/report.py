@@ -14,7 +14,7 @@ from ..errors import OptionError
 from ..perturbation import Perturbation, parse_norm
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
 from ..writing import write_stdout
-from .inputs import attribution_spec, load_inputs, run_config
+from .inputs import attribution_spec, load_inputs, run_config, smoothing_notes
 from .options import (
     ATTACK,
     MAX_INT,
@@ -75,6 +75,8 @@ def report(
     config = run_config(opts, "report", loaded)
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
+    for note in smoothing_notes(opts, loaded):
+        err.print(note)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
         data = compute_report(
@@ -83,5 +85,8 @@ def report(
             solver=opts.solver(opts.device), attack=opts.attack,
             sources=loaded.images.sources, sweep=radii, figures=figures,
             jacobian_max_d=jacobian_max_d, log=None if opts.quiet else err.print)
+    if loaded.smoothing is not None:
+        for rec in data.records:
+            loaded.smoothing.fields(rec)
     page = write_report(out, data, config)
     write_stdout(f"wrote {page}\n")

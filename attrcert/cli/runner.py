@@ -44,7 +44,14 @@ from ..results import (
 )
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
 from ..writing import write_bytes
-from .inputs import Loaded, attribution_spec, load_inputs, nonfinite, run_config
+from .inputs import (
+    Loaded,
+    attribution_spec,
+    load_inputs,
+    nonfinite,
+    run_config,
+    smoothing_notes,
+)
 from .options import Common
 from .output import err
 
@@ -93,6 +100,8 @@ class Reporter:
             rec.update(index=index, source=self.loaded.images.sources[index],
                        config_hash=self.digest)
             rec.update(fields)
+            if self.loaded.smoothing is not None:
+                self.loaded.smoothing.fields(rec)
             if self.appender is not None:
                 self.appender.append(rec)
         self.finished += len(records)
@@ -208,6 +217,8 @@ def _run_shard(opts: Common, command: str, func: Callable[..., list[Record]],
         err.print(f"resuming: {len(done)} of {len(mine)} samples already in {local.output}")
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
+    for note in smoothing_notes(opts, loaded):
+        err.print(note)
     label = "certifying" if command in {"bound", "attack"} else "solving eps_max"
     new: list[Record] = []
     rows = todo  # the rows of loaded.images.tensor to certify
