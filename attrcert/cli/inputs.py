@@ -175,8 +175,8 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
                 target[index] = label
         model = beta_smooth(model, opts.beta_smooth, images.tensor[:2])
         nonsmooth = find_nonsmooth(model, images.tensor[:1])
-    elif any(op.startswith(("Hardsigmoid", "Hardswish")) for op in nonsmooth):
-        model = differentiable_hard(model, images.tensor[:1])  # aten.*_backward: no derivative
+    elif any(op.startswith("Hardsigmoid") for op in nonsmooth):  # its backward has no
+        model = differentiable_hard(model, images.tensor[:1])  # derivative: rewritten
     return Loaded(model, images, target, baseline, nonsmooth, rows, smoothing)
 
 

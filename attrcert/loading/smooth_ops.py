@@ -37,11 +37,12 @@ smoothed network.
 ``s`` is torch's ``F.softplus(x, beta)`` with its default threshold 20 (it returns ``x``
 where ``beta x > 20``, a change of at most ``2e-9 / beta`` in value and ``2e-9`` in slope).
 
-**Without smoothing**, Hardsigmoid and Hardswish cannot be differentiated twice by
-autograd (``aten.hardsigmoid_backward`` has no derivative): :func:`hardsigmoid_twice` and
-:func:`hardswish_twice` give the same values and the same first derivative (boundaries
-included) as torch's kernels, from ``torch.where``, which autograd differentiates twice
-(second derivative 0, as for the originals almost everywhere).
+**Without smoothing**, Hardsigmoid cannot be differentiated twice by autograd
+(``aten.hardsigmoid_backward`` has no derivative; Hardswish's backward has one):
+:func:`hardsigmoid_twice` gives the same values as torch's kernel (bit for bit) and the
+same first derivative (up to rounding: torch's float64 slope is ``1/6`` rounded to
+float32), from ``torch.where``, which autograd differentiates twice (second derivative 0,
+as the original's almost everywhere).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["hardsigmoid_twice", "hardswish_twice", "pool_windows", "smooth_adaptive_max_pool2d",
+__all__ = ["hardsigmoid_twice", "pool_windows", "smooth_adaptive_max_pool2d",
            "smooth_clamp", "smooth_hardsigmoid", "smooth_hardswish", "smooth_leaky_relu",
            "smooth_max_pool2d", "smooth_maximum", "smooth_minimum", "smooth_prelu",
            "smooth_relu"]
@@ -118,13 +119,6 @@ def hardsigmoid_twice(x: Tensor) -> Tensor:
     0 elsewhere, as ``aten.hardsigmoid_backward``), differentiable twice by autograd."""
     inside = (x > -3.0) & (x < 3.0)
     return torch.where(inside, x + 3.0, torch.where(x >= 3.0, 6.0, 0.0)) / 6.0
-
-
-def hardswish_twice(x: Tensor) -> Tensor:
-    """torch's Hardswish (``x min(max(x + 3, 0), 6) / 6``, slope ``x / 3 + 1/2`` on
-    ``[-3, 3]``, 0 below, 1 above, as ``aten.hardswish_backward``), differentiable twice."""
-    inner = torch.where(x < -3.0, 0.0, torch.where(x <= 3.0, x + 3.0, 6.0))
-    return x * inner / 6.0
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:

@@ -1,5 +1,5 @@
 """Rewriting a model's graph: beta-smoothing (``--beta-smooth``, :func:`beta_smooth`) and
-twice-differentiable Hardsigmoid/Hardswish (:func:`differentiable_hard`).
+twice-differentiable Hardsigmoid (:func:`differentiable_hard`).
 
 Each model kind attrcert loads becomes a ``torch.fx`` graph, rewritten node by node
 (:mod:`.smooth_match` finds ReLU and its relatives, :mod:`.smooth_ops` holds what replaces
@@ -107,11 +107,9 @@ def _exact_rule(f: Found) -> tuple[Callable[..., Tensor], tuple[Any, ...]]:
 
 
 def _hard_rule(f: Found) -> tuple[Callable[..., Tensor], tuple[Any, ...]] | None:
-    """Hardsigmoid/Hardswish -> their twice-differentiable forms; the rest stays."""
+    """Hardsigmoid -> its twice-differentiable form; the rest stays."""
     if f.kind == "hardsigmoid":
         return ops.hardsigmoid_twice, (f.inputs[0],)
-    if f.kind == "hardswish":
-        return ops.hardswish_twice, (f.inputs[0],)
     return None
 
 
@@ -174,8 +172,9 @@ def _rewrite(gm: torch.fx.GraphModule, rule: Rule, purpose: str) -> list[str]:
             new = graph.call_function(fn, args)
         if found.pair:
             for user in list(node.users):
-                if user.op == "call_function" and user.target.__name__ == "getitem" \
-                        and user.args[1] == 0:
+                item = user.args[1] if user.op == "call_function" and getattr(
+                    user.target, "__name__", "") == "getitem" else None
+                if item == 0 or (item == 1 and not user.users):  # values, unused indices
                     user.replace_all_uses_with(new)
                     graph.erase_node(user)
                 else:
@@ -261,19 +260,19 @@ def beta_smooth(model: nn.Module, beta: float, example: Tensor | None = None) ->
 
 
 def differentiable_hard(model: nn.Module, example: Tensor) -> nn.Module:
-    """A copy of ``model`` whose Hardsigmoid and Hardswish are rewritten into forms that
-    autograd differentiates twice, with the same values and first derivatives
-    (:func:`~.smooth_ops.hardsigmoid_twice`, :func:`~.smooth_ops.hardswish_twice`): their
-    second derivative is 0 almost everywhere, which is what the attribution's Jacobian
-    then uses. The copy still reports them as not twice differentiable
+    """A copy of ``model`` whose Hardsigmoids are rewritten into a form that autograd
+    differentiates twice (:func:`~.smooth_ops.hardsigmoid_twice`: the same values and
+    first derivatives; ``aten.hardsigmoid_backward`` has no derivative): their second
+    derivative is 0 almost everywhere, which is what the attribution's Jacobian then uses.
+    The copy still reports them as not twice differentiable
     (:func:`attrcert.smoothness.find_nonsmooth` reads their names from it).
 
     Raises:
         InputError: the model cannot be read as a graph, or the rewrite changed its output.
     """
-    purpose = "attrcert (rewriting Hardsigmoid/Hardswish)"
+    purpose = "attrcert (rewriting Hardsigmoid)"
     before = [name for name in find_nonsmooth(model, example)
-              if name.startswith(("Hardsigmoid", "Hardswish"))]
+              if name.startswith("Hardsigmoid")]
     out, done = _rewritten(model, _hard_rule, example, purpose)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

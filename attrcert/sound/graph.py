@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .activations import activation
-from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Graph, Node
+from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Affine, Graph, Node
 from .ops import (
     CONST_OPS,
     REDUCE_OPS,
@@ -37,6 +37,11 @@ from .support import NOT_ENCLOSED, NOT_SMOOTH, refusal
 from .torchscript import from_torchscript
 
 ACTIVATIONS = ("tanh", "sigmoid", "silu", "gelu", "softplus")
+#: In-place ops read in their functional form (``silu_``, ``x += y``).
+INPLACE = (*ACTIVATIONS, "add", "sub", "mul", "div")
+#: Ops whose result shares the storage of their input.
+VIEWS = ("view", "reshape", "_unsafe_view", "flatten", "squeeze", "unsqueeze", "expand",
+         "permute", "transpose", "slice", "select", "alias", "detach", "t")
 SKIPPED = ("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size",
            "_assert_async")
 
@@ -103,6 +108,9 @@ class _Reader:
 
     @staticmethod
     def f64(t: object) -> Tensor | None:
+        """``t`` in float64 (a Python number directly: not through float32)."""
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            return torch.tensor(float(t), dtype=torch.float64)
         return None if t is None else torch.as_tensor(t).detach().to(torch.float64)
 
     def is_var(self, a: object) -> bool:
@@ -136,9 +144,10 @@ class _Reader:
             return i
         return self.add(Node(AFFINE, (i,), affine=broadcast(shape, out), name="broadcast"))
 
-    def call(self, node: torch.fx.Node) -> None:
+    def call(self, node: torch.fx.Node, op: str | None = None) -> None:
+        """Read one ``call_function`` (as the ATen op ``op``, if given)."""
         args, kwargs = node.args, node.kwargs
-        op = _op_name(node.target)
+        op = op or _op_name(node.target)
         if not self.depends(list(args) + list(kwargs.values())):
             self.consts[node.name] = node.target(*self.val(args), **self.val(kwargs))
             return
@@ -156,6 +165,9 @@ class _Reader:
             return
         if op in NOT_SMOOTH or op in NOT_ENCLOSED:
             raise refusal(op)
+        if op.endswith("_") and op[:-1] in INPLACE:  # silu_, add_: the functional form,
+            self._functional(node, op[:-1])  # after which x reads the result
+            return
         variables = self.var_args(tuple(args) + tuple(kwargs.values()))
         names = {v.name for v in variables}
         if op in ("add", "sub", "mul") and len(variables) == 2:
@@ -170,8 +182,9 @@ class _Reader:
             return
         if op == "cat":
             parts = list(args[0])
-            if any(not self.is_var(p) for p in parts):
-                raise refusal("cat of an activation with a constant")
+            for part in parts:  # a constant part (a class token): a node of its own
+                if isinstance(part, torch.fx.Node) and not self.is_var(part):
+                    self.ids[part.name] = self._constant(part)
             dim = int(self.val(args[1] if len(args) > 1 else kwargs.get("dim", 0)))  # type: ignore[arg-type]
             ndim = len(_shape(node)) + 1
             dim = dim % ndim - 1
@@ -210,6 +223,31 @@ class _Reader:
             raise refusal(op)
         self.ids[node.name] = self.add(Node(AFFINE, (src,), affine=aff, name=node.name))
 
+    def _functional(self, node: torch.fx.Node, op: str) -> None:
+        """An in-place ``op_`` read as ``op``; the tensor it overwrote then stands for the
+        result (refused on a view, whose base would change too)."""
+        target = node.args[0] if node.args else None
+        if not isinstance(target, torch.fx.Node) or not self.is_var(target) or (
+                target.op == "call_function" and _op_name(target.target) in VIEWS):
+            raise refusal(f"{op}_ (in place) of a constant or a view")
+        self.call(node, op)
+        self.ids[target.name] = self.ids[node.name]
+
+    def _constant(self, node: torch.fx.Node) -> int:
+        """A constant ``(1, *shape)`` as a node: the zero map of the input plus the constant
+        (its derivative is exactly zero)."""
+        value = self.val(node)
+        if not isinstance(value, Tensor) or value.ndim < 1 or value.shape[0] != 1:
+            raise refusal("cat of an activation with a constant that is not one sample")
+        shape = tuple(int(n) for n in value.shape[1:])
+        const = self.f64(value)
+
+        def zero(t: Tensor) -> Tensor:
+            return t.new_zeros((t.shape[0], *shape))
+
+        return self.add(Node(AFFINE, (0,), affine=Affine("constant", zero, zero, const),
+                             name=node.name))
+
     def _activation(self, op: str, args: tuple, kwargs: dict) -> object:
         if op == "softplus":
             beta = float(self.val(args[1]) if len(args) > 1 else kwargs.get("beta", 1.0))  # type: ignore[arg-type]
@@ -225,12 +263,36 @@ class _Reader:
         return activation(op)
 
 
+def _refuse_first(gm: torch.fx.GraphModule) -> None:
+    """Refuse the operations that cannot be bounded (not smooth, or no enclosure: LayerNorm,
+    attention) before reading, so that the error names them rather than an operation
+    that precedes them; only those that depend on the input count."""
+    depends: set[torch.fx.Node] = set()
+    found: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or (node.op == "call_function" and any(
+                a in depends for a in node.all_input_nodes)):
+            depends.add(node)
+            op = _op_name(node.target) if node.op == "call_function" else ""
+            if op in NOT_SMOOTH or op in NOT_ENCLOSED:
+                found.append(op)
+            elif op.endswith("_") and op[:-1] in NOT_SMOOTH:
+                found.append(op[:-1])
+    if found:
+        error = refusal(found[0])
+        names = {(NOT_SMOOTH | NOT_ENCLOSED)[op] for op in found}
+        names.discard((NOT_SMOOTH | NOT_ENCLOSED)[found[0]])
+        raise InputError(str(error) + (f" (it also uses {', '.join(sorted(names))})"
+                                       if names else "")) from None
+
+
 def read_graph(model: torch.nn.Module, example: Tensor) -> Graph:
     """The model as a :class:`.nodes.Graph` in float64, read from its torch.export graph.
 
     Raises :class:`InputError` naming the first operation that is not supported (ReLU and
     max-pooling: not twice differentiable; LayerNorm, softmax attention: no enclosure)."""
     gm = _graph_module(model, example)
+    _refuse_first(gm)
     reader = _Reader(gm)
     output = None
     for node in gm.graph.nodes:

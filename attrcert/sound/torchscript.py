@@ -4,6 +4,8 @@ them (traced TorchScript: straight-line code of ``aten::`` calls, weights throug
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from ..errors import InputError
@@ -68,10 +70,11 @@ def from_torchscript(model: torch.jit.ScriptModule, *,
             op = kind.split("::")[1]
             if purpose == "--sound" and (op in NOT_SMOOTH or op in NOT_ENCLOSED):
                 raise refusal(op)
-            if len(outs) != 1:
-                raise InputError(f"{purpose} cannot read the TorchScript call aten.{op} with "
-                                 f"{len(outs)} outputs: {_READ}")
-            values[outs[0]] = _call(graph, node, op, ins)
+            result = _call(graph, node, op, ins)
+            if len(outs) == 1:
+                values[outs[0]] = result
+            for i, name in enumerate(outs if len(outs) > 1 else []):  # (values, indices)
+                values[name] = graph.call_function(operator.getitem, (result, i))
         else:
             raise InputError(f"{purpose} cannot read the TorchScript operation {kind}: {_READ}")
     outs_ts = list(ts.outputs())
