@@ -86,8 +86,9 @@ def _shape(a: object) -> tuple[int, ...]:
 class _Reader:
     """The state of one pass over an fx graph: constants, and the node of every variable."""
 
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, example: Tensor) -> None:
         self.gm = gm
+        self.example = example
         self.consts: dict[str, object] = {}
         self.ids: dict[str, int] = {}
         self.sym: set[str] = set()
@@ -101,7 +102,7 @@ class _Reader:
         if isinstance(a, torch.fx.Node):
             if a.name in self.ids:
                 raise InputError(f"--sound cannot use the activation {a.name} as a constant")
-            return None if a.name in self.sym else self.consts[a.name]
+            return self.consts.get(a.name) if a.name in self.sym else self.consts[a.name]
         if isinstance(a, (list, tuple)):
             return type(a)(self.val(b) for b in a)
         return a
@@ -112,6 +113,9 @@ class _Reader:
         if isinstance(t, (int, float)) and not isinstance(t, bool):
             return torch.tensor(float(t), dtype=torch.float64)
         return None if t is None else torch.as_tensor(t).detach().to(torch.float64)
+
+    def is_input(self, a: object) -> bool:
+        return isinstance(a, torch.fx.Node) and self.ids.get(a.name) == 0
 
     def is_var(self, a: object) -> bool:
         if isinstance(a, torch.fx.Node):
@@ -157,6 +161,8 @@ class _Reader:
         if op == "sym_size" or (meta is not None and not isinstance(meta, (Tensor, tuple,
                                                                            list))):
             self.sym.add(node.name)  # a size computed from the input (dynamic batch)
+            if op == "sym_size" and self.is_input(args[0]):  # its value for the example
+                self.consts[node.name] = int(self.example.shape[int(args[1])])
             return
         if node.target is operator.getitem:
             if not self.is_var(args[0]) or args[1] != 0:
@@ -169,6 +175,12 @@ class _Reader:
             self._functional(node, op[:-1])  # after which x reads the result
             return
         variables = self.var_args(tuple(args) + tuple(kwargs.values()))
+        if not variables:  # a constant sized by the input (a class token expanded to the
+            try:  # batch): its value for the example, one sample
+                self.consts[node.name] = node.target(*self.val(args), **self.val(kwargs))
+            except Exception:
+                raise refusal(f"{op} of a size of the input") from None
+            return
         names = {v.name for v in variables}
         if op in ("add", "sub", "mul") and len(variables) == 2:
             out = _shape(node)
@@ -242,8 +254,9 @@ class _Reader:
         shape = tuple(int(n) for n in value.shape[1:])
         const = self.f64(value)
 
-        def zero(t: Tensor) -> Tensor:
-            return t.new_zeros((t.shape[0], *shape))
+        def zero(t: Tensor) -> Tensor:  # 0 x, differentiable (its transpose is taken)
+            first = t.reshape(t.shape[0], -1)[:, :1] * 0.0
+            return first.view(t.shape[0], *([1] * len(shape))).expand(t.shape[0], *shape)
 
         return self.add(Node(AFFINE, (0,), affine=Affine("constant", zero, zero, const),
                              name=node.name))
@@ -293,7 +306,7 @@ def read_graph(model: torch.nn.Module, example: Tensor) -> Graph:
     max-pooling: not twice differentiable; LayerNorm, softmax attention: no enclosure)."""
     gm = _graph_module(model, example)
     _refuse_first(gm)
-    reader = _Reader(gm)
+    reader = _Reader(gm, example[:1])
     output = None
     for node in gm.graph.nodes:
         if node.op == "placeholder":
