@@ -162,7 +162,7 @@ class _Reader:
                                                                            list))):
             self.sym.add(node.name)  # a size computed from the input (dynamic batch)
             if op == "sym_size" and self.is_input(args[0]):  # its value for the example
-                self.consts[node.name] = int(self.example.shape[int(args[1])])
+                self.consts[node.name] = int(self.example.shape[int(args[1])])  # type: ignore[arg-type]
             return
         if node.target is operator.getitem:
             if not self.is_var(args[0]) or args[1] != 0:
@@ -177,7 +177,7 @@ class _Reader:
         variables = self.var_args(tuple(args) + tuple(kwargs.values()))
         if not variables:  # a constant sized by the input (a class token expanded to the
             try:  # batch): its value for the example, one sample
-                self.consts[node.name] = node.target(*self.val(args), **self.val(kwargs))
+                self.consts[node.name] = node.target(*self.val(args), **self.val(kwargs))  # type: ignore[operator, misc, arg-type]
             except Exception:
                 raise refusal(f"{op} of a size of the input") from None
             return

@@ -74,7 +74,7 @@ def from_torchscript(model: torch.jit.ScriptModule, *,
             if len(outs) == 1:
                 values[outs[0]] = result
             for i, name in enumerate(outs if len(outs) > 1 else []):  # (values, indices)
-                values[name] = graph.call_function(operator.getitem, (result, i))
+                values[name] = graph.call_function(operator.getitem, (result, i))  # type: ignore[arg-type]
         else:
             raise InputError(f"{purpose} cannot read the TorchScript operation {kind}: {_READ}")
     outs_ts = list(ts.outputs())
