@@ -338,3 +338,22 @@ def test_differentiable_hard_keeps_values_and_flags_the_operations():
             return torch.autograd.grad(m(z)[:, 0].sum(), z)[0]
         fd = (grad_at(x + h * v) - grad_at(x - h * v)) / (2 * h)
         assert torch.allclose(hv, fd, rtol=1e-4, atol=1e-6)
+
+
+def test_beta_smooth_leaves_a_smooth_model_as_it_is_and_names_what_it_cannot_read():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Softplus()).eval()
+    x = torch.rand(2, 1, 2, 2)
+    assert beta_smooth(net, 3.0, x) is net
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                x = torch.relu(x)
+            return x.flatten(1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(Branchy())
+    with pytest.raises(InputError, match=r"--beta-smooth cannot read the TorchScript "
+                                         r"operation prim::If"):
+        beta_smooth(scripted, 3.0, x)

@@ -236,7 +236,8 @@ def beta_smooth(model: nn.Module, beta: float, example: Tensor | None = None) ->
     """A copy of ``model`` whose ReLUs are ``softplus_beta`` (Dombrowski et al. 2019), its
     relatives smoothed through their ReLU identities (:mod:`.smooth_ops`: LeakyReLU,
     PReLU, ReLU6, Hardtanh, clamp, maximum, minimum, Hardsigmoid, Hardswish; max-pooling
-    by each window's ``LSE_beta``). ``model`` is left as it was.
+    by each window's ``LSE_beta``). ``model`` is left as it was (and returned as it is when
+    ``example`` shows nothing to smooth).
 
     With ``example`` (one batch of inputs), the rewrite is checked (module docstring) and
     an operation that is still not twice differentiable is refused by name.
@@ -248,6 +249,8 @@ def beta_smooth(model: nn.Module, beta: float, example: Tensor | None = None) ->
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise InputError(f"--beta-smooth {beta!r}: give a positive number, e.g. 10")
     purpose = "--beta-smooth"
+    if example is not None and not find_nonsmooth(model, example):
+        return model  # nothing to smooth
     smoothed, _ = _rewritten(model, _smooth_rule(float(beta)), example, purpose)
     if example is None:
         return smoothed
