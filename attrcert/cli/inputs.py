@@ -199,6 +199,12 @@ def _original_predictions(model: torch.nn.Module, images: Images, rows: list[int
     return Smoothing(beta, list(nonsmooth), dict(zip(indices, preds, strict=True)))
 
 
+#: The non-smooth operations (:func:`find_nonsmooth`'s names) that make a network piecewise
+#: linear, and that ``--beta-smooth`` smooths.
+PIECEWISE_LINEAR = ("ReLU", "LeakyReLU", "PReLU", "ReLU6", "Hardtanh", "clamp", "maximum",
+                    "minimum", "max-pooling")
+
+
 def smoothing_notes(opts: Common, loaded: Loaded) -> list[str]:
     """What a run says up front about what it explains (one line each, for stderr)."""
     if loaded.smoothing is not None:
@@ -207,11 +213,12 @@ def smoothing_notes(opts: Common, loaded: Loaded) -> list[str]:
                 f"{loaded.smoothing.beta:g}; smoothed: {done}): the bounds certify the "
                 "smoothed explanation, not the original's, for the class the original "
                 "model predicts (or --labels)"]
-    if opts.method is Method.saliency and loaded.nonsmooth:
-        return ["note: saliency of a model that is not twice differentiable: where it is "
-                "piecewise linear (ReLU, max-pooling), its Jacobian is zero almost "
-                "everywhere and T_e = 0 says nothing (such samples are marked "
-                "'degenerate'); --beta-smooth BETA certifies a smoothed explanation"]
+    kinks = [op for op in loaded.nonsmooth if op.startswith(PIECEWISE_LINEAR)]
+    if opts.method is Method.saliency and kinks:
+        return [f"note: saliency of a model with {', '.join(kinks)}: where it is piecewise "
+                "linear, its Jacobian is zero almost everywhere and T_e = 0 says nothing "
+                "(such samples are marked 'degenerate'); --beta-smooth BETA certifies a "
+                "smoothed explanation"]
     return []
 
 
