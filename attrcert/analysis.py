@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .attributions import Attribution, Model, summed
+from .degenerate import zero_jacobians
 from .errors import ModelOutputError, OptionError
 from .jacobian import attribution_jacobian
 from .memory import halving
@@ -67,6 +68,7 @@ class Analysis:
     completeness_gap: Tensor | None
     value_points: int | None = None
     points_per_pass: int | None = None
+    zero_jacobian: Tensor | None = None
 
     @property
     def batch_points_per_pass(self) -> int | None:
@@ -178,6 +180,7 @@ def analyse(
     first_index: int = 0,
     points_per_pass: int | None = None,
     value_points: int | None = None,
+    probe_all: bool = False,
 ) -> Analysis:
     """The costly part, shared by :func:`certify` and :func:`max_eps`, for one batch.
 
@@ -191,6 +194,10 @@ def analyse(
     attribution's points in the matrix-free graph (:class:`attrcert.spectral.JacobianProducts`;
     halved on an accelerator's out-of-memory error); ``value_points`` the points of a
     first-order pass (:func:`attribute_rows`), kept in the result for later passes.
+
+    Before the spectrum, samples whose ``J`` is zero are found by one product ``J v``
+    (:func:`attrcert.degenerate.zero_jacobians`: every sample with ``probe_all``, else those
+    with a zero attribution or equal logits) and skip it (``xi_max = 0``).
 
     Raises:
         ModelOutputError: the model's logits, or its attribution's Jacobian, are not finite
@@ -206,6 +213,52 @@ def analyse(
         raise ModelOutputError(f"the model returned logits that are not finite (NaN or "
                                f"infinite) for sample {index}: it cannot be certified", index)
     g = attribute_rows(attribution, model, x, target, value_points)
+    per_pass = None if points_per_pass is None else max(1, points_per_pass // n)
+    zero, probes = zero_jacobians(attribution, model, x, target, g, logits,
+                                  probe_all=probe_all, points_per_pass=per_pass)
+    keep = (~zero).nonzero().flatten().tolist()
+    rows: list[int] | slice = keep if len(keep) < n else slice(None)
+    spectrum, points_per_pass = _spectrum(
+        model, x[rows], attribution, target[rows], chunk_size=chunk_size, spectral=spectral,
+        tol=tol, seed=seed, progress=progress, abs_sum_blocked=abs_sum_blocked,
+        points_per_pass=points_per_pass, indices=[first_index + i for i in keep])
+    if len(keep) < n:
+        spectrum = _with_zeros(spectrum, keep, probes, n)
+    gap = None
+    if attribution.complete:
+        base = attribution.baseline_for(x)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            f_base = model(base).gather(1, target.view(-1, 1)).squeeze(1)
+        f_x = logits.gather(1, target.view(-1, 1)).squeeze(1)
+        gap = (g.reshape(n, -1).sum(1) - (f_x - f_base)).abs().double().cpu()
+    return Analysis(
+        x=x,
+        target=target,
+        predicted=logits.argmax(1),
+        logits=logits.double().cpu(),
+        attr=g.reshape(n, -1).double().cpu(),
+        spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
+                          None if spectrum.abs_sum_gram is None
+                          else spectrum.abs_sum_gram.cpu(),
+                          products=spectrum.products, residual=spectrum.residual),
+        completeness_gap=gap,
+        value_points=value_points,
+        points_per_pass=points_per_pass,
+        zero_jacobian=zero,
+    )
+
+
+def _spectrum(model: Model, x: Tensor, attribution: Attribution, target: Tensor, *,
+              chunk_size: int | None, spectral: str, tol: float, seed: int,
+              progress: Progress | None, abs_sum_blocked: bool,
+              points_per_pass: int | None, indices: list[int]) -> tuple[Spectrum, int | None]:
+    """The spectrum of each sample's ``J`` (see :func:`analyse`), and the points per pass
+    after any halving; ``indices``: the samples' indices among all (for errors)."""
+    n = x.shape[0]
+    if n == 0:
+        d = math.prod(x.shape[1:])
+        empty = torch.zeros(0, dtype=torch.float64)
+        return Spectrum(empty, torch.zeros(0, d, dtype=torch.float64), None), points_per_pass
     if spectral == "iterative":
         parts = []
         for i in range(n):
@@ -215,7 +268,7 @@ def analyse(
                                               target[i : i + 1], tol=tol, seed=seed,
                                               points_per_pass=points)
                 except ModelOutputError:  # the index among all samples
-                    raise nonfinite_jacobian(first_index + i) from None
+                    raise nonfinite_jacobian(indices[i]) from None
 
             if points_per_pass is None:
                 parts.append(one(None))
@@ -238,29 +291,32 @@ def analyse(
         try:
             spectrum = spectrum_full(jac)
         except ModelOutputError as exc:  # the index among all samples
-            raise nonfinite_jacobian(first_index + exc.index) from None
+            raise nonfinite_jacobian(indices[exc.index]) from None
         del jac
-    gap = None
-    if attribution.complete:
-        base = attribution.baseline_for(x)  # type: ignore[attr-defined]
-        with torch.no_grad():
-            f_base = model(base).gather(1, target.view(-1, 1)).squeeze(1)
-        f_x = logits.gather(1, target.view(-1, 1)).squeeze(1)
-        gap = (g.reshape(n, -1).sum(1) - (f_x - f_base)).abs().double().cpu()
-    return Analysis(
-        x=x,
-        target=target,
-        predicted=logits.argmax(1),
-        logits=logits.double().cpu(),
-        attr=g.reshape(n, -1).double().cpu(),
-        spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
-                          None if spectrum.abs_sum_gram is None
-                          else spectrum.abs_sum_gram.cpu(),
-                          products=spectrum.products, residual=spectrum.residual),
-        completeness_gap=gap,
-        value_points=value_points,
-        points_per_pass=points_per_pass,
-    )
+    return spectrum, points_per_pass
+
+
+def _with_zeros(spectrum: Spectrum, keep: list[int], probes: Tensor, n: int) -> Spectrum:
+    """The spectrum of all ``n`` samples from that of the rows ``keep``: the others have
+    ``J = 0`` (``xi_max = 0``, ``sum |P_ij| = 0``, ``v_max`` the probe direction)."""
+    xi = torch.zeros(n, dtype=torch.float64)
+    v = probes.clone()
+    xi[keep] = spectrum.xi_max.double().cpu()
+    if keep:
+        v[keep] = spectrum.v_max.double().cpu()
+    gram = None
+    if spectrum.abs_sum_gram is not None or not keep:
+        gram = torch.zeros(n, dtype=torch.float64)
+        if spectrum.abs_sum_gram is not None:
+            gram[keep] = spectrum.abs_sum_gram.double().cpu()
+    products = residual = None
+    if spectrum.products is not None:
+        products = torch.zeros(n, dtype=torch.int64)
+        products[keep] = spectrum.products
+    if spectrum.residual is not None:
+        residual = torch.zeros(n, dtype=torch.float64)
+        residual[keep] = spectrum.residual
+    return Spectrum(xi, v, gram, products=products, residual=residual)
 
 
 def _joined(parts: list[Tensor | None]) -> Tensor | None:

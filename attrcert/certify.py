@@ -66,7 +66,8 @@ class _Run:
                        spectral=self.sizing.spectral, tol=self.solver.tol, progress=progress,
                        abs_sum_blocked=self.sizing.abs_sum_blocked, first_index=sl.start,
                        points_per_pass=self.sizing.points_per_pass,
-                       value_points=self.sizing.value_points)
+                       value_points=self.sizing.value_points,
+                       probe_all=self.about.method == "saliency" and bool(self.about.nonsmooth))
 
 
 def _prepare_run(model: Model, x: Tensor, spec: AttributionSpec, solver: SolverOptions,

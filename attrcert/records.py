@@ -12,6 +12,7 @@ from . import bounds
 from .analysis import Analysis, attribution_deviations, worst_case_directions
 from .attributions import Attribution, Model
 from .config import AttackOptions
+from .degenerate import degenerate_reasons
 from .perturbation import Perturbation, norm_label
 from .proposition1 import LabelTest, label_test
 from .results import ASSUMPTION, Record, finite_or_none
@@ -58,7 +59,8 @@ class Provenance:
 
 def common_fields(a: Analysis, i: int, p: float, about: Provenance) -> Record:
     """The fields every record has (SPEC §7): the sample, ``attr_norm``, ``xi_max`` (Theorem
-    1), IG's completeness gap (SPEC §4), and what the numbers rest on."""
+    1), IG's completeness gap (SPEC §4), what the numbers rest on, and ``degenerate``: why
+    they mean nothing, if they do not (:mod:`attrcert.degenerate`)."""
     method, nonsmooth, notes = about.method, about.nonsmooth, about.notes
     return {
         "index": i,
@@ -75,6 +77,11 @@ def common_fields(a: Analysis, i: int, p: float, about: Provenance) -> Record:
         "nonsmooth_ops": list(nonsmooth),
         "attack_checked": False,
         "warnings": list(notes),
+        "degenerate": degenerate_reasons(
+            zero_jacobian=a.zero_jacobian is not None and bool(a.zero_jacobian[i]),
+            attr_norm=float(a.attr[i].norm()), logits=a.logits[i],
+            completeness_gap=None if a.completeness_gap is None
+            else float(a.completeness_gap[i]), method=method, nonsmooth=tuple(nonsmooth)),
     }
 
 

@@ -18,6 +18,7 @@ which is then reported, since it has no derivative at all).
 from __future__ import annotations
 
 from torch import Tensor
+from torch.nn import Module
 
 from .attributions import Model
 from .attributions.differentiable import FAST_PATH_OPS, ProbeMode, probe_forward
@@ -85,6 +86,11 @@ NONSMOOTH_OPS: dict[str, str] = {
 }
 
 
+#: Set by :mod:`attrcert.loading.smoothing` on a model whose Hardsigmoid/Hardswish it
+#: rewrote into forms autograd differentiates twice: their names (still not smooth).
+REWRITTEN_ATTR = "attrcert_rewritten_nonsmooth"
+
+
 class NonSmoothModelWarning(UserWarning):
     """The model contains operations for which the bounds are not certificates."""
 
@@ -126,7 +132,10 @@ def find_nonsmooth(model: Model, example: Tensor) -> list[str]:
     for op in ops:
         if op in NONSMOOTH_OPS:
             by_name.setdefault(NONSMOOTH_OPS[op], set()).add(f"aten.{op.rstrip('_')}")
-    return sorted(f"{name} ({', '.join(sorted(aten))})" for name, aten in by_name.items())
+    found = {f"{name} ({', '.join(sorted(aten))})" for name, aten in by_name.items()}
+    if isinstance(model, Module):  # operations rewritten out of the graph, still not smooth
+        found.update(name for m in model.modules() for name in getattr(m, REWRITTEN_ATTR, ()))
+    return sorted(found)
 
 
 def nonsmooth_message(ops: list[str]) -> str:

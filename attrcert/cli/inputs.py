@@ -39,8 +39,9 @@ from ..loading.batching import (
 )
 from ..loading.classes import folder_targets
 from ..loading.model_checks import check_deterministic, check_logits, nonfinite_logits
+from ..loading.smoothing import beta_smooth, differentiable_hard
 from ..loading.torchscript_code import traced_input_shape
-from ..results import ASSUMPTION, OUTPUT_SUFFIXES
+from ..results import ASSUMPTION, OUTPUT_SUFFIXES, Record
 from ..resume import file_sha256
 from ..smoothness import find_nonsmooth
 from ..writing import check_output_path
@@ -61,6 +62,31 @@ class Loaded:
     #: With a shard (``--shard``, torchrun): the indices among all images of the rows of
     #: ``images.tensor``, which holds only the shard; ``images.sources`` still names all.
     rows: list[int] | None = None
+    #: With ``--beta-smooth``: ``model`` is the smoothed copy; what was smoothed and the
+    #: original model's predictions.
+    smoothing: Smoothing | None = None
+
+
+@dataclass
+class Smoothing:
+    """``--beta-smooth``: ``beta``, the original model's operations that were smoothed, and
+    its prediction for each image (by index among all images)."""
+
+    beta: float
+    smoothed_ops: list[str]
+    predictions: dict[int, int]
+
+    def fields(self, rec: Record) -> None:
+        """Add ``predicted_smoothed``, ``smoothed_agrees`` and ``beta_smooth`` to a record
+        right after ``predicted``, which becomes the original model's prediction."""
+        original = self.predictions[int(rec["index"])]
+        items = list(rec.items())
+        rec.clear()
+        for key, value in items:
+            rec[key] = value
+            if key == "predicted":
+                rec.update(predicted=original, predicted_smoothed=value,
+                           smoothed_agrees=original == value, beta_smooth=self.beta)
 
 
 def check_output_paths(opts: Common, shard: Shard | None = None) -> None:
@@ -202,7 +228,61 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
                              f"need one image of shape {tuple(images.tensor.shape[1:])}")
         baseline = base[0]
     nonsmooth = find_nonsmooth(model, images.tensor[:1])
-    return Loaded(model, images, target, baseline, nonsmooth, class_rule=rule, rows=rows)
+    smoothing = None
+    if opts.beta_smooth is not None:
+        smoothing = _original_predictions(model, images, rows, opts.beta_smooth, nonsmooth)
+        if target is None:  # the smoothed net explains the class the original predicts
+            target = torch.zeros(len(images.sources), dtype=torch.long)
+            for index, label in smoothing.predictions.items():
+                target[index] = label
+        model = beta_smooth(model, opts.beta_smooth, images.tensor[:2])
+        nonsmooth = find_nonsmooth(model, images.tensor[:1])
+    elif any(op.startswith("Hardsigmoid") for op in nonsmooth):  # its backward has no
+        model = differentiable_hard(model, images.tensor[:1])  # derivative: rewritten
+    return Loaded(model, images, target, baseline, nonsmooth, class_rule=rule, rows=rows,
+                  smoothing=smoothing)
+
+
+def _original_predictions(model: torch.nn.Module, images: Images, rows: list[int] | None,
+                          beta: float, nonsmooth: list[str]) -> Smoothing:
+    """The original model's prediction for each loaded image, 16 at a time (one at a time
+    for a model exported with a fixed batch size)."""
+    x = images.tensor
+    preds: list[int] = []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for start in range(0, x.shape[0], 16):
+            part = x[start: start + 16]
+            try:
+                out = model(part)
+            except Exception:
+                out = torch.cat([model(part[i: i + 1]) for i in range(part.shape[0])])
+            preds.extend(int(p) for p in out.argmax(1))
+    indices = rows if rows is not None else range(x.shape[0])
+    return Smoothing(beta, list(nonsmooth), dict(zip(indices, preds, strict=True)))
+
+
+#: The non-smooth operations (:func:`find_nonsmooth`'s names) that make a network piecewise
+#: linear, and that ``--beta-smooth`` smooths.
+PIECEWISE_LINEAR = ("ReLU", "LeakyReLU", "PReLU", "ReLU6", "Hardtanh", "clamp", "maximum",
+                    "minimum", "max-pooling")
+
+
+def smoothing_notes(opts: Common, loaded: Loaded) -> list[str]:
+    """What a run says up front about what it explains (one line each, for stderr)."""
+    if loaded.smoothing is not None:
+        done = ", ".join(loaded.smoothing.smoothed_ops) or "nothing (no ReLU-like operation)"
+        return [f"note: explaining the beta-smoothed copy of the model (beta = "
+                f"{loaded.smoothing.beta:g}; smoothed: {done}): the bounds certify the "
+                "smoothed explanation, not the original's, for the class the original "
+                "model predicts (or --labels)"]
+    kinks = [op for op in loaded.nonsmooth if op.startswith(PIECEWISE_LINEAR)]
+    if opts.method is Method.saliency and kinks:
+        return [f"note: saliency of a model with {', '.join(kinks)}: where it is piecewise "
+                "linear, its Jacobian is zero almost everywhere and T_e = 0 says nothing "
+                "(such samples are marked 'degenerate'); --beta-smooth BETA certifies a "
+                "smoothed explanation"]
+    return []
 
 
 def trial_forward(model: torch.nn.Module, images: Images, rows: list[int] | None,
@@ -284,6 +364,8 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "dtype": opts.dtype.value,
         "spectral": opts.spectral.value,
         "tol": opts.tol,
+        **({"beta_smooth": loaded.smoothing.beta,
+            "beta_smoothed_ops": loaded.smoothing.smoothed_ops} if loaded.smoothing else {}),
         "smooth": not loaded.nonsmooth,
         "nonsmooth_ops": loaded.nonsmooth,
         "assumption": ASSUMPTION,

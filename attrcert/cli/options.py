@@ -42,6 +42,13 @@ def fraction(value: float) -> float:
     return value
 
 
+def positive(value: float | None) -> float | None:
+    """Option callback: a finite number > 0 (or not given)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} must be a finite number > 0")
+    return value
+
+
 def image_size(value: tuple[int, int] | None) -> tuple[int, int] | None:
     if value is not None and not all(1 <= v <= MAX_SIDE for v in value):
         raise typer.BadParameter(f"{value[0]} {value[1]}: each side must lie in 1..{MAX_SIDE}")
@@ -124,6 +131,13 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "labels": (Annotated[Path | None, typer.Option(
         help="CSV with columns name,label: target classes instead of the predictions.")],
         None),
+    "beta_smooth": (Annotated[float | None, typer.Option(
+        callback=positive, metavar="BETA", help="Explain a copy of the model whose ReLUs "
+        "are Softplus(BETA) (Dombrowski et al., 2019; LeakyReLU, ReLU6, Hardtanh, clamp, "
+        "Hardswish, Hardsigmoid through their ReLU forms, max-pooling by a smooth maximum): "
+        "the attribution, every bound, the attack and --sound are the smoothed net's, for "
+        "the class the original predicts. Larger BETA: closer to the original explanation, "
+        "larger bounds (README).", show_default=False)], None),
     "mean": (MeanOpt, None),
     "std": (StdOpt, None),
     "preset": (PresetOpt, None),
@@ -198,6 +212,7 @@ class Common:
     steps: int = 50
     baseline: str = "zero"
     labels: Path | None = None
+    beta_smooth: float | None = None
     device: str = "auto"
     dtype: DType = DType.float32
     chunk_size: int | None = None

@@ -80,7 +80,12 @@ def emit(as_json: bool, config: dict[str, Any], records: list[Record],
     if as_json:
         write_stdout(dumps_strict(document(config, records), indent=2) + "\n")
         return
-    table = Table(title=Text(terminal_safe(title)), box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=Text(terminal_safe(f"{method_label(config)}: {title}")),
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    if any("predicted_smoothed" in r for r in records):
+        at = [key for key, _ in columns].index("predicted") + 1 \
+            if any(key == "predicted" for key, _ in columns) else len(columns)
+        columns = [*columns[:at], ("predicted_smoothed", "pred smoothed"), *columns[at:]]
     for key, header in columns:
         table.add_column(header, justify="left" if key == "source" else "right", no_wrap=True)
     for rec in records:
@@ -108,8 +113,27 @@ def emit(as_json: bool, config: dict[str, Any], records: list[Record],
     if wrong:
         radius = " (label radius 0)" if any("label_radius" in r for r in records) else ""
         lines.append(f"target != prediction: {wrong}{radius}")
-    print_stdout(table, Panel(Group(stats, Text("\n".join(map(terminal_safe, lines)))),
-                              title="summary", expand=False), footer)
+    differ = sum(1 for r in records if r.get("smoothed_agrees") is False)
+    if differ:
+        lines.append(f"smoothed prediction != original: {differ}")
+    notes = [f"degenerate: {r.get('source', r['index'])}: {'; '.join(r['degenerate'])}"
+             for r in records if r.get("degenerate")]
+    print_stdout(table, *([Text("\n".join(map(terminal_safe, notes)))] if notes else []),
+                 Panel(Group(stats, Text("\n".join(map(terminal_safe, lines)))),
+                       title="summary", expand=False),
+                 footer)
+
+
+def method_label(config: dict[str, Any]) -> str:
+    """The attribution a run certifies, for the table's title: the method, integrated
+    gradients' steps ``m``, and beta-smoothing."""
+    method = str(config.get("method"))
+    label = method.replace("_x_", " x ").replace("_", " ")
+    if method == "integrated_gradients" and config.get("steps"):
+        label += f", m = {config['steps']}"
+    if config.get("beta_smooth") is not None:
+        label += f", beta-smoothed (beta = {config['beta_smooth']:g})"
+    return label
 
 
 def gate(failures: list[str], what: str) -> str | None:

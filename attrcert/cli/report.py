@@ -15,7 +15,7 @@ from ..perturbation import Perturbation, parse_norm
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
 from ..writing import stdout_to_stderr, write_stdout
 from .collisions import refuse_collisions
-from .inputs import attribution_spec, input_files, load_inputs, run_config
+from .inputs import attribution_spec, input_files, load_inputs, run_config, smoothing_notes
 from .options import (
     ATTACK,
     MAX_INT,
@@ -81,6 +81,8 @@ def report(
     config = run_config(opts, "report", loaded)
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
+    for note in smoothing_notes(opts, loaded):
+        err.print(note)
     with warnings.catch_warnings(), stdout_to_stderr():
         warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
         data = compute_report(
@@ -89,5 +91,8 @@ def report(
             solver=opts.solver(opts.device), attack=opts.attack,
             sources=loaded.images.sources, sweep=radii, figures=figures,
             jacobian_max_d=jacobian_max_d, log=None if opts.quiet else err.print)
+    if loaded.smoothing is not None:
+        for rec in data.records:
+            loaded.smoothing.fields(rec)
     page = write_report(out, data, config)
     write_stdout(f"wrote {page}\n")

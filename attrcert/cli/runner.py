@@ -39,7 +39,14 @@ from ..resume import ResumeError, RunLock, config_hash, finished_records, tensor
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
 from ..writing import stdout_to_stderr, write_bytes
 from . import interrupts
-from .inputs import Loaded, attribution_spec, load_inputs, nonfinite, run_config
+from .inputs import (
+    Loaded,
+    attribution_spec,
+    load_inputs,
+    nonfinite,
+    run_config,
+    smoothing_notes,
+)
 from .options import Common
 from .output import err, terminal_safe
 
@@ -96,6 +103,8 @@ class Reporter:
             rec.update(index=index, source=self.loaded.images.sources[index],
                        config_hash=self.digest, input_sha256=self.pixels(index))
             rec.update(fields)
+            if self.loaded.smoothing is not None:
+                self.loaded.smoothing.fields(rec)
             if self.appender is not None:
                 self.appender.append(rec)
         self.finished += len(records)
@@ -243,6 +252,8 @@ def _resume_and_run(opts: Common, local: Common, command: str,
         err.print(f"resuming: {len(done)} of {len(mine)} samples already in {local.output}")
     if loaded.nonsmooth and command not in ANY_MODEL:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
+    for note in smoothing_notes(opts, loaded):
+        err.print(note)
     label = LABELS.get(command, "solving eps_max")
     new: list[Record] = []
     rows = [position[i] for i in todo]  # the rows of loaded.images.tensor to certify

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .activations import activation
-from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Graph, Node
+from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Affine, Graph, Node
 from .ops import (
     CONST_OPS,
     REDUCE_OPS,
@@ -46,6 +46,11 @@ from .support import (
 from .torchscript import from_torchscript
 
 ACTIVATIONS = ("tanh", "sigmoid", "silu", "gelu", "softplus")
+#: In-place ops read in their functional form (``silu_``, ``x += y``).
+INPLACE = (*ACTIVATIONS, "add", "sub", "mul", "div")
+#: Ops whose result shares the storage of their input.
+VIEWS = ("view", "reshape", "_unsafe_view", "flatten", "squeeze", "unsqueeze", "expand",
+         "permute", "transpose", "slice", "select", "alias", "detach", "t")
 SKIPPED = ("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size",
            "_assert_async")
 
@@ -94,6 +99,7 @@ class _Reader:
         self.gm = gm
         self.dtype = example.dtype
         self.dtypes = runtime_dtypes(gm, example)
+        self.example = example
         self.consts: dict[str, object] = {}
         self.ids: dict[str, int] = {}
         self.sym: set[str] = set()
@@ -107,14 +113,20 @@ class _Reader:
         if isinstance(a, torch.fx.Node):
             if a.name in self.ids:
                 raise InputError(f"--sound cannot use the activation {a.name} as a constant")
-            return None if a.name in self.sym else self.consts[a.name]
+            return self.consts.get(a.name) if a.name in self.sym else self.consts[a.name]
         if isinstance(a, (list, tuple)):
             return type(a)(self.val(b) for b in a)
         return a
 
     @staticmethod
     def f64(t: object) -> Tensor | None:
+        """``t`` in float64 (a Python number directly: not through float32)."""
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            return torch.tensor(float(t), dtype=torch.float64)
         return None if t is None else torch.as_tensor(t).detach().to(torch.float64)
+
+    def is_input(self, a: object) -> bool:
+        return isinstance(a, torch.fx.Node) and self.ids.get(a.name) == 0
 
     def is_var(self, a: object) -> bool:
         if isinstance(a, torch.fx.Node):
@@ -147,9 +159,10 @@ class _Reader:
             return i
         return self.add(Node(AFFINE, (i,), affine=broadcast(shape, out), name="broadcast"))
 
-    def call(self, node: torch.fx.Node) -> None:
+    def call(self, node: torch.fx.Node, op: str | None = None) -> None:
+        """Read one ``call_function`` (as the ATen op ``op``, if given)."""
         args, kwargs = node.args, node.kwargs
-        op = _op_name(node.target)
+        op = op or _op_name(node.target)
         if not self.depends(list(args) + list(kwargs.values())):
             self.consts[node.name] = node.target(*self.val(args), **self.val(kwargs))
             return
@@ -159,6 +172,8 @@ class _Reader:
         if op == "sym_size" or (meta is not None and not isinstance(meta, (Tensor, tuple,
                                                                            list))):
             self.sym.add(node.name)  # a size computed from the input (dynamic batch)
+            if op == "sym_size" and self.is_input(args[0]):  # its value for the example
+                self.consts[node.name] = int(self.example.shape[int(args[1])])  # type: ignore[arg-type]
             return
         check_precision(node, op, self.dtype, self.dtypes.get(node.name))
         if node.target is operator.getitem:
@@ -168,7 +183,18 @@ class _Reader:
             return
         if op in NOT_SMOOTH or op in NOT_ENCLOSED or rounded_division(op, kwargs):
             raise refusal(op if op != "div" else "div with a rounding_mode")
+        if op.endswith("_") and op[:-1] in INPLACE:  # silu_, add_: the functional form,
+            if rounded_division(op[:-1], kwargs):
+                raise refusal("div_ with a rounding_mode")
+            self._functional(node, op[:-1])  # after which x reads the result
+            return
         variables = self.var_args(tuple(args) + tuple(kwargs.values()))
+        if not variables:  # a constant sized by the input (a class token expanded to the
+            try:  # batch): its value for the example, one sample
+                self.consts[node.name] = node.target(*self.val(args), **self.val(kwargs))  # type: ignore[operator, misc, arg-type]
+            except Exception:
+                raise refusal(f"{op} of a size of the input") from None
+            return
         names = {v.name for v in variables}
         if op in ("add", "sub", "mul") and len(variables) == 2:
             out = _shape(node)
@@ -182,8 +208,9 @@ class _Reader:
             return
         if op == "cat":
             parts = list(args[0])
-            if any(not self.is_var(p) for p in parts):
-                raise refusal("cat of an activation with a constant")
+            for part in parts:  # a constant part (a class token): a node of its own
+                if isinstance(part, torch.fx.Node) and not self.is_var(part):
+                    self.ids[part.name] = self._constant(part)
             dim = int(self.val(args[1] if len(args) > 1 else kwargs.get("dim", 0)))  # type: ignore[arg-type]
             ndim = len(_shape(node)) + 1
             dim = dim % ndim - 1
@@ -224,6 +251,32 @@ class _Reader:
             raise refusal(op)
         self.ids[node.name] = self.add(Node(AFFINE, (src,), affine=aff, name=node.name))
 
+    def _functional(self, node: torch.fx.Node, op: str) -> None:
+        """An in-place ``op_`` read as ``op``; the tensor it overwrote then stands for the
+        result (refused on a view, whose base would change too)."""
+        target = node.args[0] if node.args else None
+        if not isinstance(target, torch.fx.Node) or not self.is_var(target) or (
+                target.op == "call_function" and _op_name(target.target) in VIEWS):
+            raise refusal(f"{op}_ (in place) of a constant or a view")
+        self.call(node, op)
+        self.ids[target.name] = self.ids[node.name]
+
+    def _constant(self, node: torch.fx.Node) -> int:
+        """A constant ``(1, *shape)`` as a node: the zero map of the input plus the constant
+        (its derivative is exactly zero)."""
+        value = self.val(node)
+        if not isinstance(value, Tensor) or value.ndim < 1 or value.shape[0] != 1:
+            raise refusal("cat of an activation with a constant that is not one sample")
+        shape = tuple(int(n) for n in value.shape[1:])
+        const = self.f64(value)
+
+        def zero(t: Tensor) -> Tensor:  # 0 x, differentiable (its transpose is taken)
+            first = t.reshape(t.shape[0], -1)[:, :1] * 0.0
+            return first.view(t.shape[0], *([1] * len(shape))).expand(t.shape[0], *shape)
+
+        return self.add(Node(AFFINE, (0,), affine=Affine("constant", zero, zero, const),
+                             name=node.name))
+
     def _activation(self, op: str, args: tuple, kwargs: dict) -> object:
         if op == "softplus":
             beta = float(self.val(args[1]) if len(args) > 1 else kwargs.get("beta", 1.0))  # type: ignore[arg-type]
@@ -239,6 +292,29 @@ class _Reader:
         return activation(op)
 
 
+def _refuse_first(gm: torch.fx.GraphModule) -> None:
+    """Refuse the operations that cannot be bounded (not smooth, or no enclosure: LayerNorm,
+    attention) before reading, so that the error names them rather than an operation
+    that precedes them; only those that depend on the input count."""
+    depends: set[torch.fx.Node] = set()
+    found: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or (node.op == "call_function" and any(
+                a in depends for a in node.all_input_nodes)):
+            depends.add(node)
+            op = _op_name(node.target) if node.op == "call_function" else ""
+            if op in NOT_SMOOTH or op in NOT_ENCLOSED:
+                found.append(op)
+            elif op.endswith("_") and op[:-1] in NOT_SMOOTH:
+                found.append(op[:-1])
+    if found:
+        error = refusal(found[0])
+        names = {(NOT_SMOOTH | NOT_ENCLOSED)[op] for op in found}
+        names.discard((NOT_SMOOTH | NOT_ENCLOSED)[found[0]])
+        raise InputError(str(error) + (f" (it also uses {', '.join(sorted(names))})"
+                                       if names else "")) from None
+
+
 def read_graph(model: torch.nn.Module, example: Tensor) -> Graph:
     """The model as a :class:`.nodes.Graph` in float64, read from its torch.export graph.
 
@@ -247,8 +323,9 @@ def read_graph(model: torch.nn.Module, example: Tensor) -> Graph:
     computes in another precision than ``example``'s (the rounding term is proved for one),
     or that changes a value in place which is read again afterwards."""
     gm = _graph_module(model, example)
+    _refuse_first(gm)
     check_inplace(gm.graph)
-    reader = _Reader(gm, example)
+    reader = _Reader(gm, example[:1])
     output = None
     for node in gm.graph.nodes:
         if node.op == "placeholder":

@@ -4,6 +4,8 @@ them (traced TorchScript: straight-line code of ``aten::`` calls, weights throug
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from ..errors import InputError
@@ -28,15 +30,19 @@ def _call(graph: torch.fx.Graph, node: torch._C.Node, op: str, ins: list[object]
     return graph.call_function(fn, tuple(args), kwargs)
 
 
-def from_torchscript(model: torch.jit.ScriptModule) -> torch.fx.GraphModule:
+def from_torchscript(model: torch.jit.ScriptModule, *,
+                     purpose: str = "--sound") -> torch.fx.GraphModule:
     """The TorchScript model's inlined graph as a ``torch.fx.GraphModule`` calling
-    ``torch.ops.aten`` (one input tensor, one output tensor; a DAG is fine)."""
+    ``torch.ops.aten`` (one input tensor, one output tensor; a DAG is fine).
+
+    ``purpose`` names the option in messages; only ``--sound`` refuses what it cannot
+    bound here (``--beta-smooth`` rewrites ReLU and its relatives afterwards)."""
     ts = model.inlined_graph
     root = torch.nn.Module()
     graph = torch.fx.Graph()
     inputs = list(ts.inputs())
     if len(inputs) != 2:
-        raise InputError("--sound needs a model with one input tensor")
+        raise InputError(f"{purpose} needs a model with one input tensor")
     values: dict[str, object] = {inputs[0].debugName(): model,
                                  inputs[1].debugName(): graph.placeholder("x")}
     count = 0
@@ -62,19 +68,20 @@ def from_torchscript(model: torch.jit.ScriptModule) -> torch.fx.GraphModule:
             values[outs[0]] = ins[0]
         elif kind.startswith("aten::"):
             op = kind.split("::")[1]
-            if op in NOT_SMOOTH or op in NOT_ENCLOSED:
+            if purpose == "--sound" and (op in NOT_SMOOTH or op in NOT_ENCLOSED):
                 raise refusal(op)
-            if len(outs) != 1:
-                raise InputError(f"--sound cannot read the TorchScript call aten.{op} with "
-                                 f"{len(outs)} outputs: {_READ}")
-            values[outs[0]] = _call(graph, node, op, ins)
+            result = _call(graph, node, op, ins)
+            if len(outs) == 1:
+                values[outs[0]] = result
+            for i, name in enumerate(outs if len(outs) > 1 else []):  # (values, indices)
+                values[name] = graph.call_function(operator.getitem, (result, i))  # type: ignore[arg-type]
         else:
-            raise InputError(f"--sound cannot read the TorchScript operation {kind}: {_READ}")
+            raise InputError(f"{purpose} cannot read the TorchScript operation {kind}: {_READ}")
     outs_ts = list(ts.outputs())
     output = values.get(outs_ts[0].debugName()) if len(outs_ts) == 1 else None
     while isinstance(output, (list, tuple)) and len(output) == 1:
         output = output[0]
     if not isinstance(output, torch.fx.Node):
-        raise InputError(f"--sound needs a TorchScript model that returns one tensor: {_READ}")
+        raise InputError(f"{purpose} needs a TorchScript model that returns one tensor: {_READ}")
     graph.output(output)
     return torch.fx.GraphModule(root, graph)
