@@ -15,7 +15,8 @@ from ..perturbation import Perturbation, parse_norm
 from ..smoothness import NonSmoothModelWarning, nonsmooth_message
 from ..writing import stdout_to_stderr, write_stdout
 from .collisions import refuse_collisions
-from .inputs import attribution_spec, input_files, load_inputs, run_config, smoothing_notes
+from .files import input_files
+from .inputs import attribution_spec, load_inputs, run_config, smoothing_notes
 from .options import (
     ATTACK,
     MAX_INT,
