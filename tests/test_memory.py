@@ -177,7 +177,7 @@ def test_max_eps_splits_too():
     x = torch.rand(2, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     kwargs = {"omega": 0.2, "method": "saliency", "device": "cpu"}
     reference = max_eps(make_cnn(), x, batch_size=1, **kwargs)
-    fussy = OutOfMemoryAbove(make_cnn(), limit=3)
+    fussy = OutOfMemoryAbove(make_cnn(), limit=1)  # a batch of two does not fit
     records = max_eps(fussy, x, batch_size=2, **kwargs)
     assert fussy.raised >= 1
     assert [r["eps_max"] for r in records] == pytest.approx([r["eps_max"] for r in reference],

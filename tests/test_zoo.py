@@ -235,7 +235,8 @@ def test_api_certifies_the_vit_under_integrated_gradients(archives):
     full = certify(model, x, spectral="full", **kwargs)
     for a, b in zip(iterative, full, strict=True):
         assert a["smooth"] is True and _finite(a["T_e_prime"]) and _finite(a["completeness_gap"])
-        assert a["xi_max"] == pytest.approx(b["xi_max"], rel=1e-6)
+        # the Krylov value bounds the top singular value from above, within tol = 1e-4
+        assert b["xi_max"] * (1 - 1e-9) <= a["xi_max"] <= b["xi_max"] * (1 + 1e-4)
         assert a["T_e_hat"] <= a["T_e_prime"] * (1 + ATTACK_TOLERANCE)
 
 

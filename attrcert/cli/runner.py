@@ -252,8 +252,8 @@ def _resume_and_run(opts: Common, local: Common, command: str,
         err.print(f"resuming: {len(done)} of {len(mine)} samples already in {local.output}")
     if loaded.nonsmooth and command not in ANY_MODEL:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
-    for note in smoothing_notes(opts, loaded):
-        err.print(note)
+    for note in ([] if command in ANY_MODEL else smoothing_notes(opts, loaded)):
+        err.print(note)  # smooth certifies any model: no first-order caveat to note
     label = LABELS.get(command, "solving eps_max")
     new: list[Record] = []
     rows = [position[i] for i in todo]  # the rows of loaded.images.tensor to certify
