@@ -71,7 +71,7 @@ def test_in_place_on_a_view_is_refused():
             y.flatten(1).add_(1.0)
             return y.sum((2, 3))
 
-    with pytest.raises(InputError, match="in.place"):
+    with pytest.raises(InputError, match=r"in.place"):
         read_graph(View(), torch.rand(1, 2, 3, 3))
 
 
