@@ -88,8 +88,9 @@ print(json.dumps({"seconds": seconds, "xi_max": rec["xi_max"], "T_e_prime": rec[
 """
 
 
-def build(arch: str, folder: Path) -> Path:
-    """timm's ``arch`` made smooth (Softplus, average-pooled stem), exported to ``folder``."""
+def build(arch: str, side: int, folder: Path) -> Path:
+    """timm's ``arch`` made smooth (Softplus, average-pooled stem), exported to ``folder`` for
+    ``side`` x ``side`` inputs (dynamic batch, static spatial size)."""
     import timm
     import torch
 
@@ -97,14 +98,14 @@ def build(arch: str, folder: Path) -> Path:
         def __init__(self, inplace: bool = False, **kwargs: object) -> None:
             super().__init__()
 
-    path = folder / f"{arch}.pt2"
+    path = folder / f"{arch}-{side}.pt2"
     if path.exists():
         return path
     torch.manual_seed(0)
     model = timm.create_model(arch, act_layer=Softplus, num_classes=1000).eval()
     model.maxpool = torch.nn.AvgPool2d(3, 2, 1)
     batch = torch.export.Dim("batch", min=1)
-    example = torch.rand(2, 3, 64, 64)
+    example = torch.rand(2, 3, side, side)
     torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), path)
     return path
 
@@ -144,7 +145,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for name in args.cases.split(","):
             arch, side, method, steps = CASES[name]
-            model = build(arch, folder)
+            model = build(arch, side, folder)
             started = time.time()
             new = run(ROOT, model, side, method, steps, args.threads, "new") \
                 if args.only != "old" else {}
