@@ -2,7 +2,7 @@
 
 Implements F. Wang and A. W.-K. Kong, "A Practical Upper Bound for the Worst-Case
 Attribution Deviations", CVPR 2023. The bounds assume a locally linear attribution
-on the perturbation ball; see the README and SPEC §6.
+on the perturbation ball; see the README and docs/math.md §6.
 """
 
 from .attack import attack, linearity_gap

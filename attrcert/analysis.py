@@ -1,7 +1,7 @@
 """One batch's analysis: attribution -> Jacobian -> spectrum.
 
 :func:`analyse` does the costly part that every bound needs, once per batch: the
-attribution ``g`` (SPEC §1) and the spectrum of its Jacobian ``J = dg/dx`` (``xi_max``,
+attribution ``g`` (docs/math.md §1) and the spectrum of its Jacobian ``J = dg/dx`` (``xi_max``,
 ``v_max`` and, for l-inf, Theorem 2's ``sum |P_ij|``). Proposition 1 is
 :mod:`attrcert.proposition1`'s.
 :func:`prepare` puts the model and inputs where they compute; :func:`attribution_deviations`

@@ -2,7 +2,7 @@
 
 Wang & Kong, CVPR 2023, "A Practical Upper Bound for the Worst-Case Attribution
 Deviations" (arXiv 2303.00340). Every bound here assumes that the attribution ``g`` is
-*locally linear* on the ball (``g(x + delta) - g(x) = J delta``); see SPEC §6.
+*locally linear* on the ball (``g(x + delta) - g(x) = J delta``); see docs/math.md §6.
 
 No torch, no I/O: scalars are Python floats, vectors NumPy arrays. Values that would be
 NaN or infinite are returned as ``None`` with a flag by the callers.
@@ -59,7 +59,7 @@ class EuclideanBound:
 
 def euclidean_bound(xi_max: float, abs_sum_gram: float | None, d: int,
                     p: float) -> EuclideanBound:
-    """The ``T_e`` of SPEC §2 for the lp ball, per unit eps (``T_e = slope * eps``).
+    """The ``T_e`` of docs/math.md §2 for the lp ball, per unit eps (``T_e = slope * eps``).
 
     For l-inf without Theorem 2's constant (``abs_sum_gram`` None: not computed, as on the
     matrix-free path), Corollary 1 as ``p -> inf`` (``sqrt(d) xi_max``) is used instead.
@@ -126,7 +126,7 @@ def cosine_bound(t_e: float, attr_norm: float) -> CosineBound:
     return CosineBound(1.0 - math.sqrt(1.0 - ratio * ratio), math.degrees(math.asin(ratio)), False)
 
 
-# --- largest eps for a tolerance (Appendix E, corrected: SPEC §3, §5) ---------------------
+# --- largest eps for a tolerance (Appendix E, corrected: docs/math.md §3, §5) ---------------------
 
 METRICS = ("euclidean", "cosine", "angle")
 

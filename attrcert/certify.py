@@ -1,6 +1,6 @@
 """Orchestration: batches of samples -> :func:`~attrcert.analysis.analyse` -> records.
 
-:func:`certify` gives the bounds of SPEC §2 and the label test of §4 for a fixed eps;
+:func:`certify` gives the bounds of docs/math.md §2 and the label test of §4 for a fixed eps;
 :func:`max_eps` the largest eps for a tolerance (§3, :mod:`attrcert.tolerance`). Both size
 the run to the memory budget (:mod:`attrcert.sizing`), analyse each batch once (the
 attribution Jacobian and its spectrum, :mod:`attrcert.analysis`) and build the records
@@ -125,7 +125,7 @@ def certify(
 ) -> list[Record]:
     """Upper bounds on ``||g(x + delta) - g(x)||`` over ``||delta||_p <= eps``, per sample.
 
-    Each record holds (SPEC §2, §4): ``xi_max`` (Theorem 1); ``T_e`` (Theorem 1 for l2,
+    Each record holds (docs/math.md §2, §4): ``xi_max`` (Theorem 1); ``T_e`` (Theorem 1 for l2,
     Corollary 1 for lp, Theorem 2 for l-inf; ``T_e_method`` says which) and for l-inf
     ``T_e_min``, the smallest valid bound; ``c`` (Eq. 39) and ``T_e_prime = c xi_max eps``
     (Eq. 11, l2 only); ``T_c``, ``T_c_deg`` (Corollary 2) with ``vacuous`` when
@@ -137,7 +137,7 @@ def certify(
     ``nonsmooth_ops``, ``softplus_kink`` (a Softplus threshold within first-order reach of
     the ball, :mod:`attrcert.kinks`), ``attack_checked``.
 
-    The bounds assume a locally linear attribution (SPEC §6): they are estimates, not
+    The bounds assume a locally linear attribution (docs/math.md §6): they are estimates, not
     guarantees, and ``T_e_prime`` is the tight estimate.
 
     Args:
@@ -217,10 +217,10 @@ def max_eps(
     on_batch: OnBatch | None = None,
     **shortcuts: Any,
 ) -> list[Record]:
-    """The largest eps whose bound stays within a tolerance ``omega`` (Appendix E, SPEC §3).
+    """The largest eps whose bound stays within a tolerance ``omega`` (Appendix E, docs/math.md §3).
 
     ``metric="euclidean"``: ``T_e(eps) <= omega`` (Eq. 50); ``"cosine"`` (``0 < omega <=
-    1``): Corollary 2 inverted (Eq. 51-52 as corrected in SPEC §5); ``"angle"`` (degrees,
+    1``): Corollary 2 inverted (Eq. 51-52 as corrected in docs/math.md §5); ``"angle"`` (degrees,
     ``0 < omega <= 90``): ``T_e(eps) <= ||g|| sin(omega)``. With ``modified=True`` (l2 only)
     the bound is ``T'_e = c(eps) xi_max eps``, solved by bisection (``bisection_steps``
     halvings; the reported eps satisfies the tolerance). ``attribution``, ``solver``,

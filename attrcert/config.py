@@ -1,10 +1,10 @@
 """Value objects that say what to compute and how, kept apart from the model and the data.
 
-- :class:`AttributionSpec`: which attribution ``g`` (SPEC §1: method, IG steps ``m`` of
+- :class:`AttributionSpec`: which attribution ``g`` (docs/math.md §1: method, IG steps ``m`` of
   Eq. 40, baseline ``b``) of which class (``target``);
 - :class:`SolverOptions`: how the Jacobian ``J = dg/dx`` and its spectrum are computed
   (full or matrix-free, tolerance, batching, memory budget, device, dtype);
-- :class:`AttackOptions`: the budget of the attack that checks the bounds (SPEC §6).
+- :class:`AttackOptions`: the budget of the attack that checks the bounds (docs/math.md §6).
 
 The perturbation ball (norm, eps) is :class:`attrcert.perturbation.Perturbation`.
 :func:`attrcert.certify` and :func:`attrcert.max_eps` take these objects, and also the

@@ -1,5 +1,5 @@
 """Records: one dict per sample, built from a batch's :class:`~attrcert.analysis.Analysis`
-and the bounds of :mod:`attrcert.bounds` (the fields are SPEC §7's)."""
+and the bounds of :mod:`attrcert.bounds` (the fields are docs/cli.md's)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class Provenance:
 
     Attributes:
         method: the attribution method.
-        nonsmooth: the operations that break twice-differentiability (SPEC §6).
+        nonsmooth: the operations that break twice-differentiability (docs/math.md §6).
         notes: warnings every record carries.
     """
 
@@ -58,8 +58,8 @@ class Provenance:
 
 
 def common_fields(a: Analysis, i: int, p: float, about: Provenance) -> Record:
-    """The fields every record has (SPEC §7): the sample, ``attr_norm``, ``xi_max`` (Theorem
-    1), IG's completeness gap (SPEC §4), what the numbers rest on, and ``degenerate``: why
+    """The fields every record has (docs/cli.md): the sample, ``attr_norm``, ``xi_max`` (Theorem
+    1), IG's completeness gap (docs/math.md §4), what the numbers rest on, and ``degenerate``: why
     they mean nothing, if they do not (:mod:`attrcert.degenerate`)."""
     method, nonsmooth, notes = about.method, about.nonsmooth, about.notes
     return {

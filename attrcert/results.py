@@ -15,8 +15,9 @@ from .writing import Appender, write_text
 
 Record = dict[str, Any]
 
-#: The assumption every bound of the paper rests on (SPEC §6), stated in each record.
-ASSUMPTION = "locally linear attribution on the ball (first-order Taylor expansion, SPEC 6)"
+#: The assumption every bound of the paper rests on (docs/math.md §6), stated in each record.
+ASSUMPTION = (
+    "locally linear attribution on the ball (first-order Taylor expansion, docs/math.md §6)")
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -80,7 +81,7 @@ OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
 
 
 def document(config: dict[str, Any], records: Sequence[Record]) -> dict[str, Any]:
-    """The JSON document of SPEC §7: ``{"config", "samples", "summary"}``."""
+    """The JSON document of docs/cli.md: ``{"config", "samples", "summary"}``."""
     return {"config": config, "samples": list(records), "summary": summarize(records)}
 
 

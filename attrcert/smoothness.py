@@ -1,7 +1,7 @@
 """Which operations of a model break the twice-differentiability the bounds assume.
 
 The bounds of the paper assume a locally linear attribution, i.e. a twice
-differentiable classifier (SPEC §6). With ReLU the Hessian is zero almost everywhere
+differentiable classifier (docs/math.md §6). With ReLU the Hessian is zero almost everywhere
 (the saliency bound is 0, meaningless); max-pooling switches its winner under tiny
 perturbations. This module lists such operations so every result can carry a warning.
 
@@ -143,5 +143,5 @@ def nonsmooth_message(ops: list[str]) -> str:
     return (
         "model is not twice differentiable (" + ", ".join(ops) + "): the bounds assume a "
         "locally linear attribution and are estimates, not certificates, for this model "
-        "(SPEC §6); check them with an attack"
+        "(docs/math.md §6); check them with an attack"
     )

@@ -1,8 +1,8 @@
-"""The largest safe eps for a tolerance (Appendix E, SPEC §3), per sample of a batch.
+"""The largest safe eps for a tolerance (Appendix E, docs/math.md §3), per sample of a batch.
 
 ``metric="euclidean"``: ``T_e(eps) <= omega`` (Eq. 50; lp and l-inf through their ``T_e``).
 ``"cosine"`` (``0 < omega <= 1``): Corollary 2 inverted, ``T_e(eps) <=
-||g|| sqrt(omega (2 - omega))`` (Eq. 51-52 as corrected in SPEC §5). ``"angle"`` (degrees,
+||g|| sqrt(omega (2 - omega))`` (Eq. 51-52 as corrected in docs/math.md §5). ``"angle"`` (degrees,
 ``0 < omega <= 90``): ``T_e(eps) <= ||g|| sin(omega)``. With ``modified`` (l2 only) the
 bound is ``T'_e = c(eps) xi_max eps``, solved by bisection (:func:`bisect_modified`).
 """

@@ -185,12 +185,12 @@ def test_stronger_than_plain_pgd_on_the_smooth_sample_model(softplus, digits):
     assert_in_ball(ours, eps, 2.0)
 
 
-# --- against the bounds on the sample models (SPEC §6) ----------------------------------
+# --- against the bounds on the sample models (docs/math.md §6) ----------------------------------
 
 def test_smooth_sample_model_attack_is_tight_against_the_modified_bound(softplus, digits):
     """Softplus / avg-pool CNN, IG (m = 4), l2, eps = 0.1: the attack reaches T'_e and,
     on digit 0, passes it slightly (measured 1.0014 and 0.9984, the same in float64):
-    T'_e is a tight estimate, not a guarantee, even for a smooth model (SPEC §6)."""
+    T'_e is a tight estimate, not a guarantee, even for a smooth model (docs/math.md §6)."""
     eps = 0.1
     records = certify(softplus, digits, eps=eps, method="integrated_gradients", steps=4)
     t_prime = torch.tensor([r["T_e_prime"] for r in records], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""The bounds of SPEC §2-§4 on models whose Jacobian is known, against brute force and exact
+"""The bounds of docs/math.md §2-§4 on models whose Jacobian is known, against brute force and exact
 label changes."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def test_modification_factor():
     ("angle", 10.0, 2, "T_c_deg"),
 ])
 def test_max_eps_round_trip(metric, omega, norm, key):
-    """The bound evaluated at eps_max equals the tolerance (SPEC §3, with the §5 errata)."""
+    """The bound evaluated at eps_max equals the tolerance (docs/math.md §3, with the §5 errata)."""
     model = make_quadratic(k=3, shape=(1, 3, 3), seed=11)
     x = torch.rand(3, 1, 3, 3, dtype=torch.float64) + 0.5
     found = max_eps(model, x, omega=omega, metric=metric, norm=norm, steps=5)
@@ -182,7 +182,8 @@ def test_max_eps_options_are_checked():
 
 
 def test_errata_eq52_is_not_used():
-    """SPEC §5: eps_max = ||g|| sqrt(1 - (1 - w)^2) / xi, not ||g||^2 (1 - (1 - w)^2) / xi."""
+    """docs/math.md §5: eps_max = ||g|| sqrt(1 - (1 - w)^2) / xi, not
+    ||g||^2 (1 - (1 - w)^2) / xi."""
     tol = bounds.euclidean_tolerance(0.1, "cosine", attr_norm=3.0)
     assert tol == pytest.approx(3.0 * math.sqrt(1 - 0.9**2))
     assert bounds.max_eps_linear(tol, 2.0) == pytest.approx(1.5 * math.sqrt(0.19))

@@ -1,4 +1,4 @@
-"""The command line: every command, output format, gate and exit status (SPEC §7)."""
+"""The command line: every command, output format, gate and exit status (docs/cli.md)."""
 
 from __future__ import annotations
 

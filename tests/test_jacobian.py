@@ -112,7 +112,7 @@ def test_rows_of_zero_input_factor_are_exact(method, strategy, cnn, images):
 
 
 def test_relu_saliency_jacobian_is_zero():
-    """ReLU networks are piecewise linear: the saliency Hessian vanishes (SPEC §6)."""
+    """ReLU networks are piecewise linear: the saliency Hessian vanishes (docs/math.md §6)."""
     model = make_cnn(smooth=False)
     x = torch.rand(1, 1, 6, 6, dtype=torch.float64)
     jac = attribution_jacobian(get_method("saliency"), model, x, torch.tensor([0]))

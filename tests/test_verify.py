@@ -1,5 +1,5 @@
 """``certify(verify=True)``, ``attrcert attack`` and ``bound --verify``: the bounds checked by an
-attack, with violations reported and gated (SPEC §6)."""
+attack, with violations reported and gated (docs/math.md §6)."""
 
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ def test_one_more_command_per_model(runs, name):
             assert rec["T_e_method"] == "theorem2" and _finite(rec["T_e"])
             assert rec["T_e_min"] == pytest.approx(
                 min(rec["T_e"], math.sqrt(d) * rec["xi_max"] * EPS), rel=1e-9)
-        elif command == "max-eps":  # SPEC §3: eps_max = ||g|| sqrt(w (2 - w)) / xi_max
+        elif command == "max-eps":  # docs/math.md §3: eps_max = ||g|| sqrt(w (2 - w)) / xi_max
             omega = 0.05
             assert rec["eps_max"] == pytest.approx(
                 rec["attr_norm"] * math.sqrt(omega * (2 - omega)) / rec["xi_max"], rel=1e-9)

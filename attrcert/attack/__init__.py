@@ -1,4 +1,4 @@
-"""Attacks on attributions: empirical lower bounds that check the upper bounds (SPEC §6).
+"""Attacks on attributions: empirical lower bounds that check the upper bounds (docs/math.md §6).
 
 The bounds of :mod:`attrcert.bounds` assume ``g`` is locally linear on the ball; an
 attack searches the ball for a ``delta`` that moves the attribution further than the

@@ -1,5 +1,5 @@
 """The base of the attacks on attributions: what an attack returns, how it is scored, and
-the projected-ascent loop every attack shares (SPEC §6).
+the projected-ascent loop every attack shares (docs/math.md §6).
 
 An attack solves (approximately) the paper's Eq. 1 with its label constraint::
 

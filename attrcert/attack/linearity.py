@@ -1,7 +1,7 @@
 """How linear is the attribution on the ball? The linearity gap of Appendix B.1,
 ``eta = ||g(x + delta) - g(x) - J delta||_2``, with ``J delta`` applied matrix-free.
 
-The bounds assume ``eta`` is small (SPEC §6); ``attrcert bound --verify`` reports it along
+The bounds assume ``eta`` is small (docs/math.md §6); ``attrcert bound --verify`` reports it along
 ``eps v_max`` and along the attack's ``delta``.
 """
 

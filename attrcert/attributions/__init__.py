@@ -69,7 +69,7 @@ def attribute(
     baseline: Tensor | None = None,
     create_graph: bool = False,
 ) -> Tensor:
-    """The attribution ``g^y(x)`` of SPEC §1, shaped like ``x`` ``(N, C, H, W)``.
+    """The attribution ``g^y(x)`` of docs/math.md §1, shaped like ``x`` ``(N, C, H, W)``.
 
     Args:
         model: a classifier returning logits ``(N, k)``, in eval mode.

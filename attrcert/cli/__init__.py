@@ -1,4 +1,4 @@
-"""The command line (SPEC §7), one module per command on one Typer app (:mod:`.app`):
+"""The command line (docs/cli.md), one module per command on one Typer app (:mod:`.app`):
 
 - :mod:`.bound` (``bound``, ``attack``), :mod:`.max_eps`, :mod:`.report`, :mod:`.inspect`,
   :mod:`.merge`;

@@ -1,5 +1,5 @@
 """The Typer app: every command registered on one app, and :func:`main`, which turns every
-failure into one line on stderr and an exit status (SPEC §7: 0 all fine; 1 a ``--fail-*`` /
+failure into one line on stderr and an exit status (docs/cli.md: 0 all fine; 1 a ``--fail-*`` /
 ``--require-*`` gate failed; 2 bad usage or bad input; 130 interrupted)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``attrcert bound`` and ``attrcert attack``: the bounds of SPEC §2 and Proposition 1 at
+"""``attrcert bound`` and ``attrcert attack``: the bounds of docs/math.md §2 and Proposition 1 at
 ``--eps``, checked by an attack with ``--verify`` (``attack`` always attacks)."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def certify_command(opts: Common, command: str, *, eps: float, norm: str,
          base + (ATTACK_COLUMNS if verify else LABEL_COLUMNS),
          f"attribution bounds, l{norm} ball, eps = {eps}", summary_keys,
          f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
-         f"linear attribution (SPEC §6); {checked}.\n{label}"
+         f"linear attribution (docs/math.md §6); {checked}.\n{label}"
          + ("\nT_e sound: proved for every x' in the ball, in float64 with outward rounding "
             "plus a bound on torch's rounding in the model's precision, no linearity "
             "assumption (interval arithmetic / mean-value theorem, attrcert.sound). "

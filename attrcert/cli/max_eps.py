@@ -61,7 +61,7 @@ def max_eps_command(
     emit(opts.format is Format.json, config, records, columns,
          f"largest eps with {'T_e_prime' if modified else 'T_e'} within {omega}{unit}, "
          f"l{norm} ball", [("eps_max", "eps_max"), ("xi_max", "xi_max")],
-         "eps_max: Appendix E (Eq. 50, and Eq. 52 as corrected in SPEC §5); assumes a "
+         "eps_max: Appendix E (Eq. 50, and Eq. 52 as corrected in docs/math.md §5); assumes a "
          "locally linear attribution; '-' means no eps exceeds the tolerance.")
     finish([gate([f"{r['source']} ({format_value(r['eps_max'])})" for r in records
                   if require_eps_above is not None and r["eps_max"] is not None

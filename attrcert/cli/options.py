@@ -114,8 +114,8 @@ TrustOpt = Annotated[bool, typer.Option(
     "name.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 LabelGradOpt = Annotated[LabelGradient, typer.Option(
-    help="Proposition 1's a_y': from class gradients (completeness, SPEC §4) or through the "
-    "attribution (one second-order pass per class).")]
+    help="Proposition 1's a_y': from class gradients (completeness, docs/math.md §4) or "
+         "through the attribution (one second-order pass per class).")]
 RequireVerifiedOpt = Annotated[bool, typer.Option(
     help="Exit 1 if the attack exceeded a bound on any sample.")]
 

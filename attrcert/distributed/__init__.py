@@ -17,7 +17,7 @@ Two ways to run shards:
 
 Every shard file (``--shard``'s ``FILE.jsonl`` and torchrun's per-rank files) has a sidecar
 ``FILE.config.json`` holding the configuration of the WHOLE run (the same ``config_hash`` as
-a single-process run, SPEC §7) and the shard's identity; the records themselves are exactly
+a single-process run, docs/cli.md) and the shard's identity; the records themselves are exactly
 those of a single-process run (``index`` is the index among all images).
 
 Loading: for a folder of images, a rank decodes only its own shard's files (the folder is

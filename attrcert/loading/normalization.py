@@ -1,5 +1,5 @@
 """Per-channel normalisation ``(x - mean) / std`` folded into the model as its first layer,
-so that eps stays in pixel units (SPEC §1)."""
+so that eps stays in pixel units (docs/math.md §1)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ torchvision's evaluation transforms do (:class:`Geometry`), and the usual preset
 
 The normalisation ``(x - mean) / std`` is not applied to the pixels: it is folded into the
 model (:func:`attrcert.loading.with_normalization`), so that eps stays in pixel units of the
-images as loaded, in ``[0, 1]`` (SPEC §1).
+images as loaded, in ``[0, 1]`` (docs/math.md §1).
 """
 
 from __future__ import annotations

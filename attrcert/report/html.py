@@ -4,7 +4,7 @@ writes ``report.json`` and the self-contained ``report.html`` (PNGs as data URIs
 inline, no scripts) from a :class:`~attrcert.report.compute.ReportData`.
 
 The page says what was shown and no more: the bounds' assumption (a locally linear
-attribution, SPEC §6), the non-smooth operations found, and whether the attack beat a
+attribution, docs/math.md §6), the non-smooth operations found, and whether the attack beat a
 bound, with the attack's budget.
 """
 
@@ -231,7 +231,8 @@ def _html(data: ReportData, config: dict[str, Any],
     cls, verdict = _verdict(data, config)
     smooth = ("<p class=\"warn\"><b>Non-smooth model.</b> " + esc(
         f"The model contains {', '.join(data.nonsmooth)}: it is not twice differentiable, so "
-        "the bounds are estimates, not certificates (SPEC §6); the attack below checks them.")
+        "the bounds are estimates, not certificates (docs/math.md §6); the attack below "
+        "checks them.")
         + "</p>") if data.nonsmooth else (
         '<p class="note">No non-smooth operation was found in the model; local linearity '
         "still depends on eps (see the sweep's eta).</p>")

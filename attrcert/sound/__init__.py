@@ -1,7 +1,8 @@
 """Sound mode: proved upper bounds on the attribution deviation, with no linearity assumption.
 
-``T_e`` and ``T'_e`` (SPEC §2) assume that ``g`` is locally linear on the ball; an attack can
-beat them once eps leaves that regime (SPEC §6). This package bounds
+``T_e`` and ``T'_e`` (docs/math.md §2) assume that ``g`` is locally linear on the ball; an
+attack can
+beat them once eps leaves that regime (docs/math.md §6). This package bounds
 ``sup_{||delta||_p <= eps} ||g(x + delta) - g(x)||_2`` for real, for networks that are a
 directed acyclic graph (:mod:`.nodes`) of affine maps (Linear, Conv2d, average pooling and
 means, Flatten/reshape, BatchNorm in eval mode, constant shifts and scales), residual
@@ -68,7 +69,7 @@ Label certificate (:mod:`.margin`): the pass over the ball centred at ``x`` also
 and the rounding term included), each difference enclosed directly; ``margin_lower > 0``
 proves the label on the whole ball, where Proposition 1 is first-order.
 
-Attributions (SPEC §1): saliency ``g = G``; input x gradient ``g = x * G``,
+Attributions (docs/math.md §1): saliency ``g = G``; input x gradient ``g = x * G``,
 ``J_g = diag(G) + diag(x) H`` with ``x'_i in [x_i - eps, x_i + eps]``; integrated gradients
 ``g = (x - b) * (1/m) sum_a G(z_a)``, ``z_a = b + (a/m)(x - b)``, whose ``a``-th point moves
 within the ball of radius ``(a/m) eps``,

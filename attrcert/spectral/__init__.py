@@ -18,7 +18,7 @@ Two ways to get them:
   needs every entry of ``P``: :func:`abs_sum_gram_blocked` computes that one in
   ``O(chunk d)`` memory from ``2 d`` products. (Where it is too costly, Cor. 1 as
   ``p -> inf`` still gives a valid l-inf bound from ``xi_max`` alone:
-  ``sqrt(d) xi_max eps``, SPEC §2.)
+  ``sqrt(d) xi_max eps``, docs/math.md §2.)
 
 ``v_max``'s sign is fixed so that its largest-magnitude entry is positive (deterministic
 output), in both paths.
