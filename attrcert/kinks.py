@@ -70,7 +70,7 @@ class _Capture(TorchFunctionMode):
         super().__init__()
         self.calls: list[SoftplusCall] = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if "softplus" in getattr(func, "__name__", str(func)) and "backward" not in str(func):
             beta = args[1] if len(args) > 1 else kwargs.get("beta", 1.0)

@@ -100,13 +100,13 @@ def lp_norm(delta: Tensor, p: float) -> Tensor:
 
 def select_per_sample(mask: Tensor, a: AttackResult, b: AttackResult) -> AttackResult:
     """Per sample: ``a`` where ``mask`` (``(N,)`` bool, CPU) else ``b``."""
-    out = {}
+    out: dict[str, Tensor] = {}
     for f in fields(AttackResult):
         if f.name == "runs":
             continue
         va, vb = getattr(a, f.name), getattr(b, f.name)
         out[f.name] = torch.where(per_sample(mask.to(va.device), va), va, vb)
-    return AttackResult(**out)
+    return AttackResult(**out)  # type: ignore[arg-type]  # every field but runs is a Tensor
 
 
 class AttributionAttack(ABC):
@@ -238,12 +238,12 @@ class AttributionAttack(ABC):
         context = self.prepare(g0)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         best: AttackResult | None = None
-        best_score = None
+        best_score: Tensor | None = None
         for r in range(self.restarts):
             init = start.to(x) if (start is not None and r == 0) \
                 else self.random_start(x, generator)
             result, score = self._run(model, x, pieces, target, g0, reference, context, init)
-            if best is None:
+            if best is None or best_score is None:
                 best, best_score = result, score
             else:
                 better = score > best_score

@@ -94,7 +94,7 @@ class _FastPathSeen(ProbeMode):
         super().__init__()
         self.seen = False
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.seen = self.seen or func.overloadpacket.__name__ in FAST_PATH_OPS
         return func(*args, **(kwargs or {}))
 
@@ -156,7 +156,7 @@ def _node_message(node: torch.autograd.graph.Node) -> str:
     arity = len(getattr(node, "_input_metadata", ()))
     for count in dict.fromkeys([arity, 1, 2, 3, 4]):
         try:
-            node(*[None] * count)
+            node(*[None] * count)  # type: ignore[operator]  # Node is callable at run time
         except TypeError:  # wrong number of arguments: try the next count
             continue
         except Exception as exc:  # the error autograd would raise later

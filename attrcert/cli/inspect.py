@@ -75,7 +75,7 @@ def inspect(
         check_logits(out, 1, model, ["an input of zeros"])
         net = batched(net, example)
         ops = find_nonsmooth(net, example)
-    info = {
+    info: dict[str, object] = {
         "model": str(model),
         "format": sniff_model(model),
         "input_shape": list(shape),
@@ -91,7 +91,7 @@ def inspect(
         return
     shown = {k: v for k, v in info.items() if k != "static_batch" or v is not None}
     lines = [terminal_safe(f"{key:>14}: "
-                           f"{', '.join(value) or 'none' if key == 'nonsmooth_ops' else value}")
+                           f"{', '.join(ops) or 'none' if key == 'nonsmooth_ops' else value}")
              for key, value in shown.items()]
     lines.append(f"warning: {nonsmooth_message(ops)}" if ops else
                  "no non-smooth operations found: the bounds' smoothness assumption can hold "

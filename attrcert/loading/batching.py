@@ -134,7 +134,7 @@ def with_static_batch(module: nn.Module) -> nn.Module:
         return module
     row = tuple(s for s in shape[1:])
     row_shape = row if all(isinstance(s, int) for s in row) else None
-    return StaticBatch(module, shape[0], row_shape,  # type: ignore[arg-type]
+    return StaticBatch(module, shape[0], row_shape,
                        f"was exported with a static batch of {shape[0]}")
 
 
@@ -155,7 +155,7 @@ def static_row_shape(model: nn.Module) -> tuple[int, ...] | None:
         shape = exported_input(module)
         if shape is not None:
             row = tuple(shape[1:])
-            return row if all(isinstance(s, int) for s in row) else None  # type: ignore
+            return row if all(isinstance(s, int) for s in row) else None
     return None
 
 

@@ -151,7 +151,7 @@ def _torchvision_names() -> list[str]:
 
 def _build_torchvision(spec: LibraryArch, state: Mapping[str, Tensor]) -> nn.Module:
     _library(spec)
-    from torchvision import models  # type: ignore[import-untyped]
+    from torchvision import models
 
     if spec.name not in _torchvision_names():
         raise _unknown(spec, _torchvision_names())
@@ -236,7 +236,7 @@ def _timm_preset(spec: LibraryArch, geometry: bool) -> Preset | None:
 
 
 def _torchvision_preset(spec: LibraryArch) -> Preset | None:
-    from torchvision import models  # type: ignore[import-untyped]
+    from torchvision import models
 
     try:
         weights = models.get_model_weights(spec.name).DEFAULT

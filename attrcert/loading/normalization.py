@@ -28,11 +28,12 @@ class Normalized(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The wrapped model on the normalized input."""
-        channels = self.mean.shape[1]
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        channels = mean.shape[1]
         if channels != 1 and x.ndim == 4 and x.shape[1] != channels:
             raise OptionError(f"--mean/--std have {channels} values but the images have "
                               f"{x.shape[1]} channels")
-        return self.model((x - self.mean) / self.std)
+        return self.model((x - mean) / std)
 
     def train(self, mode: bool = True) -> Normalized:
         """Set the training flag here and in every child that accepts it."""

@@ -222,7 +222,7 @@ def match(node: torch.fx.Node, root: nn.Module) -> Found | None:
                 and all(isinstance(a, torch.fx.Node) for a in node.args):
             return Found("maximum" if target is torch.max else "minimum", tuple(node.args),
                          {}, what=f"torch.{target.__name__}")
-        spec = FUNCTIONS.get(target) if callable(target) else None  # type: ignore[arg-type]
+        spec = FUNCTIONS.get(target) if callable(target) else None
         what = getattr(target, "__name__", str(target))
     elif node.op == "call_method":
         name = str(node.target)

@@ -29,7 +29,7 @@ def _check_size(value: object, name: str) -> None:
     if value is None:
         return
     if (not isinstance(value, tuple) or len(value) != 2
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) > 0
                        for s in value)):
         raise OptionError(f"{name} must be two positive integers H W, got {value!r}")
 

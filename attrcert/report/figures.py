@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # no display; set before pyplot is imported
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
+from matplotlib.ticker import MaxNLocator
 
 from ..perturbation import norm_label
 from ..results import Record
@@ -32,14 +33,16 @@ __all__ = ["deviation_histogram", "jacobian_figure", "sample_figure", "sweep_fig
 
 DPI = 100
 #: Applied inside each figure function only (matplotlib's global settings stay untouched).
-STYLE = {"font.size": 12, "axes.titlesize": 12, "figure.titlesize": 13, "legend.fontsize": 10}
+STYLE: dict[str, Any] = {"font.size": 12, "axes.titlesize": 12, "figure.titlesize": 13,
+                         "legend.fontsize": 10}
 F = TypeVar("F", bound=Callable[..., None])
 
 
 def _styled(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        with plt.rc_context(STYLE):
+        # the stubs type rc_context's keys as Literals
+        with plt.rc_context(STYLE):  # type: ignore[arg-type]
             func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -60,7 +63,7 @@ def _plane(a: np.ndarray) -> tuple[np.ndarray, str]:
     return a.sum(0), f", sum of {a.shape[0]} channels"
 
 
-def _colorbar(fig: plt.Figure, im: object, ax: plt.Axes, label: str) -> None:
+def _colorbar(fig: plt.Figure, im: Any, ax: plt.Axes, label: str) -> None:
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label(label)
 
@@ -175,7 +178,7 @@ def deviation_histogram(records: Sequence[Record], eps: float, p: float, path: P
     everything = np.concatenate([v for v in values.values() if v.size] or [np.zeros(1)])
     lo, hi = float(min(everything.min(), 0.0)), float(max(everything.max(), 0.0))
     pad = 0.05 * (hi - lo) if hi > lo else 1e-3
-    bins = np.linspace(lo - pad, hi + pad, max(8, min(30, 2 * len(records))) + 1)
+    bins = np.linspace(lo - pad, hi + pad, max(8, min(30, 2 * len(records))) + 1).tolist()
     for key, label, color in series:
         v = values[key]
         if v.size:
@@ -192,7 +195,7 @@ def deviation_histogram(records: Sequence[Record], eps: float, p: float, path: P
                   f"(eps = {eps:g}, l{norm_label(p)} ball)")
     ax.set_ylabel("samples")
     ax.set_title("bounds against the attack (paper's Fig. 8)", pad=18)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
 

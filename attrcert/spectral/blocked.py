@@ -49,9 +49,10 @@ def abs_sum_gram_blocked(
     width = min(chunk_size, d)  # columns per pass, halved (and kept) on out-of-memory
     out = torch.zeros(n, dtype=torch.float64)
     for i in range(n):
-        out[i], width = halving(lambda b, i=i: _abs_sum_one(attribution, model, x[i : i + 1],
-                                                            target[i : i + 1], b),
-                                width, device=x.device, what="column per pass")
+        def one(b: int, i: int = i) -> float:
+            return _abs_sum_one(attribution, model, x[i : i + 1], target[i : i + 1], b)
+
+        out[i], width = halving(one, width, device=x.device, what="column per pass")
     return out
 
 

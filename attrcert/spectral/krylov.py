@@ -165,7 +165,8 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
     if alpha == 0.0:  # J z = 0 for a random z: J = 0 (almost surely)
         return _zero(d, products)
     vs, us = [v], [p / alpha]
-    alphas, betas = [alpha], []
+    alphas: list[float] = [alpha]
+    betas: list[float] = []
     s = residual = 0.0
     for step in range(1, min(d, max_steps) + 1):
         r = _finite(rmatvec(us[-1])) - alphas[-1] * vs[-1]

@@ -52,6 +52,7 @@ class AttributionGraph:
     def matvec(self, v: Tensor) -> Tensor | None:
         if self.zero:
             return None
+        assert self.w is not None and self.dummy is not None  # built with second_order
         (jv,) = torch.autograd.grad(self.w, self.dummy, grad_outputs=v, retain_graph=True,
                                     materialize_grads=True)
         return jv.detach()
