@@ -21,7 +21,7 @@ from attrcert.attributions import get_method
 from attrcert.cli import app
 from attrcert.errors import InputError
 from attrcert.perturbation import Perturbation
-from attrcert.sound import SoundBounder, enclose, forward, read_graph
+from attrcert.sound import Balls, PassOptions, SoundBounder, enclose, forward, read_graph
 
 from .proofs import strongest
 
@@ -83,8 +83,8 @@ def test_stop_gradient_enclosures_hold_autograds_gradient(product: bool) -> None
     ours = grad(lambda t: forward(graph, t), pts)
     assert torch.allclose(ours, grad(net, pts), atol=1e-12)
     bounder = SoundBounder(net, x, get_method("saliency"), Perturbation(2, 0.3))
-    enc = enclose(bounder.graph, bounder.pats, x, torch.tensor([0.3], dtype=torch.float64),
-                  2.0, y, fixed=bounder.fixed)
+    enc = enclose(bounder.graph, Balls(x, torch.tensor([0.3], dtype=torch.float64), 2.0), y,
+                  PassOptions(fixed=bounder.fixed))
     g0 = grad(net, x)
     assert bool(((enc.grad0[0] <= g0) & (g0 <= enc.grad0[1])).all())
     inside = pts[(pts - x).reshape(64, -1).norm(dim=1) <= 0.3]

@@ -95,9 +95,9 @@ and the derivative ranges; :mod:`.enclosures` runs the passes over a batch of ba
 from __future__ import annotations
 
 from .bounder import MAX_D, SoundBounder, SoundResult
-from .enclosures import Enclosure, enclose
+from .enclosures import Balls, Enclosure, HessianWeights, PassOptions, enclose
 from .graph import read_graph
 from .nodes import Graph, forward
 
-__all__ = ["MAX_D", "Enclosure", "Graph", "SoundBounder", "SoundResult", "enclose", "forward",
-           "read_graph"]
+__all__ = ["MAX_D", "Balls", "Enclosure", "Graph", "HessianWeights", "PassOptions",
+           "SoundBounder", "SoundResult", "enclose", "forward", "read_graph"]
