@@ -286,3 +286,26 @@ def test_cli_bound_of_a_stop_gradient_model_holds(tmp_path) -> None:
         assert rec["T_e_sound"] >= rec["T_e_hat"] > 0.01
         assert rec["T_e_sound_method"] == "interval"
         assert any("stops gradients" in w for w in rec["warnings"])
+
+
+def test_sound_refuses_every_operation_the_smoothness_warning_names() -> None:
+    """One list of non-smooth operations (attrcert.smoothness.NONSMOOTH_OPS) serves both the
+    warning and sound mode: none of them has a reader, each is refused as not smooth."""
+    from attrcert.smoothness import NONSMOOTH_OPS
+    from attrcert.sound.operators import READERS
+    from attrcert.sound.support import refusal, refused_by_name
+
+    assert not set(NONSMOOTH_OPS) & set(READERS)
+    for op in NONSMOOTH_OPS:
+        assert refused_by_name(op), op
+        assert "not twice differentiable" in str(refusal(op)), op
+
+
+def test_an_operation_has_one_reader() -> None:
+    from attrcert.sound.operators.elementwise import read_activation
+    from attrcert.sound.operators.registry import READERS, reads
+
+    before = dict(READERS)
+    with pytest.raises(ValueError, match=r"aten\.tanh has two readers"):
+        reads("tanh")(read_activation)
+    assert READERS == before
