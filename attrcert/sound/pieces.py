@@ -9,9 +9,10 @@ theorem in integral form). Split ``[0, 1]`` into ``K`` intervals ``(t_{i-1}, t_i
 Saliency and input x gradient have one centre, ``x``; integrated gradients one per Riemann
 point, ``z_a = b + alpha_a (x - b)``, moving within ``alpha_a`` times the ball, with weight
 ``1/m`` in ``mean_a G(z_a)`` and ``alpha_a / m`` in ``sum_a (alpha_a / m) Hess f_y(z_a)``
-(SPEC §1). A piece is a centre at one ``t_i``: its ball has radius ``t_i alpha_a eps`` and
-its weights are those times ``1/K``. All pieces go through :func:`.enclosures.enclose` in
-batches (``chunk`` at a time), which share everything that does not depend on the point.
+(Eq. 45, docs/sound.md). A piece is a centre at one ``t_i``: its ball has radius
+``t_i alpha_a eps`` and its weights are those times ``1/K``. All pieces go through
+:func:`.enclosures.enclose` in batches (``chunk`` at a time), which share everything that
+does not depend on the point.
 """
 
 from __future__ import annotations
