@@ -204,7 +204,8 @@ def test_no_private_name_is_imported_across_modules():
 
 @pytest.mark.parametrize("package", ["attrcert.attack", "attrcert.cli", "attrcert.distributed",
                                      "attrcert.loading", "attrcert.report", "attrcert.smoothing",
-                                     "attrcert.sound", "attrcert.spectral"])
+                                     "attrcert.sound", "attrcert.sound.operators",
+                                     "attrcert.spectral"])
 def test_split_packages_import_downwards_only(package):
     """Inside a split package, ``__init__`` only re-exports: no submodule imports it."""
     graph = import_graph()
@@ -221,3 +222,39 @@ def test_entry_points_take_at_most_12_parameters():
 
     for func in (attrcert.certify, attrcert.max_eps):
         assert len(inspect.signature(func).parameters) <= 12, func.__name__
+
+
+#: The most parameters a function of sound mode takes (``self`` not counted): its passes take
+#: named option objects (``Balls``, ``PassOptions``), not long lists of loose arguments.
+SOUND_MAX_PARAMETERS = 8
+
+
+def parameter_counts(package: str) -> dict[str, int]:
+    """``module:function`` -> its number of parameters (``self``/``cls`` not counted), for
+    every function and method defined in ``package``, read from the source."""
+    out = {}
+    for name, module in modules().items():
+        if name != package and not name.startswith(package + "."):
+            continue
+        for node in ast.walk(ast.parse(module.path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                params = [*a.posonlyargs, *a.args, *a.kwonlyargs]
+                n = len(params) + (a.vararg is not None) + (a.kwarg is not None)
+                if params and params[0].arg in ("self", "cls"):
+                    n -= 1
+                out[f"{name}:{node.name}"] = n
+    return out
+
+
+def test_the_parameter_counter_counts_every_kind_of_parameter():
+    counts = parameter_counts("attrcert.sound")
+    assert counts["attrcert.sound.enclosures:enclose"] == 4  # graph, balls, target, options
+    assert counts["attrcert.sound.enclosures:backward"] == 6  # 3 positional, 3 keyword-only
+
+
+def test_sound_functions_take_at_most_8_parameters():
+    over = {f: n for f, n in parameter_counts("attrcert.sound").items()
+            if n > SOUND_MAX_PARAMETERS}
+    assert not over, (f"sound functions over {SOUND_MAX_PARAMETERS} parameters: {over}: "
+                      "group them into an option object (enclosures.PassOptions)")

@@ -26,10 +26,17 @@ from attrcert.attributions import get_method
 from attrcert.cli import app
 from attrcert.errors import InputError
 from attrcert.perturbation import Perturbation
-from attrcert.sound import SoundBounder, enclose, forward, read_graph
+from attrcert.sound import (
+    Balls,
+    HessianWeights,
+    PassOptions,
+    SoundBounder,
+    enclose,
+    forward,
+    read_graph,
+)
 from attrcert.sound.activations import activation
 from attrcert.sound.hessian import HessianSum
-from attrcert.sound.nodes import patterns
 
 from .proofs import strongest
 
@@ -207,7 +214,7 @@ def test_enclosure_at_a_point_is_tight() -> None:
     y = int(net(x).argmax())
     acc = HessianSum(x.numel(), x.device, track_a=False)
     one = torch.ones(1, dtype=DT)
-    enc = enclose(graph, patterns(graph, x.numel()), x, one * 0.0, 2.0, y, hessian=acc, h=one)
+    enc = enclose(graph, Balls(x, one * 0.0, 2.0), y, PassOptions(hessian=HessianWeights(acc, one)))
     xx = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(net(xx)[0, y], xx)
     hess = torch.autograd.functional.hessian(lambda v: net(v.view_as(x))[0, y], x.reshape(-1))

@@ -23,7 +23,15 @@ from attrcert.attributions import get_method
 from attrcert.cli import app
 from attrcert.errors import InputError
 from attrcert.perturbation import Perturbation
-from attrcert.sound import SoundBounder, enclose, forward, read_graph
+from attrcert.sound import (
+    Balls,
+    HessianWeights,
+    PassOptions,
+    SoundBounder,
+    enclose,
+    forward,
+    read_graph,
+)
 from attrcert.sound.hessian import HessianSum
 
 from .proofs import strongest
@@ -124,11 +132,10 @@ def test_enclosure_at_a_point_holds_the_hessian(name: str) -> None:
     would be off by ``J_a^T diag(u) J_b + J_b^T diag(u) J_a``)."""
     net, x = make_net(name), sample_input()
     graph = read_graph(net, x)
-    bounder = SoundBounder(net, x, get_method("saliency"), Perturbation(2, 0.1))
     y = int(net(x).argmax())
     acc = HessianSum(x.numel(), x.device, track_a=False)
     one = torch.ones(1, dtype=DT)
-    enc = enclose(graph, bounder.pats, x, 0.0 * one, 2.0, y, hessian=acc, h=one)
+    enc = enclose(graph, Balls(x, 0.0 * one, 2.0), y, PassOptions(hessian=HessianWeights(acc, one)))
     xx = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(net(xx)[0, y], xx)
     lo, hi = enc.grad0

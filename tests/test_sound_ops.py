@@ -21,7 +21,7 @@ from attrcert.attributions import get_method
 from attrcert.cli import app
 from attrcert.errors import InputError
 from attrcert.perturbation import Perturbation
-from attrcert.sound import SoundBounder, enclose, forward, read_graph
+from attrcert.sound import Balls, PassOptions, SoundBounder, enclose, forward, read_graph
 
 from .proofs import strongest
 
@@ -83,8 +83,8 @@ def test_stop_gradient_enclosures_hold_autograds_gradient(product: bool) -> None
     ours = grad(lambda t: forward(graph, t), pts)
     assert torch.allclose(ours, grad(net, pts), atol=1e-12)
     bounder = SoundBounder(net, x, get_method("saliency"), Perturbation(2, 0.3))
-    enc = enclose(bounder.graph, bounder.pats, x, torch.tensor([0.3], dtype=torch.float64),
-                  2.0, y, fixed=bounder.fixed)
+    enc = enclose(bounder.graph, Balls(x, torch.tensor([0.3], dtype=torch.float64), 2.0), y,
+                  PassOptions(fixed=bounder.fixed))
     g0 = grad(net, x)
     assert bool(((enc.grad0[0] <= g0) & (g0 <= enc.grad0[1])).all())
     inside = pts[(pts - x).reshape(64, -1).norm(dim=1) <= 0.3]
@@ -286,3 +286,26 @@ def test_cli_bound_of_a_stop_gradient_model_holds(tmp_path) -> None:
         assert rec["T_e_sound"] >= rec["T_e_hat"] > 0.01
         assert rec["T_e_sound_method"] == "interval"
         assert any("stops gradients" in w for w in rec["warnings"])
+
+
+def test_sound_refuses_every_operation_the_smoothness_warning_names() -> None:
+    """One list of non-smooth operations (attrcert.smoothness.NONSMOOTH_OPS) serves both the
+    warning and sound mode: none of them has a reader, each is refused as not smooth."""
+    from attrcert.smoothness import NONSMOOTH_OPS
+    from attrcert.sound.operators import READERS
+    from attrcert.sound.support import refusal, refused_by_name
+
+    assert not set(NONSMOOTH_OPS) & set(READERS)
+    for op in NONSMOOTH_OPS:
+        assert refused_by_name(op), op
+        assert "not twice differentiable" in str(refusal(op)), op
+
+
+def test_an_operation_has_one_reader() -> None:
+    from attrcert.sound.operators.elementwise import read_activation
+    from attrcert.sound.operators.registry import READERS, reads
+
+    before = dict(READERS)
+    with pytest.raises(ValueError, match=r"aten\.tanh has two readers"):
+        reads("tanh")(read_activation)
+    assert READERS == before

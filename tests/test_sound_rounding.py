@@ -15,7 +15,7 @@ from torch import nn
 from attrcert.attack import attack
 from attrcert.attributions import get_method
 from attrcert.perturbation import Perturbation
-from attrcert.sound import SoundBounder, enclose
+from attrcert.sound import Balls, SoundBounder, enclose
 from attrcert.sound.activations import activation
 
 from .proofs import strongest
@@ -116,7 +116,7 @@ def test_softplus_threshold_gap_shrinks_with_eps() -> None:
     y = int(net(x).argmax())
     bounder = SoundBounder(net, x, att, Perturbation(2, 1e-3))
     one = torch.ones(1, dtype=torch.float64)
-    above = enclose(bounder.graph, bounder.pats, x, one * 1e-3, 2.0, y).above
+    above = enclose(bounder.graph, Balls(x, one * 1e-3, 2.0), y).above
     assert above and bool(next(iter(above.values())).any())  # the case the test is about
     jac = bounder.jacobian(x, y)
     t_e = 1e-3 * float(torch.linalg.matrix_norm(jac, 2))

@@ -11,9 +11,9 @@ from torch.func import jacrev
 
 from attrcert.attributions import get_method
 from attrcert.perturbation import Perturbation
-from attrcert.sound import SoundBounder, enclose
-from attrcert.sound.enclosures import slope_deviation
+from attrcert.sound import Balls, PassOptions, SoundBounder, enclose
 from attrcert.sound.nodes import evaluate
+from attrcert.sound.operators import Elementwise
 from attrcert.sound.pointpass import telescope_at
 from attrcert.sound.telescope import deviation
 
@@ -39,17 +39,21 @@ def test_telescoped_deviation_holds_at_sampled_points() -> None:
         b = SoundBounder(net, x, get_method("saliency"), Perturbation(2, eps))
         y = int(net(x).argmax())
         assert b.ups, "the test needs layers the telescope applies to"
-        tel = telescope_at(b.graph, b.pats, x, 2.0, y, b.fixed, None, b.ups)
+        tel = telescope_at(b.graph, x, 2.0, y, b.ups, PassOptions(fixed=b.fixed))
         one = torch.ones(1, dtype=DT)
-        enc = enclose(b.graph, b.pats, x, eps * one, 2.0, y, fixed=b.fixed, keep=True)
-        assert enc.ball is not None and enc.boxes is not None and enc.tangents is not None
+        enc = enclose(b.graph, Balls(x, eps * one, 2.0), y, PassOptions(fixed=b.fixed, keep=True))
+        assert enc.ball is not None and enc.point is not None and enc.tangents is not None
         nodes = b.graph.nodes
         gen = torch.Generator().manual_seed(0)
         points = torch.randn(24, x.numel(), generator=gen, dtype=DT)
         points = eps * points / points.norm(dim=1, keepdim=True)
         for k, ups in b.ups.items():
-            slopes = {a: slope_deviation(nodes[a].act, enc.ball[nodes[a].inputs[0]],  # type: ignore[arg-type]
-                                         enc.boxes[nodes[a].inputs[0]], None) for a in ups}
+            slopes = {}
+            for a in ups:
+                act = nodes[a]
+                assert isinstance(act, Elementwise)
+                slopes[a] = act.slope_deviation(enc.ball[act.inputs[0]],
+                                                enc.point[act.inputs[0]], None)
             tangents = {a: enc.tangents[nodes[a].inputs[0]] for a in ups}
             n = int(torch.Size(nodes[k].shape).numel())
             w = torch.rand(1, n, generator=gen, dtype=DT) + 0.1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -15,11 +15,11 @@ from ..errors import InputError, OptionError
 from ..perturbation import Perturbation, l2_radius_factor
 from ..results import Record, finite_or_none
 from .bounds import interval_bound, structured_bound
-from .enclosures import fixed_tangents
+from .enclosures import Balls, HessianWeights, PassOptions, TorchRounding, fixed_tangents
 from .graph import read_graph
 from .hessian import HessianSum
 from .intervals import REL, SUM_REL, TINY, mul, to_lohi
-from .nodes import forward, has_stop, patterns
+from .nodes import forward
 from .pieces import Centres, centres, chunk_size, run, weighted
 from .pointpass import cheap_masks, telescope_at
 from .rounding import model_rounding
@@ -80,10 +80,9 @@ class SoundBounder:
             raise InputError("--sound needs a torch.nn.Module")
         self.graph = read_graph(model, example[:1])
         self.rounding = model_rounding(model, example)
-        self.has_threshold = any(n.act is not None and n.act.threshold is not None
-                                 for n in self.graph.nodes)
+        self.has_threshold = self.graph.has_threshold
         # a stop-gradient makes J_g no Hessian: only the interval bound is proved then
-        self.mean_value = not has_stop(self.graph)
+        self.mean_value = not self.graph.stops_gradient
         self.attribution = attribution
         self.splits = splits if splits is not None else (
             SPLITS_IG if isinstance(attribution, IntegratedGradients) else SPLITS)
@@ -95,9 +94,8 @@ class SoundBounder:
         self.d = d
         self.eps = perturbation.eps * (1.0 if self.linf
                                        else l2_radius_factor(d, perturbation.norm))
-        self.pats = patterns(self.graph, d)
         self.chunk = chunk_size(self.graph, d)
-        self.fixed = fixed_tangents(self.graph, self.pats, example[:1])
+        self.fixed = fixed_tangents(self.graph, example[:1])
         # the telescoped cross terms are spectral (l2) bounds; for l-inf the entrywise ones
         # enter through ||R 1||, which they would not beat
         self.ups = eligible(self.graph) if telescope and not self.linf \
@@ -160,24 +158,25 @@ class SoundBounder:
         cen, u0, r = centres(self.attribution, x, eps, self.rounding.u)
         acc = HessianSum(d, x.device, track_a=u0 is not None) \
             if d <= MAX_D and self.mean_value else None
-        common: dict = {"q": self.q, "target": target, "chunk": self.chunk,
-                        "fixed": self.fixed}
+        balls = Balls(cen.z, cen.radius, self.q)
+        common = PassOptions(fixed=self.fixed)
         masks = None
         if acc is not None and self.ups and cen.z.shape[0] == 1:
             # one centre: the telescoped cross terms, their point pass first (with the
             # twin's masks from a cheap pass over the ball, so that every pass shares them)
             if self.has_threshold:
-                masks = cheap_masks(self.graph, cen.z, cen.radius, self.q, self.fixed)
-            common["tel"] = telescope_at(self.graph, self.pats, cen.z, self.q, target,
-                                         self.fixed, masks, self.ups)
-        full = run(self.graph, self.pats, cen.z, cen.radius, rounding=self.rounding,
-                   e0=(cen.e_ball, cen.e_point), hessian=acc, h=cen.hw / k, t=cen.hw / k,
-                   twin=masks, gap=self.has_threshold, **common)
+                masks = cheap_masks(self.graph, balls, self.fixed)
+            common = replace(common, telescope=telescope_at(
+                self.graph, cen.z, self.q, target, self.ups, replace(common, twin=masks)))
+        full = run(self.graph, balls, target, replace(
+            common, hessian=None if acc is None else HessianWeights(acc, cen.hw / k, cen.hw / k),
+            twin=masks, gap=self.has_threshold,
+            rounding=TorchRounding(self.rounding, cen.e_ball, cen.e_point)), self.chunk)
         if masks is None and full.above:
             masks = full.above
         gsum = weighted(*full.grad, cen.gw / k)
         if acc is not None and k > 1:
-            gsum = self._partial(cen, masks, acc, gsum, common)
+            gsum = self._partial(target, cen, masks, acc, gsum, common)
         gap_b = gap_p = None
         if full.gap is not None and full.gap0 is not None:
             gap_b = weighted(full.gap, full.gap, cen.gw)[0]
@@ -197,6 +196,8 @@ class SoundBounder:
             mags_p = gp[0].abs().maximum(gp[1].abs()) + full.round_point
             fb = fb + gam * weighted(mags_b, mags_b, cen.gw)[0]
             fp = fp + gam * weighted(mags_p, mags_p, cen.gw)[0]
+        scale: Tensor | float
+        scale0: Tensor | float
         if u0 is None:  # saliency: g = G
             g, g0 = to_lohi(*gball), to_lohi(*gpoint)
             scale, scale0 = 1.0, 1.0
@@ -219,24 +220,23 @@ class SoundBounder:
         return SoundResult((interval + extra) * grow,
                            None if mean_value is None else (mean_value + extra) * grow, margin)
 
-    def _partial(self, cen: Centres, masks: dict[int, Tensor] | None, acc: HessianSum,
-                 gsum: tuple[Tensor, Tensor], common: dict) -> tuple[Tensor, Tensor]:
+    def _partial(self, target: int, cen: Centres, masks: dict[int, Tensor] | None,
+                 acc: HessianSum, gsum: tuple[Tensor, Tensor],
+                 common: PassOptions) -> tuple[Tensor, Tensor]:
         """The pieces at ``t_i = i / K < 1`` (the twin of the whole ball's pass: its masks
         hold on every smaller ball), added to ``acc``; ``gsum`` plus their weighted ``G``."""
         k = self.splits
         ts = torch.arange(1, k, dtype=torch.float64) / k
-        n = cen.z.shape[0]
         z = cen.z.repeat(k - 1, *([1] * (cen.z.ndim - 1)))
         radius = (ts.view(-1, 1) * cen.radius.view(1, -1)).reshape(-1)
         h = (cen.hw / k).repeat(k - 1)
         t = (ts.view(-1, 1) * (cen.hw / k).view(1, -1)).reshape(-1)
         twin = None if masks is None else {
             key: v.repeat(k - 1, *([1] * (v.ndim - 1))) for key, v in masks.items()}
-        enc = run(self.graph, self.pats, z, radius, hessian=acc, h=h, t=t, twin=twin,
-                  **common)
+        enc = run(self.graph, Balls(z, radius, self.q), target,
+                  replace(common, hessian=HessianWeights(acc, h, t), twin=twin), self.chunk)
         gw = (cen.gw / k).repeat(k - 1)
         c, rr = weighted(*enc.grad, gw)
-        del n
         return gsum[0] + c, (gsum[1] + rr + SUM_REL * (gsum[0].abs() + c.abs())) \
             * (1.0 + SUM_REL)
 

@@ -12,42 +12,26 @@ from __future__ import annotations
 
 import operator
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .activations import activation
-from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Affine, Graph, Node
-from .ops import (
-    CONST_OPS,
-    REDUCE_OPS,
-    SHAPE_OPS,
-    batch_norm_op,
-    broadcast,
-    const_op,
-    conv_op,
-    detach_op,
-    linear_op,
-    permute_op,
-    reduce_op,
-    rounded_division,
-    shape_op,
-    slice_op,
-)
+from .nodes import Graph
+from .operators import INPLACE, READERS, Affine, Input, Operator, Refused
+from .operators.base import as_float64
 from .support import (
     NOT_ENCLOSED,
     NOT_SMOOTH,
     check_inplace,
     check_precision,
     refusal,
+    refused_by_name,
     runtime_dtypes,
 )
 from .torchscript import from_torchscript
 
-ACTIVATIONS = ("tanh", "sigmoid", "silu", "gelu", "softplus")
-#: In-place ops read in their functional form (``silu_``, ``x += y``).
-INPLACE = (*ACTIVATIONS, "add", "sub", "mul", "div")
 #: Ops whose result shares the storage of their input.
 VIEWS = ("view", "reshape", "_unsafe_view", "flatten", "squeeze", "unsqueeze", "expand",
          "permute", "transpose", "slice", "select", "alias", "detach", "t")
@@ -85,11 +69,10 @@ def _graph_module(model: torch.nn.Module, example: Tensor) -> torch.fx.GraphModu
             from None
 
 
-def _shape(a: object) -> tuple[int, ...]:
-    meta = getattr(a, "meta", {}).get("val")
-    if not isinstance(meta, Tensor):
-        raise InputError("--sound could not read the shapes of this model's graph")
-    return tuple(int(s) for s in meta.shape[1:])
+def _rounded_division(op: str, kwargs: dict[str, Any]) -> bool:
+    """Whether ``op`` is ``div`` with a ``rounding_mode`` (floor or trunc: piecewise
+    constant, not the smooth ``x / c`` that the constant scaling models)."""
+    return op == "div" and kwargs.get("rounding_mode") is not None
 
 
 class _Reader:
@@ -100,16 +83,16 @@ class _Reader:
         self.dtype = example.dtype
         self.dtypes = runtime_dtypes(gm, example)
         self.example = example
-        self.consts: dict[str, object] = {}
+        self.consts: dict[str, Any] = {}
         self.ids: dict[str, int] = {}
         self.sym: set[str] = set()
-        self.nodes: list[Node] = []
+        self.nodes: list[Operator] = []
 
-    def add(self, node: Node) -> int:
+    def add(self, node: Operator) -> int:
         self.nodes.append(node)
         return len(self.nodes) - 1
 
-    def val(self, a: object) -> object:
+    def val(self, a: Any) -> Any:
         if isinstance(a, torch.fx.Node):
             if a.name in self.ids:
                 raise InputError(f"--sound cannot use the activation {a.name} as a constant")
@@ -118,31 +101,24 @@ class _Reader:
             return type(a)(self.val(b) for b in a)
         return a
 
-    @staticmethod
-    def f64(t: object) -> Tensor | None:
-        """``t`` in float64 (a Python number directly: not through float32)."""
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
-            return torch.tensor(float(t), dtype=torch.float64)
-        return None if t is None else torch.as_tensor(t).detach().to(torch.float64)
-
-    def is_input(self, a: object) -> bool:
+    def is_input(self, a: Any) -> bool:
         return isinstance(a, torch.fx.Node) and self.ids.get(a.name) == 0
 
-    def is_var(self, a: object) -> bool:
+    def is_var(self, a: Any) -> bool:
         if isinstance(a, torch.fx.Node):
             return a.name in self.ids
         if isinstance(a, (list, tuple)):
             return any(self.is_var(b) for b in a)
         return False
 
-    def depends(self, a: object) -> bool:
+    def depends(self, a: Any) -> bool:
         if isinstance(a, torch.fx.Node):
             return a.name in self.ids or a.name in self.sym
         if isinstance(a, (list, tuple)):
             return any(self.depends(b) for b in a)
         return False
 
-    def var_args(self, args: tuple) -> list[torch.fx.Node]:
+    def var_args(self, args: tuple[Any, ...]) -> list[torch.fx.Node]:
         out: list[torch.fx.Node] = []
         for a in args:
             if isinstance(a, torch.fx.Node) and a.name in self.ids:
@@ -151,20 +127,13 @@ class _Reader:
                 out.extend(self.var_args(tuple(a)))
         return out
 
-    def same_shape(self, a: torch.fx.Node, out: tuple[int, ...]) -> int:
-        """The node of ``a``, broadcast to ``out`` when its shape differs."""
-        i = self.ids[a.name]
-        shape = _shape(a)
-        if shape == out:
-            return i
-        return self.add(Node(AFFINE, (i,), affine=broadcast(shape, out), name="broadcast"))
-
     def call(self, node: torch.fx.Node, op: str | None = None) -> None:
         """Read one ``call_function`` (as the ATen op ``op``, if given)."""
-        args, kwargs = node.args, node.kwargs
-        op = op or _op_name(node.target)
+        args, kwargs, target = node.args, node.kwargs, node.target
+        assert callable(target), "a call_function's target is a function"
+        op = op or _op_name(target)
         if not self.depends(list(args) + list(kwargs.values())):
-            self.consts[node.name] = node.target(*self.val(args), **self.val(kwargs))
+            self.consts[node.name] = target(*self.val(args), **self.val(kwargs))
             return
         if op in SKIPPED:
             return
@@ -173,83 +142,36 @@ class _Reader:
                                                                            list))):
             self.sym.add(node.name)  # a size computed from the input (dynamic batch)
             if op == "sym_size" and self.is_input(args[0]):  # its value for the example
-                self.consts[node.name] = int(self.example.shape[int(args[1])])  # type: ignore[arg-type]
+                self.consts[node.name] = int(self.example.shape[int(self.val(args[1]))])
             return
         check_precision(node, op, self.dtype, self.dtypes.get(node.name))
         if node.target is operator.getitem:
-            if not self.is_var(args[0]) or args[1] != 0:
+            src = args[0]
+            if not isinstance(src, torch.fx.Node) or not self.is_var(src) or args[1] != 0:
                 raise refusal("getitem")
-            self.ids[node.name] = self.ids[args[0].name]
+            self.ids[node.name] = self.ids[src.name]
             return
-        if op in NOT_SMOOTH or op in NOT_ENCLOSED or rounded_division(op, kwargs):
+        if refused_by_name(op) or _rounded_division(op, kwargs):
             raise refusal(op if op != "div" else "div with a rounding_mode")
         if op.endswith("_") and op[:-1] in INPLACE:  # silu_, add_: the functional form,
-            if rounded_division(op[:-1], kwargs):
+            if _rounded_division(op[:-1], kwargs):
                 raise refusal("div_ with a rounding_mode")
             self._functional(node, op[:-1])  # after which x reads the result
             return
         variables = self.var_args(tuple(args) + tuple(kwargs.values()))
         if not variables:  # a constant sized by the input (a class token expanded to the
             try:  # batch): its value for the example, one sample
-                self.consts[node.name] = node.target(*self.val(args), **self.val(kwargs))  # type: ignore[operator, misc, arg-type]
+                self.consts[node.name] = target(*self.val(args), **self.val(kwargs))
             except Exception:
                 raise refusal(f"{op} of a size of the input") from None
             return
-        names = {v.name for v in variables}
-        if op in ("add", "sub", "mul") and len(variables) == 2:
-            out = _shape(node)
-            a, b = (self.same_shape(v, out) for v in variables)
-            if op == "mul":
-                self.ids[node.name] = self.add(Node(MUL, (a, b), name=node.name))
-                return
-            alpha = float(self.val(kwargs.get("alpha", args[2] if len(args) > 2 else 1.0)))  # type: ignore[arg-type]
-            sign = alpha if op == "add" else -alpha
-            self.ids[node.name] = self.add(Node(ADD, (a, b), sign=sign, name=node.name))
-            return
-        if op == "cat":
-            parts = list(args[0])
-            for part in parts:  # a constant part (a class token): a node of its own
-                if isinstance(part, torch.fx.Node) and not self.is_var(part):
-                    self.ids[part.name] = self._constant(part)
-            dim = int(self.val(args[1] if len(args) > 1 else kwargs.get("dim", 0)))  # type: ignore[arg-type]
-            ndim = len(_shape(node)) + 1
-            dim = dim % ndim - 1
-            if dim < 0:
-                raise refusal("cat along the batch axis")
-            self.ids[node.name] = self.add(Node(CAT, tuple(self.ids[p.name] for p in parts),
-                                                dim=dim, name=node.name))
-            return
-        if len(names) != 1:
+        reader = READERS.get(op)
+        if reader is None:
             raise refusal(op)
-        src = self.ids[variables[0].name]
-        if op in ACTIVATIONS:
-            if not self.is_var(args[0]):
-                raise refusal(op)
-            self.ids[node.name] = self.add(Node(ACT, (src,), act=self._activation(op, args,
-                                                                               kwargs),
-                                                name=node.name))
-            return
-        if op in ("conv2d", "convolution", "_convolution"):
-            aff = conv_op(op, args, self.val, self.f64, self.is_var)
-        elif op in ("linear", "addmm", "mm"):
-            aff = linear_op(op, args, self.val, self.f64, self.is_var, kwargs)
-        elif op in ("batch_norm", "_native_batch_norm_legit_no_training"):
-            aff = batch_norm_op(op, node, args, self.val, self.f64)
-        elif op == "detach":
-            aff = detach_op()
-        elif op in SHAPE_OPS:
-            aff = shape_op(op, node, args, kwargs, self.val)
-        elif op in ("permute", "transpose"):
-            aff = permute_op(op, args, self.val)
-        elif op in ("slice", "select"):
-            aff = slice_op(op, args, self.val)
-        elif op in REDUCE_OPS:
-            aff = reduce_op(op, node, args, kwargs, self.val)
-        elif op in CONST_OPS:
-            aff = const_op(op, args, kwargs, self.val, self.f64, self.is_var)
-        else:
-            raise refusal(op)
-        self.ids[node.name] = self.add(Node(AFFINE, (src,), affine=aff, name=node.name))
+        try:
+            self.ids[node.name] = self.add(reader(_Call(self, node, op, variables)))
+        except Refused as exc:
+            raise refusal(str(exc)) from None
 
     def _functional(self, node: torch.fx.Node, op: str) -> None:
         """An in-place ``op_`` read as ``op``; the tensor it overwrote then stands for the
@@ -261,35 +183,65 @@ class _Reader:
         self.call(node, op)
         self.ids[target.name] = self.ids[node.name]
 
-    def _constant(self, node: torch.fx.Node) -> int:
+    def constant(self, node: torch.fx.Node) -> int:
         """A constant ``(1, *shape)`` as a node: the zero map of the input plus the constant
-        (its derivative is exactly zero)."""
+        (its derivative is exactly zero); ``node`` then reads as that node."""
         value = self.val(node)
         if not isinstance(value, Tensor) or value.ndim < 1 or value.shape[0] != 1:
             raise refusal("cat of an activation with a constant that is not one sample")
         shape = tuple(int(n) for n in value.shape[1:])
-        const = self.f64(value)
+        const = value.detach().to(torch.float64)
 
         def zero(t: Tensor) -> Tensor:  # 0 x, differentiable (its transpose is taken)
             first = t.reshape(t.shape[0], -1)[:, :1] * 0.0
             return first.view(t.shape[0], *([1] * len(shape))).expand(t.shape[0], *shape)
 
-        return self.add(Node(AFFINE, (0,), affine=Affine("constant", zero, zero, const),
-                             name=node.name))
+        self.ids[node.name] = self.add(Affine(inputs=(0,), name=node.name, op="constant",
+                                              lin=zero, lin_abs=zero, bias=const))
+        return self.ids[node.name]
 
-    def _activation(self, op: str, args: tuple, kwargs: dict) -> object:
-        if op == "softplus":
-            beta = float(self.val(args[1]) if len(args) > 1 else kwargs.get("beta", 1.0))  # type: ignore[arg-type]
-            thr = float(self.val(args[2]) if len(args) > 2 else kwargs.get("threshold", 20.0))  # type: ignore[arg-type]
-            if beta <= 0:
-                raise refusal(f"softplus(beta={beta:g})")
-            return activation("softplus", beta, thr)
-        if op == "gelu":
-            approx = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
-            if approx != "none":
-                raise InputError("--sound supports exact GELU only, not "
-                                 f"GELU(approximate={approx!r})")
-        return activation(op)
+
+class _Call:
+    """One ``call_function`` as a reader sees it (:class:`.operators.Call`)."""
+
+    def __init__(self, reader: _Reader, node: torch.fx.Node, op: str,
+                 variables: list[torch.fx.Node]) -> None:
+        self.reader, self.node, self.op = reader, node, op
+        self.args: tuple[Any, ...] = tuple(node.args)
+        self.kwargs: dict[str, Any] = dict(node.kwargs)
+        self._variables = variables
+
+    def value(self, a: Any) -> Any:
+        return self.reader.val(a)
+
+    def float64(self, a: Any) -> Tensor | None:
+        return as_float64(a)
+
+    def is_var(self, a: Any) -> bool:
+        return self.reader.is_var(a)
+
+    def variables(self) -> list[torch.fx.Node]:
+        return self._variables
+
+    def source(self) -> int:
+        if len({v.name for v in self._variables}) != 1:
+            raise Refused(self.op)
+        return self.reader.ids[self._variables[0].name]
+
+    def node_of(self, a: torch.fx.Node) -> int:
+        return self.reader.ids[a.name]
+
+    def shape(self, a: Any) -> tuple[int, ...]:
+        meta = getattr(a, "meta", {}).get("val")
+        if not isinstance(meta, Tensor):
+            raise InputError("--sound could not read the shapes of this model's graph")
+        return tuple(int(s) for s in meta.shape[1:])
+
+    def add(self, op: Operator) -> int:
+        return self.reader.add(op)
+
+    def constant(self, a: torch.fx.Node) -> int:
+        return self.reader.constant(a)
 
 
 def _refuse_first(gm: torch.fx.GraphModule) -> None:
@@ -303,7 +255,7 @@ def _refuse_first(gm: torch.fx.GraphModule) -> None:
                 a in depends for a in node.all_input_nodes)):
             depends.add(node)
             op = _op_name(node.target) if node.op == "call_function" else ""
-            if op in NOT_SMOOTH or op in NOT_ENCLOSED:
+            if refused_by_name(op):
                 found.append(op)
             elif op.endswith("_") and op[:-1] in NOT_SMOOTH:
                 found.append(op[:-1])
@@ -331,7 +283,7 @@ def read_graph(model: torch.nn.Module, example: Tensor) -> Graph:
         if node.op == "placeholder":
             if reader.nodes:
                 raise InputError("--sound needs a model with one input tensor")
-            reader.ids[node.name] = reader.add(Node(INPUT, name="input"))
+            reader.ids[node.name] = reader.add(Input(name="input"))
         elif node.op == "get_attr":
             reader.consts[node.name] = _fetch(gm, node.target)
         elif node.op == "call_function":
@@ -340,10 +292,10 @@ def read_graph(model: torch.nn.Module, example: Tensor) -> Graph:
             out = node.args[0]
             while isinstance(out, (list, tuple)) and len(out) == 1:
                 out = out[0]
-            if not reader.is_var(out):
+            if not isinstance(out, torch.fx.Node) or not reader.is_var(out):
                 raise InputError("--sound needs a model that returns one tensor computed "
                                  "from its input")
-            output = reader.ids[out.name]  # type: ignore[union-attr]
+            output = reader.ids[out.name]
         # call_module: torch.export's input guards
     if not reader.nodes or output is None:
         raise InputError("--sound needs a model with one input tensor and one output")

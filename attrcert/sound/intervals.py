@@ -54,6 +54,11 @@ def mul_cr(slo: Tensor, shi: Tensor, c: Tensor, r: Tensor) -> tuple[Tensor, Tens
     return to_cr(*mul(slo, shi, lo, hi))
 
 
+def magnitude(box: tuple[Tensor, Tensor]) -> Tensor:
+    """``max(|lo|, |hi|)`` of ``(lo, hi)``."""
+    return torch.maximum(box[0].abs(), box[1].abs())
+
+
 def intersect(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """``[a] & [b]`` (both contain the true value, so their intersection does)."""
     return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])

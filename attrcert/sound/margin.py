@@ -29,23 +29,22 @@ import torch
 from torch import Tensor
 
 from .intervals import REL, SUM_REL, TINY, to_lohi
-from .nodes import AFFINE, Graph, transpose
-
-CR = tuple[Tensor, Tensor]
+from .nodes import Graph
+from .operators import CR, Affine
+from .operators.affine import transpose
 
 
 def _rows(graph: Graph) -> tuple[Tensor, Tensor, int] | None:
     """``W`` ``(k, n)`` and ``b`` ``(k,)`` of the logits ``W a + b`` and the index of ``a``,
     when the output node is an affine map (not a stop-gradient)."""
-    node = graph.nodes[graph.output]
-    a = node.affine
-    if node.kind != AFFINE or a is None or a.stop or len(node.shape) != 1:
+    a = graph.nodes[graph.output]
+    if not isinstance(a, Affine) or a.stops_gradient or len(a.shape) != 1:
         return None
-    k = node.shape[0]
+    k = a.shape[0]
     eye = torch.eye(k, dtype=torch.float64)
     w = transpose(a.lin, eye, a.in_shape).reshape(k, -1)  # exact: rows times 0/1
     b = torch.zeros(k, dtype=torch.float64) if a.bias is None else a.bias.reshape(-1)
-    return w, b, node.inputs[0]
+    return w, b, a.inputs[0]
 
 
 def _interval(graph: Graph, box: list[CR], y: int) -> Tensor:
@@ -81,17 +80,18 @@ def _mean_value(point: CR, tan: CR, radius: Tensor, q: float, y: int) -> Tensor:
     return at_x - REL * at_x.abs() - spread * (1.0 + REL) - TINY
 
 
-def margin_lower(graph: Graph, point: list[CR], box: list[CR], tan: CR | None,
-                 dz: Tensor | None, err: Tensor | None, radius: Tensor, q: float,
-                 y: int) -> Tensor:
-    """``(P, k)``: ``L_j`` of the module docstring for each piece (``+inf`` at ``j = y``), from
-    the pass's point and ball enclosures (``point``, ``box``, every node), the logits'
-    Jacobian enclosure ``tan`` (``None``: interval form only), the twin's gap ``dz`` and
-    the rounding ``err`` of the logits over the ball ``(P, k)`` (``None``: 0)."""
-    low = _interval(graph, box, y)
-    if tan is not None:
-        low = torch.maximum(low, _mean_value(point[graph.output], tan, radius, q, y))
-    for extra in (dz, err):
+def margin_lower(graph: Graph, point: list[CR], ball: list[CR], radii: Tensor, dual: float,
+                 y: int, *, logits_tangent: CR | None,
+                 widen: list[Tensor | None]) -> Tensor:
+    """``(P, k)``: ``L_j`` of the module docstring for each ball (``+inf`` at ``j = y``), from
+    the pass's point and ball enclosures (every node), the balls' radii and dual norm, the
+    logits' Jacobian enclosure (``None``: interval form only), and the bounds ``(P, k)`` on
+    how far torch's logits lie from the pass's (the twin's gap, the rounding; ``None``: 0)."""
+    low = _interval(graph, ball, y)
+    if logits_tangent is not None:
+        low = torch.maximum(low, _mean_value(point[graph.output], logits_tangent, radii, dual,
+                                             y))
+    for extra in widen:
         if extra is not None:
             e = extra.reshape(extra.shape[0], -1)
             low = low - (e[:, y:y + 1] + e) * (1.0 + REL) - TINY

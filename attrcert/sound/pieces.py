@@ -9,9 +9,10 @@ theorem in integral form). Split ``[0, 1]`` into ``K`` intervals ``(t_{i-1}, t_i
 Saliency and input x gradient have one centre, ``x``; integrated gradients one per Riemann
 point, ``z_a = b + alpha_a (x - b)``, moving within ``alpha_a`` times the ball, with weight
 ``1/m`` in ``mean_a G(z_a)`` and ``alpha_a / m`` in ``sum_a (alpha_a / m) Hess f_y(z_a)``
-(docs/math.md §1). A piece is a centre at one ``t_i``: its ball has radius ``t_i alpha_a eps`` and
-its weights are those times ``1/K``. All pieces go through :func:`.enclosures.enclose` in
-batches (``chunk`` at a time), which share everything that does not depend on the point.
+(Eq. 45, docs/sound.md). A piece is a centre at one ``t_i``: its ball has radius
+``t_i alpha_a eps`` and its weights are those times ``1/K``. All pieces go through
+:func:`.enclosures.enclose` in batches (``chunk`` at a time), which share everything that
+does not depend on the point.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..attributions import Attribution, InputXGradient, IntegratedGradients
-from .enclosures import Enclosure, enclose
+from .enclosures import Balls, Enclosure, PassOptions, enclose
 from .intervals import REL, SUM_REL, TINY, to_cr
 from .nodes import Graph
 
@@ -83,20 +84,14 @@ def chunk_size(graph: Graph, d: int, budget: float = 1.5e9) -> int:
     return max(1, int(budget // (16.0 * 8.0 * d * biggest)))
 
 
-def run(graph: Graph, pats: list[Tensor], z: Tensor, radius: Tensor, q: float, target: int,
-        chunk: int, *, twin: dict[int, Tensor] | None = None, h: Tensor | None = None,
-        t: Tensor | None = None, e0: tuple[Tensor, Tensor] | None = None,
-        **kwargs: object) -> Enclosure:
-    """:func:`.enclosures.enclose` over the pieces ``z`` ``(P, *in_shape)`` ``chunk`` at a
-    time, the per-piece results concatenated."""
+def run(graph: Graph, balls: Balls, target: int, options: PassOptions,
+        chunk: int) -> Enclosure:
+    """:func:`.enclosures.enclose` over the pieces ``balls`` ``chunk`` at a time, the
+    per-piece results concatenated."""
     parts: list[Enclosure] = []
-    for s in range(0, z.shape[0], chunk):
+    for s in range(0, balls.centres.shape[0], chunk):
         sl = slice(s, s + chunk)
-        parts.append(enclose(
-            graph, pats, z[sl], radius[sl], q, target,
-            twin=None if twin is None else {k: v[sl] for k, v in twin.items()},
-            h=None if h is None else h[sl], t=None if t is None else t[sl],
-            e0=None if e0 is None else (e0[0][sl], e0[1][sl]), **kwargs))  # type: ignore[arg-type]
+        parts.append(enclose(graph, balls.rows(sl), target, options.rows(sl)))
     if len(parts) == 1:
         return parts[0]
 
@@ -107,6 +102,5 @@ def run(graph: Graph, pats: list[Tensor], z: Tensor, radius: Tensor, q: float, t
     return Enclosure(
         (torch.cat([p.grad[0] for p in parts]), torch.cat([p.grad[1] for p in parts])),
         (torch.cat([p.grad0[0] for p in parts]), torch.cat([p.grad0[1] for p in parts])),
-        all(p.mvt_ok for p in parts),
         {k: torch.cat([p.above[k] for p in parts]) for k in parts[0].above},
         cat("gap"), cat("gap0"), cat("round_ball"), cat("round_point"), margin=cat("margin"))

@@ -14,84 +14,64 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .enclosures import CR, backward, enclose, exact_nodes
-from .intervals import SUM_REL, TINY, intersect, mul, to_cr, to_lohi
-from .nodes import ACT, ADD, AFFINE, CAT, INPUT, MUL, Graph, affine_cr
+from .enclosures import CR, Balls, PassOptions, backward, enclose
+from .intervals import SUM_REL, TINY, intersect, to_cr, to_lohi
+from .nodes import Graph
 from .telescope import Telescope
 
 
-def _values(node_kind: str, node: object, ins: list[CR]) -> CR:
-    """One node's value enclosure from its inputs' (torch's function: both branches of a
-    Softplus threshold)."""
-    if node_kind == AFFINE:
-        return affine_cr(node.affine, *ins[0])  # type: ignore[attr-defined]
-    if node_kind == ADD:
-        c = ins[0][0] + node.sign * ins[1][0]  # type: ignore[attr-defined]
-        r = ins[0][1] + abs(node.sign) * ins[1][1]  # type: ignore[attr-defined]
-        return c, r * (1.0 + SUM_REL) + SUM_REL * c.abs() + TINY
-    if node_kind == MUL:
-        return to_cr(*mul(*to_lohi(*ins[0]), *to_lohi(*ins[1])))
-    if node_kind == CAT:
-        return tuple(torch.cat([v[k] for v in ins], node.dim + 1)  # type: ignore[attr-defined, return-value]
-                     for k in (0, 1))
-    return to_cr(*node.act.range(0, *to_lohi(*ins[0])))  # type: ignore[attr-defined]
-
-
-def cheap_masks(graph: Graph, x0: Tensor, radius: Tensor, q: float,
-                fixed: dict[int, CR]) -> dict[int, Tensor]:
+def cheap_masks(graph: Graph, balls: Balls, fixed: dict[int, CR]) -> dict[int, Tensor]:
     """Per thresholded activation, the units whose pre-activation is above the threshold
-    everywhere on the ball ``(P, *shape)`` (see the module docstring)."""
+    everywhere on the ball ``(P, *shape)`` (see the module docstring): every operator's
+    enclosure of torch's function (both branches of a threshold)."""
     box: list[CR] = []
     pt: list[CR] = []
     masks: dict[int, Tensor] = {}
+    x0, radius = balls.centres, balls.radii
     n_p = x0.shape[0]
     for i, node in enumerate(graph.nodes):
         ins = node.inputs
-        if node.kind == INPUT:
+        if not ins:
             box.append((x0, radius.view(n_p, *([1] * (x0.ndim - 1))).expand_as(x0).clone()))
             pt.append((x0, torch.zeros_like(x0)))
             continue
-        if node.kind == ACT:
-            act = node.act
-            assert act is not None
-            if act.threshold is not None:
-                masks[i] = to_lohi(*box[ins[0]])[0] > act.threshold
-        box.append(_values(node.kind, node, [box[j] for j in ins]))
-        pt.append(_values(node.kind, node, [pt[j] for j in ins]))
+        thr = node.threshold
+        if thr is not None:
+            masks[i] = to_lohi(*box[ins[0]])[0] > thr
+        box.append(node.enclose([box[j] for j in ins], None))
+        pt.append(node.enclose([pt[j] for j in ins], None))
         if i in fixed:  # affine in x: the exact mean-value form z(x0) +- eps ||row(A)||_q
             tc, tr = fixed[i]
-            norm = tc.abs().sum(1) if q == 1.0 else torch.sqrt((tc * tc).sum(1))
+            norm = tc.abs().sum(1) if balls.dual == 1.0 else torch.sqrt((tc * tc).sum(1))
             spread = radius.view(n_p, *([1] * (norm.ndim - 1))) \
                 * ((norm + tr.abs().sum(1)) * (1.0 + SUM_REL) + TINY)
             box[i] = to_cr(*intersect(to_lohi(*box[i]), to_lohi(pt[i][0], pt[i][1] + spread)))
     return masks
 
 
-def telescope_at(graph: Graph, pats: list[Tensor], x: Tensor, q: float, target: int,
-                 fixed: dict[int, CR], masks: dict[int, Tensor] | None,
-                 ups: dict[int, list[int]]) -> Telescope:
+def telescope_at(graph: Graph, centre: Tensor, dual: float, target: int,
+                 ups: dict[int, list[int]], options: PassOptions) -> Telescope:
     """``J_k(x)`` and ``L_{k<-l}(x)`` (:class:`.telescope.Telescope`) at the centre ``x``
-    ``(1, *in_shape)``, enclosed (a point pass with tangents, then one backward pass seeded
-    with the identity at each ``k``)."""
+    ``(1, *in_shape)``, enclosed (a point pass with tangents, with the twin and fixed
+    tangents of ``options``, then one backward pass seeded with the identity at each ``k``)."""
     zero = torch.zeros(1, dtype=torch.float64)
-    enc = enclose(graph, pats, x, zero, q, target, twin=masks, fixed=fixed, keep=True)
-    assert enc.boxes is not None and enc.tangents is not None
-    d = x[0].numel()
+    enc = enclose(graph, Balls(centre, zero, dual), target,
+                  PassOptions(twin=options.twin, fixed=options.fixed, keep=True))
+    assert enc.point is not None and enc.tangents is not None
+    fixed = options.fixed or {}
+    d = centre[0].numel()
     jx: dict[int, CR] = {}
     lmat: dict[tuple[int, int], CR] = {}
-    exact = exact_nodes(graph)
     for k, acts in ups.items():
         tc, tr = enc.tangents[k]
         jx[k] = (tc[0].reshape(d, -1), tr[0].reshape(d, -1))
         shape = graph.nodes[k].shape
         n = int(torch.Size(shape).numel())
-        eye = torch.eye(n, dtype=torch.float64, device=x.device).view(n, *shape)
-        adj = backward(graph, enc.boxes, [None] * len(graph.nodes), eye, exact, None, None,
-                       None, masks, start=k)
+        eye = torch.eye(n, dtype=torch.float64, device=centre.device).view(n, *shape)
+        adj = backward(graph, enc.point, eye, twin=options.twin, start=k)
         for a in acts:
-            assert graph.nodes[a].kind == ACT
             lc, lr = adj[a]
             lmat[(k, a)] = (lc.reshape(n, -1), lr.reshape(n, -1))
-    acts = {a for above in ups.values() for a in above}
-    return Telescope(jx, lmat, ups, {a: fixed[graph.nodes[a].inputs[0]] for a in acts
+    every = {a for above in ups.values() for a in above}
+    return Telescope(jx, lmat, ups, {a: fixed[graph.nodes[a].inputs[0]] for a in every
                                      if graph.nodes[a].inputs[0] in fixed})

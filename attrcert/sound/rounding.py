@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -31,6 +31,23 @@ class Rounding:
         if nu >= 1.0:
             return math.inf
         return nu / (1.0 - nu) * (1.0 + 1e-12) + (self.dot if n > 2 else 0.0)
+
+
+@dataclass
+class ErrorModel:
+    """What an error propagation injects (:mod:`.propagation`): torch's rounding (``rnd``)
+    and/or the Softplus twin's jumps on the units ``straddle[node]`` (filled by
+    :func:`.enclosures.enclose` as it goes)."""
+
+    rnd: Rounding | None = None
+    straddle: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def u(self) -> float:
+        return 0.0 if self.rnd is None else self.rnd.u
+
+    def gamma(self, n: int) -> float:
+        return 0.0 if self.rnd is None or n <= 0 else self.rnd.gamma(n)
 
 
 UNIT_ROUNDOFF = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24,

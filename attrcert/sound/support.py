@@ -1,4 +1,6 @@
-"""What sound mode can read, and the one-line refusals for what it cannot."""
+"""What sound mode refuses, and the one-line refusals: the operations that are not smooth or
+have no enclosure, a step in another precision, an in-place change read again; what it
+supports is what its readers read (:data:`.operators.SUPPORTED`)."""
 
 from __future__ import annotations
 
@@ -7,20 +9,12 @@ import warnings
 import torch
 
 from ..errors import InputError
+from ..smoothness import NONSMOOTH_OPS
+from .operators import READERS, SUPPORTED
 
-SUPPORTED = ("Linear", "Conv2d", "AvgPool2d / adaptive average pooling / means",
-             "Flatten / reshape", "BatchNorm (eval)", "residual additions",
-             "elementwise products (gates)", "concatenation", "Tanh", "Sigmoid", "Softplus",
-             "SiLU", "GELU")
-
-NOT_SMOOTH = {
-    "relu": "ReLU", "relu_": "ReLU", "max_pool2d": "max-pooling",
-    "max_pool2d_with_indices": "max-pooling", "adaptive_max_pool2d": "max-pooling",
-    "leaky_relu": "LeakyReLU", "hardtanh": "Hardtanh", "elu": "ELU", "relu6": "ReLU6",
-    "hardswish": "Hardswish", "hardsigmoid": "Hardsigmoid", "abs": "abs",
-    "maximum": "maximum", "minimum": "minimum", "clamp": "clamp", "amax": "max",
-    "max": "max", "sign": "sign", "round": "round",
-}
+#: The operations that are not twice differentiable, named (shared with the warning of
+#: :func:`attrcert.smoothness.find_nonsmooth`).
+NOT_SMOOTH = NONSMOOTH_OPS
 
 NOT_ENCLOSED = {
     "layer_norm": "LayerNorm", "native_layer_norm": "LayerNorm", "group_norm": "GroupNorm",
@@ -33,6 +27,12 @@ NOT_ENCLOSED = {
     "matmul": "a product of two activations (attention)",
     "baddbmm": "a product of two activations (attention)",
 }
+
+
+def refused_by_name(op: str) -> bool:
+    """Whether sound mode refuses the ATen ``op`` wherever it is: not twice differentiable,
+    or a known operation without an enclosure (and without a reader that models it)."""
+    return op in NOT_SMOOTH or (op in NOT_ENCLOSED and op not in READERS)
 
 
 def refusal(op: str) -> InputError:

@@ -31,13 +31,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]  # scipy ships no type hints
 import torch
 from torch import Tensor
 
 from .intervals import SUM_REL, TINY
 from .linalg import lmax_psd, smax_nonneg
-from .nodes import ACT, MUL, Graph
+from .nodes import Graph
+from .operators import Elementwise
 
 NMAX = 1024  # the largest layer whose Gram matrices (n x n) are formed per piece
 
@@ -53,23 +54,23 @@ class Telescope:
     lmat: dict[tuple[int, int], tuple[Tensor, Tensor]]
     ups: dict[int, list[int]]
     fixed: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
-    _sparse: dict[object, object] = field(default_factory=dict)
+    _sparse: dict[object, sp.csr_matrix] = field(default_factory=dict)
+    _grams: dict[int, tuple[Tensor, float]] = field(default_factory=dict)
 
     def csr(self, key: object, rows: Tensor) -> sp.csr_matrix:
         """``rows`` as a scipy CSR matrix, converted once per ``key``."""
         if key not in self._sparse:
             self._sparse[key] = sp.csr_matrix(rows.cpu().numpy())
-        return self._sparse[key]  # type: ignore[return-value]
+        return self._sparse[key]
 
     def gram_jx(self, k: int) -> tuple[Tensor, float]:
         """``J_k(x) J_k(x)^T`` ``(n_k, n_k)`` and the Frobenius bound on its rounding."""
-        key = ("gx", k)
-        if key not in self._sparse:
+        if k not in self._grams:
             x = self.csr(("jx", k), self.jx[k][0].T)
             g = torch.from_numpy(np.ascontiguousarray((x @ x.T).toarray()))
             err = SUM_REL * float((self.jx[k][0] ** 2).sum()) * (1.0 + SUM_REL)
-            self._sparse[key] = (g, err)
-        return self._sparse[key]  # type: ignore[return-value]
+            self._grams[k] = (g, err)
+        return self._grams[k]
 
 
 def eligible(graph: Graph) -> dict[int, list[int]]:
@@ -82,12 +83,16 @@ def eligible(graph: Graph) -> dict[int, list[int]]:
             s |= anc[j] | {j}
         anc.append(s)
     out: dict[int, list[int]] = {}
-    for node in graph.nodes:
-        if node.kind != ACT:
+    acts = [isinstance(n, Elementwise) for n in graph.nodes]
+    # the identity holds for graphs of linear operators and activations: any other
+    # nonlinear operator (a product) puts values, not only slopes, into J_k
+    other = [not n.linear and not a for n, a in zip(graph.nodes, acts, strict=True)]
+    for node, act in zip(graph.nodes, acts, strict=True):
+        if not act:
             continue
         k = node.inputs[0]
-        above = sorted(a for a in anc[k] | {k} if graph.nodes[a].kind == ACT)
-        if not above or any(graph.nodes[a].kind == MUL for a in anc[k] | {k}):
+        above = sorted(a for a in anc[k] | {k} if acts[a])
+        if not above or any(other[a] for a in anc[k] | {k}):
             continue
         if int(torch.Size(graph.nodes[k].shape).numel()) <= NMAX:
             out[k] = above

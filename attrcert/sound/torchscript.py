@@ -5,23 +5,25 @@ them (traced TorchScript: straight-line code of ``aten::`` calls, weights throug
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 
 from ..errors import InputError
-from .support import NOT_ENCLOSED, NOT_SMOOTH, refusal
+from .support import refusal, refused_by_name
 
 _READ = "use the torch.export (.pt2) archive, the weights with --arch, or torch.jit.trace"
 
 
-def _call(graph: torch.fx.Graph, node: torch._C.Node, op: str, ins: list[object]) -> object:
+def _call(graph: torch.fx.Graph, node: torch._C.Node, op: str, ins: list[Any]) -> torch.fx.Node:
     """``graph.call_function`` of the overload the TorchScript node names, its keyword-only
     arguments (``alpha`` of ``aten::add``) passed by name."""
     schema = torch._C.parse_schema(node.schema()) if node.schema() != "(no schema)" else None
     if schema is None:
         return graph.call_function(getattr(torch.ops.aten, op), tuple(ins))
     fn = getattr(getattr(torch.ops.aten, op), schema.overload_name or "default")
-    args, kwargs = [], {}
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
     for arg, value in zip(schema.arguments, ins, strict=False):
         if arg.kwarg_only:
             kwargs[arg.name] = value
@@ -43,7 +45,7 @@ def from_torchscript(model: torch.jit.ScriptModule, *,
     inputs = list(ts.inputs())
     if len(inputs) != 2:
         raise InputError(f"{purpose} needs a model with one input tensor")
-    values: dict[str, object] = {inputs[0].debugName(): model,
+    values: dict[str, Any] = {inputs[0].debugName(): model,
                                  inputs[1].debugName(): graph.placeholder("x")}
     count = 0
     for node in ts.nodes():
@@ -63,18 +65,18 @@ def from_torchscript(model: torch.jit.ScriptModule, *,
             values[outs[0]] = list(ins) if kind == "prim::ListConstruct" else tuple(ins)
         elif kind == "prim::TupleUnpack" or kind == "prim::ListUnpack":
             for i, name in enumerate(outs):
-                values[name] = ins[0][i]  # type: ignore[index]
+                values[name] = ins[0][i]
         elif kind == "prim::NumToTensor" or kind == "aten::Int":  # traced sizes: keep ints
             values[outs[0]] = ins[0]
         elif kind.startswith("aten::"):
             op = kind.split("::")[1]
-            if purpose == "--sound" and (op in NOT_SMOOTH or op in NOT_ENCLOSED):
+            if purpose == "--sound" and refused_by_name(op):
                 raise refusal(op)
             result = _call(graph, node, op, ins)
             if len(outs) == 1:
                 values[outs[0]] = result
             for i, name in enumerate(outs if len(outs) > 1 else []):  # (values, indices)
-                values[name] = graph.call_function(operator.getitem, (result, i))  # type: ignore[arg-type]
+                values[name] = graph.call_function(operator.getitem, (result, i))
         else:
             raise InputError(f"{purpose} cannot read the TorchScript operation {kind}: {_READ}")
     outs_ts = list(ts.outputs())
