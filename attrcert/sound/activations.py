@@ -31,7 +31,7 @@ Fn = Callable[[Tensor], Tensor]
 def _grid_roots(fn: Fn) -> list[float]:
     """Zeros of ``fn`` on ``[-60, 60]``: sign changes on the grid, refined by Brent's method
     (exact zeros on the grid are kept as they are)."""
-    from scipy.optimize import brentq  # type: ignore[import-untyped]  # no type hints
+    from scipy.optimize import brentq  # no type hints
 
     lo, hi, step = GRID
     xs = np.arange(lo, hi + step, step)

@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp  # type: ignore[import-untyped]  # scipy ships no type hints
+import scipy.sparse as sp  # scipy ships no type hints
 import torch
 from torch import Tensor
 
