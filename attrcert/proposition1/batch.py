@@ -105,10 +105,9 @@ def label_test(model: Model, x: Tensor, target: Tensor, logits: Tensor, deltas: 
             grad_y = jac.rmatvec(torch.nn.functional.one_hot(
                 torch.tensor([y]), k).double()).double().cpu()[0]
 
-            def norms(classes: np.ndarray, xi: Tensor = xi, grad_y: Tensor = grad_y
-                      ) -> np.ndarray:
-                grads = _class_gradients(model, xi, attribution, how,
-                                         torch.from_numpy(classes).to(xi.device)).cpu()
+            def norms(classes: np.ndarray, jac: LogitJacobian = jac,
+                      grad_y: Tensor = grad_y) -> np.ndarray:
+                grads = jac.rows(torch.from_numpy(classes)).cpu()
                 return torch.linalg.vector_norm(grads - grad_y, ord=q, dim=1).numpy()
 
             radius[i], counts[i] = screened_label_radius(

@@ -41,6 +41,18 @@ class LogitJacobian:
                                      retain_graph=True, materialize_grads=True)
         return out.detach().reshape(c.shape[0], self.d)
 
+    def rows(self, classes: Tensor) -> Tensor:
+        """``(len(classes), d)`` float64: ``grad f_j = J_f^T e_j`` of a one-sample batch for
+        each class ``j``, one backward pass each through the kept graph (no forward pass:
+        about a third cheaper than a forward and backward pass per class)."""
+        eye = torch.zeros(1, self.k, dtype=torch.float64)
+        out = []
+        for j in classes.tolist():
+            eye.zero_()
+            eye[0, j] = 1.0
+            out.append(self.rmatvec(eye)[0].double())
+        return torch.stack(out) if out else torch.zeros(0, self.d, dtype=torch.float64)
+
     def matvec(self, v: Tensor) -> Tensor:
         """``J_f v``: ``(N, d)`` -> ``(N, k)``."""
         if not self.w.requires_grad:  # J_f^T c does not depend on c: J_f = 0
