@@ -14,7 +14,7 @@ from torch import nn
 from attrcert import certify
 from attrcert.attributions import get_method
 from attrcert.proposition1 import LogitJacobian, class_norm_bounds, label_test
-from attrcert.spectral.krylov import golub_kahan
+from attrcert.spectral.krylov import golub_kahan, symmetric_lanczos
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -115,3 +115,45 @@ def test_screening_finds_the_minimiser_of_a_linear_model(q, name):
                          attribution=get_method("saliency"), classes_per_pass=1)
         assert float(got.radius[0]) == pytest.approx(exact, rel=1e-9), star
         assert math.isfinite(exact)
+
+
+def _spectrum(kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    s = torch.rand(n, generator=gen, dtype=torch.float64) * 0.9
+    if kind == "gap":  # a separated top value
+        s[0] = 1.0
+    elif kind == "near":  # two top values 1e-9 apart
+        s[0], s[1] = 1.0, 1.0 - 1e-9
+    elif kind == "low_rank":  # rank 3, the rest exactly 0
+        s = torch.zeros(n, dtype=torch.float64)
+        s[:3] = torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64)
+    elif kind == "cluster":  # 60 values within 1 % of the top
+        s = 0.99 + 0.01 * torch.rand(n, generator=gen, dtype=torch.float64)
+        s[0] = 1.0
+    return s
+
+
+@pytest.mark.parametrize("solver", ["golub_kahan", "lanczos"])
+@pytest.mark.parametrize("kind", ["gap", "near", "low_rank", "cluster"])
+def test_krylov_values_against_a_dense_svd(solver, kind):
+    """``J = U diag(s) V^T`` (``H = U diag(+-s) U^T`` for Lanczos, eigenvalues of both signs)
+    against ``torch.linalg.svdvals``: the reported value is within ``tol`` of
+    ``sigma_max``, and above it wherever the top value is found (not in a cluster of 60
+    values within 1 %, where the solver stops on a member ``tol`` below)."""
+    tol, n = 1e-4, 60
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        s = _spectrum(kind, n, gen)
+        u, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+        v, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+        start = torch.randn(n, generator=gen, dtype=torch.float64)
+        if solver == "golub_kahan":
+            op = u @ torch.diag(s) @ v.T
+            top = golub_kahan(lambda z, op=op: op @ z, lambda z, op=op: op.T @ z, start, tol=tol)
+        else:
+            signs = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).double()
+            op = u @ torch.diag(s * signs) @ u.T
+            top = symmetric_lanczos(lambda z, op=op: op @ z, start, tol=tol)
+        sigma = float(torch.linalg.svdvals(op)[0])
+        floor = 1 - tol if kind == "cluster" else 1 - 1e-12
+        assert sigma * floor <= top.value <= sigma * (1 + tol), (seed, top.value, sigma)
+        assert top.ritz <= sigma * (1 + 1e-12)

@@ -14,7 +14,11 @@ from ..attributions import Model
 from ..attributions.differentiable import differentiable_forward
 from ..spectral.krylov import golub_kahan
 
-__all__ = ["ClassNormBounds", "LogitJacobian", "NormBounds", "class_norm_bounds"]
+__all__ = ["ROUNDING", "ClassNormBounds", "LogitJacobian", "NormBounds", "class_norm_bounds"]
+
+#: the upper bounds allow this many units of the model dtype's rounding (``eps``) times
+#: ``||grad f_j|| + ||grad f_y||`` for the two ways ``a_j`` is computed to disagree
+ROUNDING = 1024.0
 
 
 class LogitJacobian:
@@ -135,7 +139,13 @@ class ClassNormBounds:
             rho, spent = top.value, top.products
         self.products += spent
         lower = (c - c[:, y : y + 1]).norm(dim=0).cpu()  # ||C (e_j - e_y)||
-        upper = torch.sqrt(lower**2 + 2.0 * rho**2)
+        # rounding: C and the exact a_j come from different products in the model's dtype,
+        # each off by ~ eps ||grad f_j||, which is no small part of ||a_j|| when two classes'
+        # gradients nearly coincide (then C alone fell 16 % below the computed ||a_j||);
+        # ||grad f_j|| <= ||C e_j|| + rho
+        reach = c.norm(dim=0).cpu() + rho
+        slack = ROUNDING * torch.finfo(jac.logits.dtype).eps * (reach + reach[y])
+        upper = torch.sqrt(lower**2 + 2.0 * rho**2) + slack
         upper[y] = 0.0
         return NormBounds(upper.numpy(), lower.numpy(), len(self.vs), rho, spent)
 
@@ -156,7 +166,8 @@ class ClassNormBounds:
 def class_norm_bounds(jac: LogitJacobian, target: int, *, steps: int, tol: float,
                       seed: int) -> NormBounds:
     """``||J_f^T (e_j - e_y)||_2 <= sqrt(||C (e_j - e_y)||^2 + 2 rho^2)`` for every class
-    ``j`` of one sample, from ``steps`` Golub-Kahan steps on ``J_f`` (module doc)."""
+    ``j`` of one sample, from ``steps`` Golub-Kahan steps on ``J_f`` (module doc), plus
+    :data:`ROUNDING` ``eps (||grad f_j|| + ||grad f_y||)`` for the model dtype's rounding."""
     found = ClassNormBounds(jac, target, seed)
     found.extend(steps)
     return found.bounds(tol)
