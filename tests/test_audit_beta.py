@@ -93,3 +93,51 @@ def test_a_relu_written_with_a_comparison_is_not_smooth(act):
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), act, nn.Linear(8, 3)).double().eval()
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     assert find_nonsmooth(model, x) != []
+
+
+_LOG2 = 0.6931471805599453
+
+
+def _elementwise_cases():
+    """(name, smoothed(z, beta), exact(z), c(z)) with ``|smoothed - exact| <= c / beta`` from
+    ``0 <= s - relu <= log 2 / beta`` applied to each identity's ReLUs."""
+    from attrcert.loading import smooth_ops as ops
+    w = torch.tensor([0.25, -0.5, 1.5], dtype=torch.float64)  # PReLU slopes, one above 1
+    return [
+        ("relu", ops.smooth_relu, F.relu, lambda z: _LOG2 + 0 * z),
+        ("leaky", lambda z, b: ops.smooth_leaky_relu(z, -0.3, b),
+         lambda z: F.leaky_relu(z, -0.3), lambda z: 1.3 * _LOG2 + 0 * z),
+        ("prelu", lambda z, b: ops.smooth_prelu(z, w, b), lambda z: F.prelu(z, w),
+         lambda z: (1 - w).abs().reshape(1, 3, 1, 1) * _LOG2 + 0 * z),
+        ("clamp_min", lambda z, b: ops.smooth_clamp(z, -0.5, None, b),
+         lambda z: torch.clamp(z, min=-0.5), lambda z: _LOG2 + 0 * z),
+        ("clamp_max", lambda z, b: ops.smooth_clamp(z, None, 0.7, b),
+         lambda z: torch.clamp(z, max=0.7), lambda z: _LOG2 + 0 * z),
+        ("hardsigmoid", ops.smooth_hardsigmoid, F.hardsigmoid, lambda z: _LOG2 / 6 + 0 * z),
+        ("hardswish", ops.smooth_hardswish, F.hardswish, lambda z: z.abs() * _LOG2 / 6),
+        ("maximum", lambda z, b: ops.smooth_maximum(z, z.flip(-1), b),
+         lambda z: torch.maximum(z, z.flip(-1)), lambda z: _LOG2 + 0 * z),
+        ("minimum", lambda z, b: ops.smooth_minimum(z, z.flip(-1), b),
+         lambda z: torch.minimum(z, z.flip(-1)), lambda z: _LOG2 + 0 * z),
+    ]
+
+
+@pytest.mark.parametrize("case", _elementwise_cases(), ids=lambda c: c[0])
+def test_each_elementwise_replacement_is_within_its_bound(case):
+    """Every element-wise row of the table against torch's own operation on ``(2, 3, 5, 7)``
+    values around the kinks (``0, +-3, lo, hi``), for beta from 1 to 1e6: within
+    ``c / beta``, ``c`` from ``0 <= s - relu <= log 2 / beta``; ``max`` smoothed from
+    above, ``min`` from below."""
+    name, smooth, exact, c = case
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64) * 4
+    z[0, 0, 0, :5] = torch.tensor([0.0, 3.0, -3.0, -0.5, 0.7], dtype=torch.float64)
+    want = exact(z)
+    for beta in (1.0, 10.0, 1e3, 1e6):
+        err = smooth(z, beta) - want
+        assert err.shape == want.shape
+        assert bool((err.abs() <= c(z) / beta + 1e-12).all()), (name, beta)
+        if name == "maximum":
+            assert float(err.min()) >= -1e-12
+        if name == "minimum":
+            assert float(err.max()) <= 1e-12
