@@ -67,6 +67,26 @@ def test_bounds_hold_for_near_duplicate_classes(dtype, near, seed):
         assert np.all(dual_factor(D, q) * found.upper >= exact), q
 
 
+@pytest.mark.parametrize("dtype,near,seed", [(torch.float32, 1e-5, 3), (torch.float64, 1e-16, 2)])
+def test_bounds_hold_for_near_duplicates_behind_a_deep_net(dtype, near, seed):
+    """The same behind four smooth layers and an 8-wide bottleneck (``C`` by double-VJP,
+    ``a_j`` by backward: their roundings differ more). Without the slack the bound was
+    0.4 % (float32) and 3.5 times (float64, rows equal to rounding) below ``||a_j||``."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(D, 48), nn.Tanh(), nn.Linear(48, 48),
+                          nn.Softplus(), nn.Linear(48, 8), nn.Tanh(), nn.Linear(8, 30))
+    model = model.double()
+    with torch.no_grad():
+        last = model[-1].weight
+        last[1:8] = last[0] + near * torch.randn(7, 8, dtype=torch.float64)
+        for p in model.parameters():
+            p.mul_(3.0)
+    model = model.to(dtype).eval()
+    x = torch.rand(1, 1, 8, 8, dtype=dtype)
+    found = class_norm_bounds(LogitJacobian(model, x), 0, steps=16, tol=1e-2, seed=0)
+    assert np.all(found.upper >= _class_norms(model, x, 0, 2.0))
+
+
 def test_screening_keeps_a_near_duplicate_minimiser():
     """Class 3's gradient is within ``1e-6`` of the target's (float32): its ratio 1 is the
     minimum, another class has 1.1, the rest 2. Before the rounding slack class 3's screening
