@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from attrcert.smoothing.certificate import certify_cosine
+from attrcert.smoothing.certificate import certify_cosine, tolerance_limits
 from attrcert.smoothing.concentration import deviation_radius, norm_lower_bound
 from attrcert.smoothing.pixels import reject
 
@@ -74,3 +74,33 @@ def test_holm_family_wise_error_by_enumeration(correction):
         weight = np.prod([pmf[truths[i]][hits[:, i]] for i in range(3)], axis=0)
         wrong = rejected[:, nulls].any(1) if nulls else np.zeros(len(every), dtype=bool)
         assert float(weight[wrong].sum()) <= alpha + 1e-12, truths
+
+
+@pytest.mark.parametrize("metric,omegas", [("cosine", (0.001, 0.01, 0.3, 0.9, 0.99, 0.999)),
+                                           ("angle", (0.5, 10.0, 60.0, 89.0, 89.9)),
+                                           ("euclidean", (0.01, 0.3, 1.5))])
+def test_the_certificate_at_eps_max_and_radius_min_meets_the_tolerance(metric, omegas):
+    """``certify_cosine`` at ``eps = eps_max`` (and at ``r = radius_min``) meets the tolerance
+    as it reports it (``1 - cos_sim_lower``, ``angle_deg``, ``deviation_bound``), to the
+    last bit. Before the fix the closed-form inversion missed by up to 3e-14 (29 of 150
+    cases: ``1 - cos`` 0.99000000000001 at ``omega = 0.99``)."""
+    def reached(c) -> float:
+        return {"cosine": 1.0 - c.cos_sim_lower, "angle": c.angle_deg,
+                "euclidean": c.deviation_bound}[metric]
+
+    for d, omega, h in itertools.product((3, 100, 150528), omegas, (0.05, 0.3, 0.7, 0.95)):
+        mean = certify_cosine(h, samples=1000, bound=1.0, alpha=0.01, eps=0.1, radius=0.5,
+                              d=d).h_norm_lower
+        lim = tolerance_limits(mean, bound=1.0, eps=0.1, radius=0.5, d=d, omega=omega,
+                               metric=metric)
+        if lim.eps_max:
+            at = certify_cosine(h, samples=1000, bound=1.0, alpha=0.01, eps=lim.eps_max,
+                                radius=0.5, d=d)
+            assert reached(at) <= omega and (metric == "euclidean" or not at.vacuous)
+            above = certify_cosine(h, samples=1000, bound=1.0, alpha=0.01,
+                                   eps=lim.eps_max * (1 + 1e-9), radius=0.5, d=d)
+            assert (above.vacuous and metric != "euclidean") or reached(above) > omega
+        if lim.radius_min:
+            at = certify_cosine(h, samples=1000, bound=1.0, alpha=0.01, eps=0.1,
+                                radius=lim.radius_min, d=d)
+            assert reached(at) <= omega and (metric == "euclidean" or not at.vacuous)
