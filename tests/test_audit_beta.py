@@ -141,3 +141,43 @@ def test_each_elementwise_replacement_is_within_its_bound(case):
             assert float(err.min()) >= -1e-12
         if name == "minimum":
             assert float(err.max()) <= 1e-12
+
+
+class _Everything(nn.Module):
+    """Every smoothable operation in one network: per-channel PReLU (a slope above 1, one
+    of 0), LeakyReLU(1.5), Hardswish, Hardsigmoid, maximum, minimum, ReLU6, Hardtanh,
+    max-pooling with padding and ceil_mode, adaptive max-pooling on sides it does not
+    divide, F.relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.p = nn.Conv2d(3, 4, 3, padding=1), nn.PReLU(4)
+        self.c2, self.leaky = nn.Conv2d(4, 4, 3), nn.LeakyReLU(1.5)
+        self.hs, self.hg = nn.Hardswish(), nn.Hardsigmoid()
+        self.mp, self.ap = nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.AdaptiveMaxPool2d((3, 2))
+        self.r6, self.ht = nn.ReLU6(), nn.Hardtanh(-0.5, 0.25)
+        self.fc = nn.Linear(4 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.leaky(self.c2(self.mp(self.p(self.c1(x)))))
+        wide = 2 * z  # past both kinks at +-3
+        z = self.hs(wide) + self.hg(wide) + torch.maximum(z, z.flip(-1)) \
+            - torch.minimum(z, 0.3 * z)
+        z = self.ap(self.r6(z)) + F.relu(z).mean() + self.ht(z).mean()
+        return self.fc(z.flatten(1))
+
+
+def test_a_network_of_every_smoothable_operation_converges_at_rate_one_over_beta():
+    """``beta_smooth`` of the whole network against the network: the error falls 100 times
+    for every 100 times beta (a wrong replacement leaves an error that does not vanish)."""
+    torch.manual_seed(0)
+    model = _Everything().double().eval()
+    with torch.no_grad():
+        model.p.weight.copy_(torch.tensor([0.1, -0.4, 1.3, 0.0], dtype=torch.float64))
+    x = 4 * torch.randn(3, 3, 13, 11, dtype=torch.float64)
+    errors = []
+    for beta in (1e3, 1e5, 1e7):
+        with torch.no_grad():
+            errors.append(float((beta_smooth(model, beta, x)(x) - model(x)).abs().max()))
+    assert errors[0] < 1e-3
+    assert errors[1] < errors[0] / 30 and errors[2] < errors[1] / 30
