@@ -25,6 +25,10 @@ max-pooling            window max, ``max(a, b) = b +``     the smooth maximum
                                                             x_i) / beta`` of each window
 =====================  ==================================  ===============================
 
+torch's ``clamp`` is ``min(max(x, lo), hi)``, which is ``hi`` wherever ``lo > hi``; the
+clamp row holds for ``lo <= hi`` only, so ``lo`` is first replaced by ``hi`` where it
+exceeds it (then the row gives ``hi`` exactly).
+
 The max-pooling row is the maximum identity applied along the window: folding
 ``m <- m + s(x_i - m)`` over the window's elements gives exactly ``LSE_beta`` of the window
 (``LSE_beta(a, b) = b + s(a - b)``, and ``LSE_beta`` is associative), whatever the order,
@@ -91,6 +95,12 @@ def smooth_clamp(x: Tensor, lo: Bound, hi: Bound, beta: float) -> Tensor:
         return lo + F.softplus(x - lo, beta=beta)
     if lo is None:
         return hi - F.softplus(hi - x, beta=beta)
+    # torch's clamp is min(max(x, lo), hi): where lo > hi it is hi for every x, and the
+    # identity above then needs lo replaced by hi (it gives lo + s(x - hi) - s(x - hi) = hi)
+    if isinstance(lo, Tensor) or isinstance(hi, Tensor):
+        lo = torch.where(torch.as_tensor(lo) > hi, hi, lo)
+    elif lo > hi:
+        lo = hi
     return lo + F.softplus(x - lo, beta=beta) - F.softplus(x - hi, beta=beta)
 
 

@@ -18,8 +18,13 @@ and ``b_{y'} = f_y(x) - f_{y'}(x)``, Eq. 8 keeps the label under ``delta`` when
   ``V`` (``d x s``) and ``C = (J_f V)^T``; with ``w = e_{y'} - e_y`` and ``P = V V^T``,
   ``||a_{y'}||_2^2 = ||P J_f^T w||^2 + ||(I - P) J_f^T w||^2 <= ||C w||^2 + 2 rho^2``,
   ``rho = ||J_f (I - P)||_2`` from a second Golub-Kahan run on the deflated operator
-  (:mod:`attrcert.spectral.krylov`: its Ritz value plus residual term, as ``xi_max``), and
-  ``||a||_q <= d^{max(0, 1/q - 1/2)} ||a||_2``. Logit Jacobians are nearly low-rank, so a
+  (:mod:`attrcert.spectral.krylov`: its Ritz value plus residual term, as ``xi_max``,
+  over ``1 - tol``: the solver's value is within ``tol`` of the top singular value, and in
+  a cluster it stops on a member below the top), and
+  ``||a||_q <= d^{max(0, 1/q - 1/2)} ||a||_2``; each bound also allows ``1024 eps
+  (||grad f_j|| + ||grad f_y||)`` for the rounding of the model's dtype (``C`` and the
+  exact ``a_j`` round differently, which matters where two classes' gradients nearly
+  coincide). Logit Jacobians are nearly low-rank, so a
   few dozen steps leave ``rho`` small and few classes to compute; ``s`` doubles while
   that pays.
 

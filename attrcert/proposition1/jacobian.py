@@ -3,6 +3,7 @@ rows' differences ``||grad f_j - grad f_y||_2`` for every class at once (the pac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,11 @@ from ..attributions import Model
 from ..attributions.differentiable import differentiable_forward
 from ..spectral.krylov import golub_kahan
 
-__all__ = ["ClassNormBounds", "LogitJacobian", "NormBounds", "class_norm_bounds"]
+__all__ = ["ROUNDING", "ClassNormBounds", "LogitJacobian", "NormBounds", "class_norm_bounds"]
+
+#: the upper bounds allow this many units of the model dtype's rounding (``eps``) times
+#: ``||grad f_j|| + ||grad f_y||`` for the two ways ``a_j`` is computed to disagree
+ROUNDING = 1024.0
 
 
 class LogitJacobian:
@@ -127,26 +132,56 @@ class ClassNormBounds:
         basis = torch.stack(self.vs, 1)  # (d, s), orthonormal
         c = torch.stack(self.images)  # (s, k): (J_f V)^T
         rho, spent = 0.0, 0
-        if self.next is not None:
-            def deflated(w: Tensor) -> Tensor:
-                return w - basis @ (basis.T @ w)
 
+        def deflated(w: Tensor) -> Tensor:
+            return w - basis @ (basis.T @ w)
+
+        if self.next is None and not self._spans_rows(deflated):
+            # an invariant Krylov subspace of J_f^T J_f is J_f's row space only when J_f^T J_f
+            # has no repeated eigenvalue there: with W W^T = c I (a linear model's orthogonal
+            # rows of equal norm) the first steps stop at 2 columns and rho = 0 would let
+            # screening skip the minimiser
+            restart = deflated(torch.from_numpy(self.rng.standard_normal(d)).to(jac.leaf.device))
+            self.next = restart / restart.norm()
+        if self.next is not None:
             top = golub_kahan(
                 lambda w: jac.matvec(deflated(w).reshape(1, d)).reshape(-1),
                 lambda c_: deflated(jac.rmatvec(c_.reshape(1, k)).double().reshape(-1)),
                 torch.from_numpy(self.rng.standard_normal(d)).to(jac.leaf.device), tol=tol)
-            rho, spent = top.value, top.products
+            # the value is within tol of the top singular value (in a cluster it stops on a
+            # member below the top, 0.3 % under with tol = 1e-2): the top is <= value / (1 - tol)
+            rho, spent = top.value / (1.0 - tol), top.products
         self.products += spent
         lower = (c - c[:, y : y + 1]).norm(dim=0).cpu()  # ||C (e_j - e_y)||
-        upper = torch.sqrt(lower**2 + 2.0 * rho**2)
+        # rounding: C and the exact a_j come from different products in the model's dtype,
+        # each off by ~ eps ||grad f_j||, which is no small part of ||a_j|| when two classes'
+        # gradients nearly coincide (then C alone fell 16 % below the computed ||a_j||);
+        # ||grad f_j|| <= ||C e_j|| + rho
+        reach = c.norm(dim=0).cpu() + rho
+        slack = ROUNDING * torch.finfo(jac.logits.dtype).eps * (reach + reach[y])
+        upper = torch.sqrt(lower**2 + 2.0 * rho**2) + slack
         upper[y] = 0.0
         return NormBounds(upper.numpy(), lower.numpy(), len(self.vs), rho, spent)
+
+
+    def _spans_rows(self, deflated: Callable[[Tensor], Tensor]) -> bool:
+        """Whether ``V`` spans ``J_f``'s row space: ``J_f w = 0`` for one random unit ``w``
+        orthogonal to ``V`` (if ``J_f (I - P) != 0``, ``J_f w != 0`` for almost every ``w``),
+        to the relative level at which :meth:`extend` declared the subspace invariant."""
+        jac = self.jac
+        w = deflated(torch.from_numpy(self.rng.standard_normal(jac.d)).to(jac.leaf.device))
+        w = w / w.norm()
+        image = jac.matvec(w.reshape(1, jac.d)).double().reshape(jac.k)
+        self.products += 1
+        scale = max(float(c.norm()) for c in self.images)
+        return float(image.norm()) <= 1e-14 * scale
 
 
 def class_norm_bounds(jac: LogitJacobian, target: int, *, steps: int, tol: float,
                       seed: int) -> NormBounds:
     """``||J_f^T (e_j - e_y)||_2 <= sqrt(||C (e_j - e_y)||^2 + 2 rho^2)`` for every class
-    ``j`` of one sample, from ``steps`` Golub-Kahan steps on ``J_f`` (module doc)."""
+    ``j`` of one sample, from ``steps`` Golub-Kahan steps on ``J_f`` (module doc), plus
+    :data:`ROUNDING` ``eps (||grad f_j|| + ||grad f_y||)`` for the model dtype's rounding."""
     found = ClassNormBounds(jac, target, seed)
     found.extend(steps)
     return found.bounds(tol)

@@ -118,6 +118,20 @@ def _allowed_ratio(omega: float, metric: str, norm: float, bound: float) -> floa
     return bounds.euclidean_tolerance(omega, metric, norm) / bound
 
 
+def _meets(deviation: float, omega: float, metric: str, norm: float) -> bool:
+    """Whether a deviation bound ``D`` meets the tolerance, computed as
+    :func:`certify_cosine` reports it."""
+    if metric == "euclidean":
+        return deviation <= omega
+    turn = _angle(deviation, norm)
+    if turn is None:
+        return False
+    if metric == "cosine":
+        q = deviation / norm
+        return 1.0 - math.sqrt((1.0 - q) * (1.0 + q)) <= omega
+    return math.degrees(turn) <= omega
+
+
 def tolerance_limits(h_norm_lower: float, *, bound: float, eps: float, radius: float, d: int,
                      omega: float, metric: str) -> Limits:
     """``eps_max`` and ``radius_min`` for a tolerance ``omega`` on ``metric``
@@ -131,6 +145,18 @@ def tolerance_limits(h_norm_lower: float, *, bound: float, eps: float, radius: f
         eps_max, radius_min = 0.0, None
     else:
         eps_max, radius_min = 2.0 * radius * offset, eps / (2.0 * offset)
+
+        # the closed-form inversion can miss by a rounding (1 - cos at eps_max above omega
+        # by 3e-14): move each out by relative steps until certify_cosine's own formulas meet
+        def meets(e: float, r: float) -> bool:
+            return _meets(volume_ratio(e, r, d) * bound, omega, metric, h_norm_lower)
+
+        step = 1e-15
+        while eps_max > 0.0 and not meets(eps_max, radius):
+            eps_max, step = max(0.0, eps_max * (1.0 - step)), 2.0 * step
+        step = 1e-15
+        while not meets(eps, radius_min):
+            radius_min, step = radius_min * (1.0 + step), 2.0 * step
     best = offset_for_ratio(_allowed_ratio(omega, metric, bound, bound), d)
     floor = 0.0 if best is None else (None if best <= 0.0 else eps / (2.0 * best))
     return Limits(eps_max=eps_max, radius_min=radius_min, radius_min_floor=floor)

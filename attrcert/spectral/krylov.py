@@ -190,8 +190,16 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
         products += 1
         p = _reorthogonalize(p, us)
         alpha = float(p.norm())
-        if alpha <= _BREAKDOWN * s:  # invariant subspace: B_k's triplet is exact
-            vector = (torch.stack(vs[:-1], 1) @ right_t[0].to(v.device)).cpu()
+        if alpha <= _BREAKDOWN * s:
+            # invariant pair: J V_{k+1} = U_k [B_k, beta_k e_k] and J^T U_k = V_{k+1} [B_k,
+            # beta_k e_k]^T, so the singular values of that k x (k+1) matrix are exact; B_k's
+            # own top one misses the column beta_k e_k and can be far below (a rank-1 J:
+            # sigma |v_1^T v_max| instead of sigma)
+            wide = torch.cat([b, torch.zeros(b.shape[0], 1, dtype=torch.float64)], 1)
+            wide[-1, -1] = beta
+            _, sing, right_t = torch.linalg.svd(wide)
+            s = float(sing[0])
+            vector = (torch.stack(vs, 1) @ right_t[0].to(v.device)).cpu()
             return TopSingular(s, s, 0.0, vector / vector.norm(), products)
         alphas.append(alpha)
         us.append(p / alpha)
