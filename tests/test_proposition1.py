@@ -61,6 +61,20 @@ def test_screened_radius_equals_the_exhaustive_one(q, seed):
         assert int(got.classes.max()) < 100
 
 
+def test_screening_runs_when_every_class_fits_in_one_pass():
+    """A memory budget that holds every class gradient at once still screens them (it once
+    computed all k - 1 whenever they fitted in one pass)."""
+    model = wide_net(150, 0)
+    x = torch.rand(1, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    logits = model(x).detach()
+    target = logits.argmax(1)
+    got = label_test(model, x, target, logits, torch.zeros(1, 1, 36, dtype=torch.float64),
+                     q=2.0, attribution=get_method("saliency"), classes_per_pass=None)
+    radius, _ = exhaustive(model, x, int(target[0]), 2.0, [np.zeros(36)])
+    assert float(got.radius[0]) == pytest.approx(radius, rel=1e-9)
+    assert int(got.classes[0]) < 100
+
+
 def test_a_non_predicted_target_has_radius_zero():
     model = wide_net(40)
     x = torch.rand(1, 1, 6, 6, dtype=torch.float64)

@@ -18,6 +18,12 @@ NORM_TOL = 1e-2
 #: Golub-Kahan steps on ``J_f`` behind the screening bounds: the first, and the most
 FIRST_STEPS = 16
 MAX_STEPS = 128
+#: Below this many competitors every class gradient is computed: the first screening steps
+#: (``2 FIRST_STEPS`` logit-Jacobian products, each about two class gradients) cost more.
+SCREEN_MIN = 64
+#: Class gradients per screening pass: small, so that screening stops soon after the bar
+#: is set (a class gradient costs the same one at a time, through the kept logit graph).
+SCREEN_PASS = 32
 
 
 def dual_factor(d: int, q: float) -> float:
@@ -87,20 +93,23 @@ class _Known:
 def screened_label_radius(jac: LogitJacobian, target: int, margins: np.ndarray,
                           norms: Callable[[np.ndarray], np.ndarray], *, q: float,
                           per_pass: int, seed: int, tol: float = NORM_TOL,
-                          max_steps: int = MAX_STEPS) -> tuple[float, int]:
+                          max_steps: int = MAX_STEPS, screen_min: int = SCREEN_MIN
+                          ) -> tuple[float, int]:
     """``min_{j != y} b_j / ||a_j||_q`` of one sample, screened (the package doc).
 
     ``margins``: ``(k,)`` ``b_j`` (all ``> 0`` but the target's); ``norms(classes)``: the
     exact ``||a_j||_q`` of some classes. The Golub-Kahan steps behind the bounds
     (:class:`ClassNormBounds`) double from :data:`FIRST_STEPS` while the classes they could
     still spare cost more, at the measured seconds per class gradient, than the next
-    doubling at the measured seconds per product. Returns ``(radius, classes computed)``.
+    doubling at the measured seconds per product; with at most ``screen_min`` competitors
+    every one is computed. Returns ``(radius, classes computed)``.
     """
     others = np.flatnonzero(np.arange(margins.size) != target)
     b = margins[others]
     known = _Known(lambda positions: norms(others[positions]))
-    if others.size <= per_pass:  # one pass holds them all: nothing to screen
+    if others.size <= screen_min:  # too few to pay for the screening bounds
         return screened_radius(b, np.full(b.size, math.inf), known, per_pass)[0], others.size
+    per_pass = max(1, min(per_pass, SCREEN_PASS))
     up = dual_factor(jac.d, q)
     bounds = ClassNormBounds(jac, target, seed)
     steps, spent = FIRST_STEPS, 0.0
