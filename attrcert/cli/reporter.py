@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..progress import ATTRIBUTION
 from ..results import JsonlAppender, Record, dumps_strict
 from ..writing import write_bytes
 from . import interrupts
@@ -28,9 +29,11 @@ from .options import Common
 from .output import err
 
 __all__ = ["LONG_RUN_SECONDS", "STOPPING", "Interrupted", "Reporter", "duration",
-           "long_run_note", "writes_jsonl"]
+           "early_note", "long_run_note", "writes_jsonl"]
 
-#: A run whose samples will take longer than this in all says so after its first batch.
+#: A run whose samples will take longer than this in all says so: as soon as the time its
+#: first batch has taken shows it (:func:`early_note`), and after that batch with the
+#: estimate (:func:`long_run_note`).
 LONG_RUN_SECONDS = 600.0
 STOPPING = "stopping after the current sample (Ctrl-C again to abort now)"
 
@@ -71,6 +74,21 @@ def long_run_note(samples: int, done: int, seconds: float) -> str | None:
     return f"note: about {duration(each * samples)} for {samples} samples at {duration(each)} each"
 
 
+def early_note(samples: int, batch: int, seconds: float) -> str | None:
+    """The line that says, before the first batch of ``batch`` samples is done, that the
+    run will clearly take long: it has taken ``seconds`` so far, so each of the ``samples``
+    takes at least ``seconds / batch`` (a lower bound: ``None`` while it stays under
+    :data:`LONG_RUN_SECONDS`)."""
+    if batch <= 0 or samples <= 0:
+        return None
+    least = seconds / batch * samples
+    if least < LONG_RUN_SECONDS:
+        return None
+    first = "the first sample has" if batch == 1 else f"the first {batch} samples have"
+    return (f"note: this run will take at least {duration(least)} for {samples} samples "
+            f"({first} taken {duration(seconds)} so far)")
+
+
 class Reporter:
     """Progress with ETA on stderr, streaming of finished samples to JSONL, the g / v_max of
     every sample for --save-attributions, and the first Ctrl-C (finish the sample, stop).
@@ -96,6 +114,8 @@ class Reporter:
         self.directions: list[torch.Tensor] = []
         self.finished = 0
         self.started: float | None = None  # the first phase's start: the run is planned
+        self.batch = 1  # samples of the batch in flight (its attribution phase's total)
+        self.warned = False
         self.stop_requested = False
 
     def __enter__(self) -> Reporter:
@@ -113,6 +133,13 @@ class Reporter:
         """A phase's ``(done, total)`` (``total`` 0: not known)."""
         if self.started is None:
             self.started = self.clock()
+        if name == ATTRIBUTION and total:
+            self.batch = total
+        if self.finished == 0 and not self.warned and not self.opts.quiet:
+            note = early_note(len(self.todo), self.batch, self.clock() - self.started)
+            if note is not None:
+                self.warned = True
+                err.print(note)
         if self.progress is None:
             return
         self.progress.update(self.inner, description=f"  {name}", completed=done,
