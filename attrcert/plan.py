@@ -273,7 +273,8 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
     hold the points their measured graph allows beside the Krylov basis.
     """
     given = solver.memory_budget is not None
-    budget = parse_size(solver.memory_budget) if given else default_budget(x.device)
+    budget = (parse_size(solver.memory_budget) if solver.memory_budget is not None
+              else default_budget(x.device))
     d, points = x[0].numel(), attribution.points
     activation = activation_bytes(model, x)
     common = {"budget": budget, "ceiling": budget if given else free_memory(x.device),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,8 +40,9 @@ __all__ = ["NO_HOOKS", "BetaSmoothed", "Checked", "Head", "Hooks", "OnBatch", "P
 #: The fields a record starts with after ``index``, from the sample's index (the CLI's
 #: ``source``, ``config_hash``, ``input_sha256``).
 Head = Callable[[int], Record]
-#: Called with each batch's records and what was computed for it, as soon as it is done.
-OnBatch = Callable[[list[Record], object], None]
+#: Called with each batch's records and what was computed for it (an
+#: :class:`~attrcert.analysis.Analysis`; smoothing's ``SmoothedSample``), as soon as it is done.
+OnBatch = Callable[[list[Record], Any], None]
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ class Reporter:
                 console=err, transient=True)
             self.samples = self.progress.add_task(label, total=len(todo))
             self.inner = self.progress.add_task("", total=None, visible=False)
-        self.appender = JsonlAppender(opts.output) if writes_jsonl(opts) else None
+        self.appender = JsonlAppender(opts.output) \
+            if opts.output is not None and writes_jsonl(opts) else None
         self.attrs: list[torch.Tensor] = []
         self.directions: list[torch.Tensor] = []
         self.finished = 0
