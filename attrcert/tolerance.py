@@ -62,7 +62,7 @@ class Tolerance:
 def check_modified(tolerance: Tolerance, p: float) -> None:
     """``modified`` (``T'_e``, Eq. 11) is defined for the l2 norm only."""
     if tolerance.modified and p != 2.0:
-        raise OptionError("modified (T'_e) is defined for the l2 norm only: use norm 2")
+        raise OptionError("modified (T'_e) is defined for the l2 norm only: use norm=2")
 
 
 def bisect_modified(run: Run, a: Analysis, linear: list[float | None],
