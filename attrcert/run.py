@@ -184,8 +184,9 @@ def prepare_run(inputs: RunInputs, p: float | None) -> Run:
     spectral path; ``None``: work without the attribution's Jacobian, as smoothing).
 
     Without :attr:`RunInputs.checked`, the model's output is checked on the first sample
-    (:func:`attrcert.devices.output_classes`) and its non-smooth operations are found and
-    warned about (:class:`~attrcert.smoothness.NonSmoothModelWarning`), once."""
+    (:func:`attrcert.devices.output_classes`) and, for work with ``J`` (``p`` given), its
+    non-smooth operations are found and warned about
+    (:class:`~attrcert.smoothness.NonSmoothModelWarning`), once."""
     spec, solver = inputs.attribution, inputs.solver
     model, x = place(inputs.model, inputs.x, dtype=solver.dtype, device=solver.device)
     n = x.shape[0]
@@ -194,8 +195,8 @@ def prepare_run(inputs: RunInputs, p: float | None) -> Run:
         raise OptionError(f"{len(indices)} indices for {n} samples")
     if inputs.checked is None:
         first = output_classes(model, x)
-        classes = int(first.shape[1])
-        nonsmooth = tuple(find_nonsmooth(model, x))
+        classes = int(first.shape[1])  # smoothing's guarantees hold for any model: no search
+        nonsmooth = tuple(find_nonsmooth(model, x)) if p is not None else ()
     else:
         first, classes, nonsmooth = None, inputs.checked.classes, inputs.checked.nonsmooth
     notes = (nonsmooth_message(list(nonsmooth)),) if nonsmooth else ()

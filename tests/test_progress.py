@@ -77,6 +77,8 @@ def test_the_long_run_lines():
     assert early_note(1000, 1, 0.9) == ("note: this run will take at least 15 min for 1000 "
                                         "samples (the first sample has taken 0.9 s so far)")
     assert "the first 16 samples have" in early_note(1000, 16, 20.0)
+    assert early_note(1, 1, 700.0) == ("note: this run will take at least 12 min for 1 sample "
+                                       "(the first sample has taken 12 min so far)")
     assert long_run_note(1000, 1, 0.5) is None
     assert long_run_note(1000, 2, 3.0) == "note: about 25 min for 1000 samples at 1.5 s each"
     assert long_run_note(3, 3, 9000.0) is None  # nothing left

@@ -85,8 +85,8 @@ def early_note(samples: int, batch: int, seconds: float) -> str | None:
     if least < LONG_RUN_SECONDS:
         return None
     first = "the first sample has" if batch == 1 else f"the first {batch} samples have"
-    return (f"note: this run will take at least {duration(least)} for {samples} samples "
-            f"({first} taken {duration(seconds)} so far)")
+    return (f"note: this run will take at least {duration(least)} for {samples} "
+            f"sample{'s' if samples != 1 else ''} ({first} taken {duration(seconds)} so far)")
 
 
 class Reporter:
