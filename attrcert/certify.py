@@ -29,9 +29,7 @@ from .config import (
 )
 from .kinks import add_kink_fields
 from .perturbation import NormLike, Perturbation, parse_norm
-from .plan import ATTACK, LABEL, SPECTRUM, VALUES
-from .progress import ATTACK as ATTACKING
-from .progress import SOUND, as_progress, tick
+from .progress import ATTACK, ATTRIBUTION, LABEL, SOUND, SPECTRUM, as_progress, tick
 from .records import add_attack_fields, certificate_records
 from .results import Record
 from .run import NO_HOOKS, Hooks, OnBatch, Run, RunInputs, prepare_run
@@ -136,7 +134,8 @@ def certify_run(run: Run, pert: Perturbation, *, label: LabelOptions = COMPLETEN
     Raises:
         MemoryBudgetError: before the work, when one sample does not fit the budget.
     """
-    run.plan.require((SPECTRUM, VALUES, LABEL, *((ATTACK,) if attack else ())), label.how)
+    run.plan.require((SPECTRUM, ATTRIBUTION, LABEL, *((ATTACK,) if attack else ())),
+                     label.how)
     bounder = None
     if sound:
         from .sound import SoundBounder
@@ -154,8 +153,8 @@ def certify_run(run: Run, pert: Perturbation, *, label: LabelOptions = COMPLETEN
             _phase(progress, SOUND, lambda: bounder.update(
                 a.x, a.target, [float(v) for v in a.attr.norm(dim=1)], records))
         if attack is not None:
-            _phase(progress, ATTACKING, lambda: add_attack_fields(run, a, pert, records,
-                                                                  attack))
+            _phase(progress, ATTACK,
+                   lambda: add_attack_fields(run, a, pert, records, attack))
             if bounder is not None:
                 bounder.check_attack(records)
         _seconds(records, start)
@@ -215,7 +214,7 @@ def max_eps(
 def max_eps_run(run: Run, p: float, tolerance: Tolerance, hooks: Hooks = NO_HOOKS
                 ) -> list[Record]:
     """:func:`max_eps` on a prepared run for the norm ``p`` and ``tolerance``."""
-    run.plan.require((SPECTRUM, VALUES))
+    run.plan.require((SPECTRUM, ATTRIBUTION))
 
     def work(sl: slice) -> tuple[list[Record], Analysis]:
         start = time.perf_counter()

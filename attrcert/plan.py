@@ -52,12 +52,12 @@ from .memory import (
     plan,
     release_cached,
 )
+from .progress import ATTACK, ATTRIBUTION, LABEL, NOISE, SPECTRUM
 from .proposition1.screening import MAX_STEPS as SCREENING_STEPS
 from .sizing import FOOTPRINT_FACTOR, default_batch_size, point_bytes, resolve_spectral
 from .spectral.krylov import MAX_STEPS as KRYLOV_STEPS
 
-__all__ = ["ATTACK", "ATTACK_COPIES", "KRYLOV_VECTORS", "LABEL", "NOISE", "SPECTRUM",
-           "VALUES", "RunPlan", "plan_run"]
+__all__ = ["ATTACK_COPIES", "KRYLOV_VECTORS", "RunPlan", "plan_run"]
 
 #: float64 vectors of ``d`` a Krylov step keeps (Golub-Kahan: ``v_k`` and ``u_k``).
 KRYLOV_VECTORS = 2
@@ -68,10 +68,9 @@ VALUE_FACTOR = 2
 #: the step, and each of its runs' results.
 ATTACK_COPIES = 16
 
-#: The phases :meth:`RunPlan.require` checks.
-SPECTRUM, VALUES, LABEL, ATTACK, NOISE = "spectrum", "values", "label", "attack", "noise"
-_NAMES = {SPECTRUM: "the spectrum", VALUES: "the attribution", LABEL: "Proposition 1's label "
-          "test", ATTACK: "the attack", NOISE: "the noisy copies"}
+#: The phases (:mod:`attrcert.progress`) :meth:`RunPlan.require` checks, as errors name them.
+_NAMES = {SPECTRUM: "the spectrum", ATTRIBUTION: "the attribution", LABEL: "Proposition 1's "
+          "label test", ATTACK: "the attack", NOISE: "the noisy copies"}
 
 
 @dataclass
@@ -198,7 +197,7 @@ class RunPlan:
             return (self.krylov_bytes + graph,
                     f"a Krylov basis of {steps} steps, {fmt(self.krylov_bytes)}, and one "
                     f"point's graph, {fmt(graph)}")
-        if phase == VALUES:
+        if phase == ATTRIBUTION:
             need = VALUE_FACTOR * self.activation
             return need, f"one point's activations, {fmt(need)}"
         if phase == LABEL:

@@ -15,16 +15,8 @@ from attrcert import certify
 from attrcert.attributions import get_method
 from attrcert.config import SolverOptions
 from attrcert.memory import MemoryBudgetError
-from attrcert.plan import (
-    ATTACK,
-    ATTACK_COPIES,
-    KRYLOV_VECTORS,
-    LABEL,
-    SPECTRUM,
-    VALUES,
-    RunPlan,
-    plan_run,
-)
+from attrcert.plan import ATTACK_COPIES, KRYLOV_VECTORS, RunPlan, plan_run
+from attrcert.progress import ATTACK, ATTRIBUTION, LABEL, SPECTRUM
 from attrcert.sizing import FOOTPRINT_FACTOR
 from attrcert.spectral.krylov import MAX_STEPS
 
@@ -77,13 +69,13 @@ def test_a_smaller_budget_gives_smaller_passes():
         roomy.classes_per_label_pass("completeness")
 
 
-@pytest.mark.parametrize("phase", [SPECTRUM, VALUES, LABEL, ATTACK])
+@pytest.mark.parametrize("phase", [SPECTRUM, ATTRIBUTION, LABEL, ATTACK])
 def test_one_sample_that_does_not_fit_a_phase_is_refused_naming_it(phase):
     plan = planned("1GB")
     need, what = plan.minimum(phase)
     assert need > 0 and what
     plan.budget = plan.ceiling = need - 1
-    names = {SPECTRUM: "the spectrum", VALUES: "the attribution",
+    names = {SPECTRUM: "the spectrum", ATTRIBUTION: "the attribution",
              LABEL: "Proposition 1's label test", ATTACK: "the attack"}
     with pytest.raises(MemoryBudgetError, match=f"cannot hold one sample: {names[phase]} "
                                                 r"needs about .*: give --memory-budget"):

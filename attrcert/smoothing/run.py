@@ -22,9 +22,7 @@ from torch import Tensor
 from ..attributions import Model
 from ..config import AttributionSpec, SolverOptions, resolve
 from ..errors import ModelOutputError
-from ..plan import NOISE, VALUES
-from ..progress import NOISE as NOISE_SAMPLES
-from ..progress import as_progress, tick
+from ..progress import ATTRIBUTION, NOISE, as_progress, tick
 from ..results import Record
 from ..run import NO_HOOKS, Hooks, Run, RunInputs, prepare_run
 from .options import LimitOptions, PixelOptions, SmoothingOptions, check_selection
@@ -118,12 +116,12 @@ def smooth_run(run: Run, options: SmoothingOptions, *, pixels: PixelOptions | No
     Raises:
         MemoryBudgetError: before the work, when one image does not fit the budget.
     """
-    run.plan.require((VALUES, NOISE))
+    run.plan.require((ATTRIBUTION, NOISE))
     model, x, method = run.model, run.x, run.attribution
     copies, points = run.plan.copies_per_noise_pass(options.samples, options.samples_per_pass,
                                                     pixels is not None)
     total = options.samples * (2 if pixels is not None else 1)
-    step = tick(hooks.progress, NOISE_SAMPLES)
+    step = tick(hooks.progress, NOISE)
     records = []
     for i in range(x.shape[0]):
         start = time.perf_counter()
