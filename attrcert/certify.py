@@ -1,110 +1,53 @@
-"""Orchestration: batches of samples -> :func:`~attrcert.analysis.analyse` -> records.
+"""The library's entry points and the work they share.
 
-:func:`certify` gives the bounds of docs/math.md §2 and the label test of §4 for a fixed eps;
-:func:`max_eps` the largest eps for a tolerance (§3, :mod:`attrcert.tolerance`). Both size
-the run to the memory budget (:mod:`attrcert.sizing`), analyse each batch once (the
-attribution Jacobian and its spectrum, :mod:`attrcert.analysis`) and build the records
-(:mod:`attrcert.records`).
+:func:`certify` gives the bounds (Theorems 1-2, Corollaries 1-2, Eq. 11) and Proposition
+1's label test for a fixed eps; :func:`max_eps` the largest eps for a tolerance (Appendix
+E, :mod:`attrcert.tolerance`). Each builds the value objects from its keywords, prepares
+the run once (:func:`attrcert.run.prepare_run`: placed, checked, planned) and hands it to
+:func:`certify_run` / :func:`max_eps_run`, which the CLI calls with the objects it built at
+its boundary. Each batch is analysed once (the attribution Jacobian and its spectrum,
+:mod:`attrcert.analysis`) and its records built once (:mod:`attrcert.records`).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from .analysis import Analysis, analyse, prepare
-from .attributions import Attribution, Model, get_method, resolve_target
-from .config import AttackOptions, AttributionSpec, SolverOptions, resolve, resolve_attack
-from .errors import OptionError
+from .analysis import Analysis
+from .attributions import Model
+from .config import (
+    AttackOptions,
+    AttributionSpec,
+    LabelOptions,
+    SolverOptions,
+    resolve,
+    resolve_attack,
+)
 from .kinks import add_kink_fields
 from .perturbation import NormLike, Perturbation, parse_norm
-from .records import LabelOptions, Provenance, add_attack_fields, certificate_records
+from .progress import ATTACK, ATTRIBUTION, LABEL, SOUND, SPECTRUM, as_progress, tick
+from .records import add_attack_fields, certificate_records
 from .results import Record
-from .sizing import Sizing, fitted_batches, size_run
-from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
-from .tolerance import Tolerance, eps_max_records
+from .run import NO_HOOKS, Hooks, OnBatch, Run, RunInputs, prepare_run
+from .tolerance import Tolerance, check_modified, eps_max_records
 
-__all__ = ["certify", "max_eps"]
+__all__ = ["certify", "certify_run", "max_eps", "max_eps_run"]
 
-Progress = Callable[[int, int], None]
-OnBatch = Callable[[list[Record], Analysis], None]
-
-
-@dataclass(frozen=True)
-class _Run:
-    """A run made ready: the model and inputs where they compute, the attribution, the
-    targets, what every record says about smoothness, and the sizing."""
-
-    model: Model
-    x: Tensor
-    attribution: Attribution
-    targets: Tensor
-    about: Provenance
-    sizing: Sizing
-    solver: SolverOptions
-
-    def batches(self, work: Callable[[slice], tuple[list[Record], Analysis]],
-                on_batch: OnBatch | None) -> list[Record]:
-        """``work`` on each batch (retried smaller on out-of-memory), records in order."""
-        records: list[Record] = []
-        for batch, a in fitted_batches(self.x.shape[0], self.sizing.batch_size, self.x.device,
-                                       work):
-            records.extend(batch)
-            if on_batch is not None:
-                on_batch(batch, a)
-        return records
-
-    def analyse(self, sl: slice, progress: Progress | None) -> Analysis:
-        return analyse(self.model, self.x[sl], self.attribution, self.targets[sl],
-                       chunk_size=self.sizing.chunk_size,
-                       spectral=self.sizing.spectral, tol=self.solver.tol, progress=progress,
-                       abs_sum_blocked=self.sizing.abs_sum_blocked, first_index=sl.start,
-                       points_per_pass=self.sizing.points_per_pass,
-                       value_points=self.sizing.value_points,
-                       probe_all=self.about.method == "saliency" and bool(self.about.nonsmooth))
+#: ``progress(phase, done, total)`` (:mod:`attrcert.progress`), or ``(rows done, d)``
+#: as the API took it before phases.
+Progress = Callable[..., None]
+#: Proposition 1 from class gradients (the default).
+COMPLETENESS = LabelOptions()
 
 
-def _prepare_run(model: Model, x: Tensor, spec: AttributionSpec, solver: SolverOptions,
-                 p: float) -> _Run:
-    """Checked options, the model and inputs where they compute, the attribution, the
-    targets, the smoothness findings (warned once) shared by every record, the sizing."""
-    model, x = prepare(model, x, dtype=solver.dtype, device=solver.device)
-    baseline = spec.baseline
-    if baseline is not None:
-        baseline = torch.as_tensor(baseline).to(dtype=x.dtype, device=x.device)
-    attribution = get_method(spec.method, steps=spec.steps, baseline=baseline)
-    targets = resolve_target(model, x, spec.target)
-    with torch.no_grad():
-        out = model(x[:1])
-    if out.ndim != 2:
-        raise OptionError(f"the model returned shape {tuple(out.shape)}: expected logits (N, k)")
-    k = int(out.shape[1])
-    if targets.numel() and (targets.min() < 0 or targets.max() >= k):
-        raise OptionError(f"target classes must lie in 0..{k - 1}")
-    nonsmooth = find_nonsmooth(model, x)
-    notes = []
-    if nonsmooth:
-        notes.append(nonsmooth_message(nonsmooth))
-        warnings.warn(notes[-1], NonSmoothModelWarning, stacklevel=3)
-    sizing = size_run(model, x, attribution, spectral=solver.spectral, p=p,
-                      memory_budget=solver.memory_budget, batch_size=solver.batch_size,
-                      chunk_size=solver.chunk_size, target=targets)
-    about = Provenance(spec.method, tuple(nonsmooth), tuple(notes))
-    return _Run(model, x, attribution, targets, about, sizing, solver)
-
-
-def _stamp(records: list[Record], sl: slice, spectral: str, start: float) -> None:
-    """Each record's index among all samples and its share of the batch's wall time."""
+def _seconds(records: list[Record], start: float) -> None:
+    """Each record's share of the batch's wall time, its last field."""
     elapsed = (time.perf_counter() - start) / len(records)
-    for offset, rec in enumerate(records):
-        rec["index"] = sl.start + offset
-        rec["spectral"] = spectral
+    for rec in records:
         rec["seconds"] = elapsed
 
 
@@ -162,7 +105,9 @@ def certify(
             (Corollary 2), the proved label certificate ``margin_lower`` /
             ``label_certified``, and with an attack ``violation_sound`` (a bug, never
             expected).
-        progress: called with ``(rows_done, d)`` while Jacobians are built.
+        progress: called with ``(phase, done, total)`` as each phase of a sample goes
+            (:mod:`attrcert.progress`; a callable of two arguments gets ``(rows done, d)``
+            while Jacobians are formed, as before).
         on_batch: called with each batch's records and its :class:`~attrcert.analysis.Analysis`
             as soon as the batch is done (streaming output, progress).
         **shortcuts: the fields of :class:`~attrcert.config.AttributionSpec` (``method``,
@@ -175,31 +120,57 @@ def certify(
     options = dict(shortcuts)
     attack = resolve_attack(attack, options)
     spec, solver = resolve(attribution, solver, options, "certify")
-    run = _prepare_run(model, x, spec, solver, pert.norm)
+    label = LabelOptions(label_gradient)
+    run = prepare_run(RunInputs(model, x, spec, solver), pert.norm)
+    return certify_run(run, pert, label=label, attack=attack, sound=sound,
+                       hooks=Hooks(as_progress(progress), on_batch))
+
+
+def certify_run(run: Run, pert: Perturbation, *, label: LabelOptions = COMPLETENESS,
+                attack: AttackOptions | None = None, sound: bool = False,
+                hooks: Hooks = NO_HOOKS) -> list[Record]:
+    """:func:`certify` on a prepared run, with the value objects it takes.
+
+    Raises:
+        MemoryBudgetError: before the work, when one sample does not fit the budget.
+    """
+    run.plan.require((SPECTRUM, ATTRIBUTION, LABEL, *((ATTACK,) if attack else ())),
+                     label.how)
     bounder = None
     if sound:
         from .sound import SoundBounder
         bounder = SoundBounder(run.model, run.x[:1], run.attribution, pert)
+    progress = hooks.progress
 
     def work(sl: slice) -> tuple[list[Record], Analysis]:
         start = time.perf_counter()
         a = run.analyse(sl, progress)
-        label = LabelOptions(label_gradient, run.sizing.classes_per_pass(
-            a.x.shape[0], label_gradient, run.attribution.points))
-        records = certificate_records(run.model, a, run.attribution, pert, run.about, label)
+        records = certificate_records(run, a, pert, label, progress)
         add_kink_fields(run.model, a, pert, records)
         for rec in records:
-            rec["spectral"] = run.sizing.spectral
+            rec["spectral"] = run.plan.spectral
         if bounder is not None:
-            bounder.update(a.x, a.target, [float(v) for v in a.attr.norm(dim=1)], records)
+            _phase(progress, SOUND, lambda: bounder.update(
+                a.x, a.target, [float(v) for v in a.attr.norm(dim=1)], records))
         if attack is not None:
-            add_attack_fields(run.model, a, run.attribution, pert, records, attack)
+            _phase(progress, ATTACK,
+                   lambda: add_attack_fields(run, a, pert, records, attack))
             if bounder is not None:
                 bounder.check_attack(records)
-        _stamp(records, sl, run.sizing.spectral, start)
+        _seconds(records, start)
         return records, a
 
-    return run.batches(work, on_batch)
+    return run.batches(work, hooks.on_batch)
+
+
+def _phase(progress: Progress | None, phase: str, work: Callable[[], None]) -> None:
+    """``work``, told to ``progress`` as ``phase`` (0 of 1, then 1 of 1)."""
+    step = tick(progress, phase)
+    if step is not None:
+        step(0, 1)
+    work()
+    if step is not None:
+        step(1, 1)
 
 
 def max_eps(
@@ -217,14 +188,15 @@ def max_eps(
     on_batch: OnBatch | None = None,
     **shortcuts: Any,
 ) -> list[Record]:
-    """The largest eps whose bound stays within a tolerance ``omega`` (Appendix E, docs/math.md §3).
+    """The largest eps whose bound stays within a tolerance ``omega`` (Appendix E).
 
     ``metric="euclidean"``: ``T_e(eps) <= omega`` (Eq. 50); ``"cosine"`` (``0 < omega <=
-    1``): Corollary 2 inverted (Eq. 51-52 as corrected in docs/math.md §5); ``"angle"`` (degrees,
-    ``0 < omega <= 90``): ``T_e(eps) <= ||g|| sin(omega)``. With ``modified=True`` (l2 only)
-    the bound is ``T'_e = c(eps) xi_max eps``, solved by bisection (``bisection_steps``
-    halvings; the reported eps satisfies the tolerance). ``attribution``, ``solver``,
-    ``progress``, ``on_batch`` and ``**shortcuts`` as for :func:`certify`.
+    1``): Corollary 2 inverted (Eq. 51-52 as corrected in docs/math.md); ``"angle"``
+    (degrees, ``0 < omega <= 90``): ``T_e(eps) <= ||g|| sin(omega)``. With ``modified=True``
+    (l2 only) the bound is ``T'_e = c(eps) xi_max eps``, solved by bisection
+    (``bisection_steps`` halvings; the reported eps satisfies the tolerance).
+    ``attribution``, ``solver``, ``progress``, ``on_batch`` and ``**shortcuts`` as for
+    :func:`certify`.
 
     Records: the common fields of :func:`certify` plus ``omega``, ``metric``,
     ``eps_max`` (``None`` with ``eps_max_unbounded`` when no eps is too large),
@@ -233,16 +205,24 @@ def max_eps(
     """
     p = parse_norm(norm)
     tolerance = Tolerance(omega, metric, modified, bisection_steps)
-    if modified and p != 2.0:
-        raise OptionError("modified (T'_e) is defined for the l2 norm only: use norm=2")
+    check_modified(tolerance, p)
     spec, solver = resolve(attribution, solver, shortcuts, "max_eps")
-    run = _prepare_run(model, x, spec, solver, p)
+    run = prepare_run(RunInputs(model, x, spec, solver), p)
+    return max_eps_run(run, p, tolerance, Hooks(as_progress(progress), on_batch))
+
+
+def max_eps_run(run: Run, p: float, tolerance: Tolerance, hooks: Hooks = NO_HOOKS
+                ) -> list[Record]:
+    """:func:`max_eps` on a prepared run for the norm ``p`` and ``tolerance``."""
+    run.plan.require((SPECTRUM, ATTRIBUTION))
 
     def work(sl: slice) -> tuple[list[Record], Analysis]:
         start = time.perf_counter()
-        a = run.analyse(sl, progress)
-        records = eps_max_records(run.model, a, run.attribution, p, tolerance, run.about)
-        _stamp(records, sl, run.sizing.spectral, start)
+        a = run.analyse(sl, hooks.progress)
+        records = eps_max_records(run, a, p, tolerance)
+        for rec in records:
+            rec["spectral"] = run.plan.spectral
+        _seconds(records, start)
         return records, a
 
-    return run.batches(work, on_batch)
+    return run.batches(work, hooks.on_batch)

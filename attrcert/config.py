@@ -4,7 +4,8 @@
   Eq. 40, baseline ``b``) of which class (``target``);
 - :class:`SolverOptions`: how the Jacobian ``J = dg/dx`` and its spectrum are computed
   (full or matrix-free, tolerance, batching, memory budget, device, dtype);
-- :class:`AttackOptions`: the budget of the attack that checks the bounds (docs/math.md §6).
+- :class:`AttackOptions`: the budget of the attack that checks the bounds;
+- :class:`LabelOptions`: how Proposition 1's ``a_{y'}`` is computed.
 
 The perturbation ball (norm, eps) is :class:`attrcert.perturbation.Perturbation`.
 :func:`attrcert.certify` and :func:`attrcert.max_eps` take these objects, and also the
@@ -24,8 +25,11 @@ from torch import Tensor
 
 from .attributions import METHODS
 from .errors import OptionError
+from .memory import parse_size
+from .proposition1 import LABEL_GRADIENTS
 
-__all__ = ["AttackOptions", "AttributionSpec", "SolverOptions", "resolve", "resolve_attack"]
+__all__ = ["AttackOptions", "AttributionSpec", "LabelOptions", "SolverOptions", "resolve",
+           "resolve_attack"]
 
 Target = int | Tensor | list[int] | None
 
@@ -53,6 +57,17 @@ class AttributionSpec:
             raise OptionError(f"steps = {self.steps!r} must be an integer >= 1")
         if self.baseline is not None and self.method != "integrated_gradients":
             raise OptionError("a baseline applies only to integrated_gradients")
+
+    def rows(self, rows: list[int]) -> AttributionSpec:
+        """This spec for the samples ``rows`` of the inputs it was given for (one target
+        per sample selected; one target for all kept)."""
+        target = self.target
+        if target is None or isinstance(target, int):
+            return self
+        t = torch.as_tensor(target)
+        if t.ndim == 0:
+            return self
+        return dataclasses.replace(self, target=t[rows])
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,8 @@ class SolverOptions:
             if value is not None and (isinstance(value, bool) or int(value) != value
                                       or value < 1):
                 raise OptionError(f"{name} = {value!r} must be an integer >= 1")
+        if self.memory_budget is not None:
+            parse_size(self.memory_budget)  # a bad size fails before anything is loaded
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,20 @@ class AttackOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise OptionError(f"attack {name} = {value!r} must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """How Proposition 1's ``a_{y'}`` is computed (:func:`attrcert.proposition1.label_test`):
+    ``"completeness"`` (class gradients, screened) or ``"attribution"`` (through the
+    attribution, every class)."""
+
+    how: str = "completeness"
+
+    def __post_init__(self) -> None:
+        if self.how not in LABEL_GRADIENTS:
+            raise OptionError(f"unknown label_gradient {self.how!r}: use "
+                              f"{' or '.join(LABEL_GRADIENTS)}")
 
 
 _SHORTCUTS = {f.name: AttributionSpec for f in fields(AttributionSpec)} | {

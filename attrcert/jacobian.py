@@ -43,10 +43,10 @@ def default_strategy(device: torch.device) -> str:
 
 def default_chunk_size(attribution: Attribution, x: Tensor) -> int:
     """Rows per replicated pass so that a pass feeds at most
-    :data:`REPLICATE_INPUT_BUDGET` input scalars (``chunk * N * m * d``) to the model."""
+    :data:`REPLICATE_INPUT_BUDGET` input scalars (``chunk * N * m * d``, ``m`` the
+    attribution's :attr:`~attrcert.attributions.Attribution.points`) to the model."""
     n, d = x.shape[0], x[0].numel()
-    steps = getattr(attribution, "steps", 1)
-    return int(max(1, min(d, REPLICATE_INPUT_BUDGET // (n * steps * d))))
+    return int(max(1, min(d, REPLICATE_INPUT_BUDGET // (n * attribution.points * d))))
 
 
 def attribution_jacobian(

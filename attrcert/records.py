@@ -1,27 +1,28 @@
-"""Records: one dict per sample, built from a batch's :class:`~attrcert.analysis.Analysis`
-and the bounds of :mod:`attrcert.bounds` (the fields are docs/cli.md's)."""
+"""The certificate's records: one dict per sample, built from a batch's
+:class:`~attrcert.analysis.Analysis` and the bounds of :mod:`attrcert.bounds`, each field
+written once (the fields are docs/cli.md's)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import bounds
 from .analysis import Analysis, attribution_deviations, worst_case_directions
-from .attributions import Attribution, Model
-from .config import AttackOptions
+from .attributions import Model
+from .config import AttackOptions, LabelOptions
 from .degenerate import degenerate_reasons
 from .perturbation import Perturbation, norm_label
+from .progress import LABEL, Progress, tick
 from .proposition1 import LabelTest, label_test
 from .results import ASSUMPTION, Record, finite_or_none
+from .run import Run
 
 #: How Proposition 1's label fields are obtained: Eq. 8 linearises the logits at ``x``.
 LABEL_METHOD = "first_order"
 
-__all__ = ["LABEL_METHOD", "LabelOptions", "Provenance", "abs_sum_gram", "add_attack_fields",
-           "add_label_attack_fields", "certificate_records", "common_fields", "label_fields"]
+__all__ = ["LABEL_METHOD", "abs_sum_gram", "add_attack_fields", "add_label_attack_fields",
+           "certificate_records", "common_fields", "label_fields"]
 
 
 def abs_sum_gram(a: Analysis, i: int) -> float | None:
@@ -29,43 +30,14 @@ def abs_sum_gram(a: Analysis, i: int) -> float | None:
     return None if a.spectrum.abs_sum_gram is None else float(a.spectrum.abs_sum_gram[i])
 
 
-@dataclass(frozen=True)
-class LabelOptions:
-    """How Proposition 1's ``a_{y'}`` is computed (:func:`attrcert.proposition1.label_test`).
-
-    Attributes:
-        how: ``"completeness"`` or ``"attribution"``.
-        classes_per_pass: class gradients per pass (the memory budget's).
-    """
-
-    how: str = "completeness"
-    classes_per_pass: int | None = None
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What every record of a run says about what its numbers rest on.
-
-    Attributes:
-        method: the attribution method.
-        nonsmooth: the operations that break twice-differentiability (docs/math.md §6).
-        notes: warnings every record carries.
-    """
-
-    method: str
-    nonsmooth: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-
-
-def common_fields(a: Analysis, i: int, p: float, about: Provenance) -> Record:
-    """The fields every record has (docs/cli.md): the sample, ``attr_norm``, ``xi_max`` (Theorem
-    1), IG's completeness gap (docs/math.md §4), what the numbers rest on, and ``degenerate``: why
-    they mean nothing, if they do not (:mod:`attrcert.degenerate`)."""
+def common_fields(run: Run, a: Analysis, i: int, p: float) -> Record:
+    """The fields every record has (docs/cli.md): the sample (:meth:`attrcert.run.Run.sample`),
+    ``attr_norm``, ``xi_max`` (Theorem 1), IG's completeness gap, what the numbers rest on,
+    and ``degenerate``: why they mean nothing, if they do not (:mod:`attrcert.degenerate`)."""
+    about = run.about
     method, nonsmooth, notes = about.method, about.nonsmooth, about.notes
     return {
-        "index": i,
-        "target": int(a.target[i]),
-        "predicted": int(a.predicted[i]),
+        **run.sample(a.indices[i], int(a.target[i]), int(a.predicted[i])),
         "method": method,
         "norm": norm_label(p),
         "attr_norm": finite_or_none(a.attr[i].norm().item()),
@@ -85,26 +57,28 @@ def common_fields(a: Analysis, i: int, p: float, about: Provenance) -> Record:
     }
 
 
-def certificate_records(model: Model, a: Analysis, attribution: Attribution,
-                        pert: Perturbation, about: Provenance,
-                        label: LabelOptions | None = None) -> list[Record]:
+def certificate_records(run: Run, a: Analysis, pert: Perturbation, label: LabelOptions,
+                        progress: Progress | None = None) -> list[Record]:
     """The records of one batch at ``pert``: ``T_e`` (Theorem 1 / Corollary 1 / Theorem 2),
     ``c`` (Eq. 39) and ``T_e_prime`` (Eq. 11, l2 only), the cosine bounds (Corollary 2) and
     Proposition 1's label fields at the perturbations ``+-eps`` times the worst-case
-    direction."""
+    direction (its passes sized by the run's plan; ``progress`` hears of
+    :data:`~attrcert.progress.LABEL`)."""
+    model, attribution, plan = run.model, run.attribution, run.plan
     n, d = a.attr.shape
     eps, p = pert.eps, pert.norm
     unit = worst_case_directions(a.spectrum.v_max, p)  # (N, d)
     deltas = torch.stack([eps * unit, -eps * unit])  # (2, N, d)
-    deviations = (attribution_deviations(model, a, attribution, deltas)
+    deviations = (attribution_deviations(model, a, attribution, deltas,
+                                         plan.points_per_value_pass)
                   if pert.is_l2 else None)
     with torch.no_grad():
         moved = a.x.unsqueeze(0) + deltas.to(a.x.dtype).to(a.x.device).view(2, *a.x.shape)
         kept_pred = model(moved.reshape(2 * n, *a.x.shape[1:])).argmax(1).view(2, n).cpu()
-    label = label or LabelOptions()
     test = label_test(model, a.x, a.target, a.logits, deltas, q=pert.dual,
                       attribution=attribution, how=label.how,
-                      classes_per_pass=label.classes_per_pass)
+                      classes_per_pass=plan.classes_per_label_pass(label.how),
+                      progress=tick(progress, LABEL))
     records = []
     for i in range(n):
         xi = float(a.spectrum.xi_max[i])
@@ -112,7 +86,7 @@ def certificate_records(model: Model, a: Analysis, attribution: Attribution,
         te = bounds.euclidean_bound(xi, abs_sum_gram(a, i), d, p)
         t_e = te.slope * eps
         cos = bounds.cosine_bound(t_e, attr_norm)
-        rec = common_fields(a, i, p, about)
+        rec = common_fields(run, a, i, p)
         rec.update({
             "eps": eps,
             "T_e": finite_or_none(t_e),
@@ -143,19 +117,20 @@ def certificate_records(model: Model, a: Analysis, attribution: Attribution,
     return records
 
 
-def add_attack_fields(model: Model, a: Analysis, attribution: Attribution,
-                      pert: Perturbation, records: list[Record], options: AttackOptions) -> None:
+def add_attack_fields(run: Run, a: Analysis, pert: Perturbation, records: list[Record],
+                      options: AttackOptions) -> None:
     """Attack the attributions of one batch and record whether any bound was exceeded.
 
     The Euclidean bound checked is ``T_e_prime`` for l2 (Eq. 11, the tight estimate) and
     ``T_e`` otherwise; the cosine bound likewise (a vacuous cosine bound cannot be exceeded).
     ``eta`` is Appendix B.1's ``||g(x + delta) - g(x) - J delta||_2`` along ``+eps`` times
     the worst-case direction and along the attack's ``delta``; their graphs hold the
-    batch's :attr:`~attrcert.analysis.Analysis.batch_points_per_pass`.
+    plan's :meth:`~attrcert.plan.RunPlan.points_per_second_order_pass` of the batch.
     """
     from .attack import attack, linearity_gap
 
-    per_pass = a.batch_points_per_pass
+    model, attribution = run.model, run.attribution
+    per_pass = run.plan.points_per_second_order_pass(a.x.shape[0])
     found = attack(model, a.x, attribution=attribution, target=a.target, perturbation=pert,
                    steps=options.steps, restarts=options.restarts, seed=options.seed,
                    points_per_pass=per_pass)

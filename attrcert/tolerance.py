@@ -17,12 +17,13 @@ import torch
 
 from . import bounds
 from .analysis import Analysis, attribution_deviations
-from .attributions import Attribution, Model
 from .errors import OptionError
-from .records import Provenance, abs_sum_gram, common_fields
+from .records import abs_sum_gram, common_fields
 from .results import Record, finite_or_none
+from .run import Run
 
-__all__ = ["Tolerance", "bisect_modified", "check_tolerance", "eps_max_records"]
+__all__ = ["Tolerance", "bisect_modified", "check_modified", "check_tolerance",
+           "eps_max_records"]
 
 
 def check_tolerance(omega: float, metric: str) -> None:
@@ -58,15 +59,20 @@ class Tolerance:
         check_tolerance(self.omega, self.metric)
 
 
-def bisect_modified(
-    model: Model, a: Analysis, attribution: Attribution, linear: list[float | None],
-    tolerances: list[float], iterations: int,
-) -> list[float | None]:
+def check_modified(tolerance: Tolerance, p: float) -> None:
+    """``modified`` (``T'_e``, Eq. 11) is defined for the l2 norm only."""
+    if tolerance.modified and p != 2.0:
+        raise OptionError("modified (T'_e) is defined for the l2 norm only: use norm=2")
+
+
+def bisect_modified(run: Run, a: Analysis, linear: list[float | None],
+                    tolerances: list[float], iterations: int) -> list[float | None]:
     """Largest eps in ``[0, eps_linear]`` with ``c(eps) xi_max eps <= tolerance``, by bisection.
 
     ``c(eps) xi_max eps = max(xi_max eps, dev(eps))`` (Eq. 39 times ``xi_max eps``), with
     ``dev(eps) = max_s ||g(x + s eps v_max) - g(x)||``. Samples with an unbounded linear
-    eps (``xi_max = 0``) stay unbounded. One batched attribution call per step.
+    eps (``xi_max = 0``) stay unbounded. One batched attribution call per step (in passes
+    of the run's :attr:`~attrcert.plan.RunPlan.points_per_value_pass`).
     """
     n = len(linear)
     xi = a.spectrum.xi_max.numpy()
@@ -78,7 +84,8 @@ def bisect_modified(
     def meets(eps_vec: np.ndarray) -> np.ndarray:
         e = torch.from_numpy(eps_vec).view(1, n, 1)
         v = a.spectrum.v_max.unsqueeze(0)
-        dev = attribution_deviations(model, a, attribution, torch.cat([e * v, -e * v]))
+        dev = attribution_deviations(run.model, a, run.attribution, torch.cat([e * v, -e * v]),
+                                     run.plan.points_per_value_pass)
         value = np.maximum(xi * eps_vec, dev.max(0).values.numpy())
         return value <= tol
 
@@ -93,8 +100,7 @@ def bisect_modified(
     return [None if linear[i] is None else float(lo[i]) for i in range(n)]
 
 
-def eps_max_records(model: Model, a: Analysis, attribution: Attribution, p: float,
-                    tolerance: Tolerance, about: Provenance) -> list[Record]:
+def eps_max_records(run: Run, a: Analysis, p: float, tolerance: Tolerance) -> list[Record]:
     """The records of one batch: the common fields plus ``omega``, ``metric``,
     ``modified``, ``eps_max`` (``None`` with ``eps_max_unbounded`` when no eps is too
     large), ``eps_max_linear`` (from ``T_e``, Eq. 50/52) and ``T_e_method``."""
@@ -107,11 +113,11 @@ def eps_max_records(model: Model, a: Analysis, attribution: Attribution, p: floa
         slopes.append(te.slope)
         methods.append(te.method)
     linear = [bounds.max_eps_linear(t, s) for t, s in zip(tolerances, slopes, strict=True)]
-    found = (bisect_modified(model, a, attribution, linear, tolerances,
-                             tolerance.bisection_steps) if tolerance.modified else linear)
+    found = (bisect_modified(run, a, linear, tolerances, tolerance.bisection_steps)
+             if tolerance.modified else linear)
     records = []
     for i in range(n):
-        rec = common_fields(a, i, p, about)
+        rec = common_fields(run, a, i, p)
         rec.update({
             "omega": tolerance.omega,
             "metric": tolerance.metric,

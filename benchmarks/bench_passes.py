@@ -6,7 +6,7 @@ configuration in its own subprocess (its peak RSS is its own, process and model 
   what ``bound --verify`` and ``attack`` get from the planner), and the deviation reached;
 - ``values``: ``g`` at the two perturbations ``x +- eps v_max`` of Eq. 39 (two rows) with
   all ``m x 2`` points in one pass against the points that ``--memory-budget B`` allows
-  (``Sizing.value_points = B // 2A``, :func:`attrcert.analysis.attribute_rows`).
+  (``RunPlan.points_per_value_pass = B // 2A``, :func:`attrcert.analysis.attribute_rows`).
 
 Usage (from the repository root)::
 

@@ -65,8 +65,9 @@ sys.path.insert(0, str(ROOT))
 
 from attrcert import certify  # noqa: E402
 from attrcert.attributions import get_method  # noqa: E402
+from attrcert.config import SolverOptions  # noqa: E402
 from attrcert.memory import activation_bytes, format_size, parse_size  # noqa: E402
-from attrcert.sizing import size_run  # noqa: E402
+from attrcert.plan import plan_run  # noqa: E402
 from attrcert.spectral import JacobianProducts  # noqa: E402
 from tests.zoo import (  # noqa: E402
     EFFICIENTNET_B0,
@@ -187,11 +188,14 @@ def worker(args: argparse.Namespace) -> None:
     act = activation_bytes(model, x[:1])
     budget = parse_size(args.memory_budget)
     attribution = get_method(method, steps=args.steps)
-    sizing = size_run(model, x, attribution, spectral="iterative", p=2.0,
-                      memory_budget=budget, batch_size=None, chunk_size=None)
+    with torch.no_grad():
+        first = model(x[:1]).argmax(1)
+    planned = plan_run(model, x, attribution,
+                       SolverOptions(spectral="iterative", memory_budget=budget), 2.0, first,
+                       args.classes)
     info = {"label": label, "params": sum(p.numel() for p in model.parameters()),
-            "activation_mb": act / 1e6, "point_mb": sizing.point_bytes / 1e6,
-            "points_per_pass": sizing.points_per_pass, "budget": format_size(budget)}
+            "activation_mb": act / 1e6, "point_mb": planned.product_point_bytes / 1e6,
+            "points_per_pass": planned.points_per_product_pass, "budget": format_size(budget)}
     counter, spectrum_seconds = count_products(), time_spectrum()
     base = peak_rss_mb()
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from attrcert.analysis import prepare
+from attrcert.devices import prepare
 from attrcert.errors import InputError, LoadError, OptionError
 from attrcert.loading import (
     Normalized,

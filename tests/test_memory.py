@@ -17,6 +17,7 @@ from torch import nn
 
 from attrcert import certify, max_eps
 from attrcert.attributions import get_method
+from attrcert.config import SolverOptions
 from attrcert.errors import OptionError
 from attrcert.jacobian import attribution_jacobian
 from attrcert.memory import (
@@ -27,7 +28,7 @@ from attrcert.memory import (
     parse_size,
     plan,
 )
-from attrcert.sizing import size_run
+from attrcert.plan import RunPlan, plan_run
 from attrcert.spectral import abs_sum_gram_blocked
 
 from .models import make_cnn
@@ -205,14 +206,16 @@ def test_linf_auto_blocks_theorem2_when_the_jacobian_does_not_fit():
         certify(make_cnn(), x, memory_budget=30_000, spectral="full", **kwargs)
 
 
-def test_size_run_keeps_the_sizes_the_user_gave():
+def test_plan_run_keeps_the_sizes_the_user_gave():
     x = torch.rand(8, 1, 6, 6, dtype=torch.float64)
-    sizing = size_run(make_cnn(), x, get_method("saliency"), spectral="full", p=2.0,
-                      memory_budget="1GB", batch_size=5, chunk_size=7)
-    assert (sizing.batch_size, sizing.chunk_size, sizing.spectral) == (5, 7, "full")
-    small = size_run(make_cnn(), x, get_method("saliency"), spectral="full", p=2.0,
-                     memory_budget=60_000, batch_size=None, chunk_size=None)
-    assert small.batch_size == 1 and small.plan.budget == 60_000
+    target = torch.zeros(1, dtype=torch.long)
+    given = plan_run(make_cnn(), x, get_method("saliency"),
+                     SolverOptions(spectral="full", memory_budget="1GB", batch_size=5,
+                                   chunk_size=7), 2.0, target, 3)
+    assert (given.samples_per_batch, given.rows_per_pass, given.spectral) == (5, 7, "full")
+    small = plan_run(make_cnn(), x, get_method("saliency"),
+                     SolverOptions(spectral="full", memory_budget=60_000), 2.0, target, 3)
+    assert small.samples_per_batch == 1 and small.budget == small.ceiling == 60_000
 
 
 def test_max_eps_passes_its_solver_tolerance_to_every_batch(monkeypatch):
@@ -253,19 +256,17 @@ def test_cli_memory_budget_errors_are_one_line_and_exit_2(tmp_path):
 def test_label_gradients_taken_a_class_at_a_time_do_not_change_the_records(monkeypatch):
     """A budget too small for all k class copies of a sample at once: Proposition 1's
     gradients are taken in chunks of classes, with the same records."""
-    from attrcert.sizing import Sizing
-
     torch.manual_seed(0)
     model, x = make_cnn(), torch.rand(2, 1, 6, 6, dtype=torch.float64)
     whole = certify(model, x, eps=0.1, method="saliency", spectral="full")
     seen = []
-    real = Sizing.classes_per_pass
+    real = RunPlan.classes_per_label_pass
 
-    def one_class(self, batch, label_gradient, steps):
-        seen.append(real(self, batch, label_gradient, steps))
+    def one_class(self, how):
+        seen.append(real(self, how))
         return 1
 
-    monkeypatch.setattr(Sizing, "classes_per_pass", one_class)
+    monkeypatch.setattr(RunPlan, "classes_per_label_pass", one_class)
     chunked = certify(model, x, eps=0.1, method="saliency", spectral="full")
     assert seen and all(s >= 3 for s in seen)  # the default budget takes them all at once
     for a, b in zip(whole, chunked, strict=True):

@@ -204,7 +204,7 @@ def test_synset_folders_are_imagenet_indices(imagenet_model, tmp_path):
     loaded = load_inputs(opts)
     info = ImageNetInfo("imagenet-1k")
     assert loaded.target.tolist() == [info.label_names().index("n02123045")] == [281]
-    config = run_config(opts, "bound", loaded)
+    config = run_config(opts, loaded, opts.solver(), "bound", {})
     assert config["class_folders"] == "imagenet-1k synsets"
     assert config["preset"] == "timm:resnet18" and config["mean"] == [0.485, 0.456, 0.406]
 

@@ -12,9 +12,11 @@ import torch
 from attrcert import certify
 from attrcert.attack import IFIA, PGDL2, jacobian_vector_product, linearity_gap
 from attrcert.attributions import Attribution, IntegratedGradients, get_method
+from attrcert.config import SolverOptions
 from attrcert.jacobian import attribution_jacobian
 from attrcert.memory import MemoryBudgetError
-from attrcert.sizing import FOOTPRINT_FACTOR, point_bytes, size_run
+from attrcert.plan import RunPlan, plan_run
+from attrcert.sizing import FOOTPRINT_FACTOR, point_bytes
 from attrcert.spectral import JacobianProducts, segment_sizes, spectrum_iterative
 
 from .models import make_cnn
@@ -109,12 +111,13 @@ def test_a_small_budget_cuts_the_points_and_keeps_the_certificate(images):
     per_point = point_bytes(ig, cnn, x, torch.tensor([0]))
     basis = 2 * 36 * 36 * 8
     budget = basis + FOOTPRINT_FACTOR * per_point * 3 + 1
-    sizing = size_run(cnn, x, ig, spectral="iterative", p=2.0, memory_budget=budget,
-                      batch_size=None, chunk_size=None)
-    assert (sizing.points_per_pass, sizing.point_bytes) == (3, per_point)
-    roomy = size_run(cnn, x, ig, spectral="iterative", p=2.0, memory_budget="1GB",
-                     batch_size=None, chunk_size=None)
-    assert roomy.points_per_pass is None
+    target = torch.tensor([0])
+    cut_plan = plan_run(cnn, x, ig, SolverOptions(spectral="iterative", memory_budget=budget),
+                        2.0, target, 3)
+    assert (cut_plan.points_per_product_pass, cut_plan.product_point_bytes) == (3, per_point)
+    roomy = plan_run(cnn, x, ig, SolverOptions(spectral="iterative", memory_budget="1GB"),
+                     2.0, target, 3)
+    assert roomy.points_per_product_pass is None
     whole = certify(cnn, x, memory_budget="1GB", **kwargs)
     cut = certify(cnn, x, memory_budget=budget, **kwargs)
     for ours, ref in zip(cut, whole, strict=True):
@@ -214,8 +217,8 @@ def test_a_small_budget_cuts_the_attack_and_keeps_its_fields(images, monkeypatch
 
 
 def test_one_point_beyond_free_memory_is_refused(images, monkeypatch):
-    sizing = importlib.import_module("attrcert.sizing")
-    monkeypatch.setattr(sizing, "free_memory", lambda device: 1000)
+    planning = importlib.import_module("attrcert.plan")
+    monkeypatch.setattr(planning, "free_memory", lambda device: 1000)
     with pytest.raises(MemoryBudgetError, match=r"one point of integrated_gradients needs "
                                                  r"about .* more than the 1 kB free on cpu"):
         certify(make_cnn(), images[:1], eps=0.1, steps=4, spectral="iterative")
@@ -236,10 +239,12 @@ def test_out_of_memory_halves_the_points_per_pass(images, monkeypatch):
     cnn, x = make_cnn(), images[:2]
     ig = get_method("integrated_gradients", steps=6)
     target = torch.tensor([0, 1])
-    whole = analysis.analyse(cnn, x, ig, target, spectral="iterative")
+    whole = analysis.analyse(cnn, x, ig, target, RunPlan(spectral="iterative", points=6))
     monkeypatch.setattr(analysis, "spectrum_iterative", tight)
-    cut = analysis.analyse(cnn, x, ig, target, spectral="iterative", points_per_pass=5)
+    plan = RunPlan(spectral="iterative", points=6, points_per_product_pass=5)
+    cut = analysis.analyse(cnn, x, ig, target, plan)
     assert seen == [5, 2, 2]
+    assert plan.points_per_product_pass == 2  # kept for the rest of the run
     torch.testing.assert_close(cut.spectrum.xi_max, whole.spectrum.xi_max, rtol=1e-9, atol=0)
 
 
@@ -281,16 +286,21 @@ def test_the_report_sweep_cut_into_passes(images, monkeypatch):
 
 def test_first_order_passes_keep_to_the_budget(images, monkeypatch):
     """g at x and at the perturbations of Eq. 39 (certify's c, max-eps's bisection) take at
-    most ``Sizing.value_points`` points x rows per pass (about 2 A each): same records."""
+    most ``RunPlan.points_per_value_pass`` points x rows per pass (about 2 A each): same records."""
     from attrcert import max_eps
     from attrcert.memory import activation_bytes
 
-    cnn, x = make_cnn(), images[:2]
+    torch.manual_seed(0)  # wide: 5 points' activations also hold the spectrum's Krylov basis
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3), torch.nn.Softplus(),
+                              torch.nn.AvgPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(128, 3)).double().eval()
+    x = images[:2]
     kwargs = {"method": "integrated_gradients", "steps": 6, "spectral": "iterative"}
     budget = 2 * activation_bytes(cnn, x) * 5  # 5 points x rows per first-order pass
-    sizing = size_run(cnn, x, get_method("integrated_gradients", steps=6), spectral="iterative",
-                      p=2.0, memory_budget=budget, batch_size=None, chunk_size=None)
-    assert (sizing.value_points, sizing.batch_size) == (5, 1)
+    planned = plan_run(cnn, x, get_method("integrated_gradients", steps=6),
+                       SolverOptions(spectral="iterative", memory_budget=budget), 2.0,
+                       torch.tensor([0]), 3)
+    assert (planned.points_per_value_pass, planned.samples_per_batch) == (5, 1)
     whole = certify(cnn, x, eps=0.05, memory_budget="1GB", **kwargs)
     whole_eps = max_eps(cnn, x, omega=0.5, memory_budget="1GB", **kwargs)
     sizes = GraphSizes(monkeypatch)

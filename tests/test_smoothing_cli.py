@@ -4,6 +4,7 @@ report, and one-line errors (exit 2)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from attrcert.cli import app, main
 from attrcert.loading import load_model
 from attrcert.smoothing import SmoothingOptions, smooth
+from attrcert.smoothness import NonSmoothModelWarning
 
 from .processes import run_attrcert as cli
 
@@ -58,8 +60,11 @@ def test_table_says_what_the_numbers_are_and_matches_the_api(two):
     for text in ("cos_lower", "||h||_low", "not of g", "probabilistic certificate",
                  "two.pt[1]"):
         assert text in result.output
-    api = smooth(load_model(RELU), torch.load(two),
-                 options=SmoothingOptions(radius=4, eps=0.02, samples=30), method="saliency")
+    with warnings.catch_warnings():  # smoothing holds for any model: no first-order warning
+        warnings.simplefilter("error", NonSmoothModelWarning)
+        api = smooth(load_model(RELU), torch.load(two),
+                     options=SmoothingOptions(radius=4, eps=0.02, samples=30),
+                     method="saliency")
     doc = json.loads(invoke("smooth", RELU, two, *FAST, "--format", "json").stdout)
     for ours, ref in zip(doc["samples"], api, strict=True):
         assert ours["cos_sim_lower"] == pytest.approx(ref["cos_sim_lower"], rel=1e-9)

@@ -86,16 +86,15 @@ def attack(
     steps: int = 40,
     restarts: int = 1,
     seed: int = 0,
-    include_ifia: bool = True,
     label_constraint: bool = True,
-    clamp: tuple[float, float] | None = None,
     points_per_pass: int | None = None,
 ) -> AttackResult:
     """The strongest of several attacks on the attribution, per sample.
 
     Runs PGD in ``perturbation``'s ball (:class:`PGDL2`, :class:`PGDLinf` or :class:`PGD`)
-    with the Euclidean and with the cosine objective and, for l-inf when ``include_ifia``,
-    :class:`IFIA` with the top-k and (for 4-d inputs) the centre-of-mass objectives. Each
+    with the Euclidean and with the cosine objective and, for l-inf, :class:`IFIA` with the
+    top-k and (for 4-d inputs) the centre-of-mass objectives (images are not clamped: the
+    bounds hold over the whole ball; the attacks themselves take ``clamp``). Each
     run has ``steps`` steps and ``restarts`` restarts; run ``i`` is seeded ``seed + i``.
 
     Returns, per sample, ``deviation`` = ``T_e`` hat, the largest ``||g(x + delta) -
@@ -110,8 +109,7 @@ def attack(
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     eps, p = perturbation.eps, perturbation.norm
-    common = {"steps": steps, "restarts": restarts, "label_constraint": label_constraint,
-              "clamp": clamp}
+    common = {"steps": steps, "restarts": restarts, "label_constraint": label_constraint}
     n_runs = 0
 
     def seeded() -> dict:
@@ -127,7 +125,7 @@ def attack(
             attacks[f"pgd_{name}"] = PGDLinf(eps, objective=name, **seeded())
         else:
             attacks[f"pgd_{name}"] = PGD(eps, p, objective=name, **seeded())
-    if perturbation.is_linf and include_ifia:
+    if perturbation.is_linf:
         attacks["ifia_topk"] = IFIA(eps, objective="topk", **seeded())
         if x.ndim == 4:
             attacks["ifia_center_of_mass"] = IFIA(eps, objective="center_of_mass", **seeded())

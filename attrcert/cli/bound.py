@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
-import math
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import typer
 
-from ..certify import certify
+from ..certify import certify_run
+from ..config import AttackOptions, LabelOptions
 from ..errors import OptionError
 from ..perturbation import Perturbation, parse_norm
 from ..results import Record, format_value
+from ..run import Hooks, RunInputs, prepare_run
 from .options import (
     ATTACK,
     OUTPUTS,
@@ -28,39 +30,49 @@ from .options import (
     common_options,
     finite,
 )
-from .output import (
-    ATTACK_COLUMNS,
-    LABEL_COLUMNS,
-    add_table_fields,
-    emit,
-    finish,
-    gate,
-    verified_gate,
-)
+from .output import ATTACK_COLUMNS, LABEL_COLUMNS, Column, emit, finish, gate, verified_gate
 from .runner import run_command
 
 
-def certify_command(opts: Common, command: str, *, eps: float, norm: str,
-                    label_gradient: LabelGradient, verify: bool,
-                    sound: bool = False) -> list[Record]:
-    """Certify (and with ``verify`` attack) every image, print the table or JSON, return
-    the records."""
-    Perturbation(parse_norm(norm), eps)  # checks eps and p before anything is loaded
-    opts.extra_config.update({"eps": eps, "norm": norm, "label_gradient": label_gradient.value})
-    if sound:
-        opts.extra_config["sound"] = True
-    if verify:
-        opts.extra_config.update({"attack_checked": True, "attack_steps": opts.attack.steps,
-                                  "attack_restarts": opts.attack.restarts,
-                                  "seed": opts.attack.seed})
-    config, records = run_command(opts, command, certify, eps=eps, norm=norm,
-                                  label_gradient=label_gradient.value,
-                                  attack=opts.attack if verify else None, sound=sound)
-    base = [("source", "source"), ("predicted", "pred"), ("target", "y"),
-            *([] if verify else [("attr_norm", "||g||"), ("xi_max", "xi_max")]),
-            ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg"),
-            *([("T_e_sound", "T_e sound")] if sound else []),
-            *([("label_certified", "label proved")] if sound and not verify else [])]
+def attack_config(attack: AttackOptions) -> dict[str, Any]:
+    """The configuration entries of a run checked by an attack."""
+    return {"attack_checked": True, "attack_steps": attack.steps,
+            "attack_restarts": attack.restarts, "seed": attack.seed}
+
+
+@dataclass(frozen=True)
+class CertifyJob:
+    """``bound`` / ``attack``: the bounds and Proposition 1 on ``perturbation``'s ball, with
+    ``attack`` checking them (``None``: no attack) and with ``sound``'s proved bound."""
+
+    command: str
+    perturbation: Perturbation
+    label: LabelOptions
+    attack: AttackOptions | None = None
+    sound: bool = False
+
+    def config(self) -> dict[str, Any]:
+        return {"eps": self.perturbation.eps, "norm": self.perturbation.label,
+                "label_gradient": self.label.how, **({"sound": True} if self.sound else {}),
+                **(attack_config(self.attack) if self.attack is not None else {})}
+
+    def run(self, inputs: RunInputs, hooks: Hooks) -> list[Record]:
+        run = prepare_run(inputs, self.perturbation.norm)
+        return certify_run(run, self.perturbation, label=self.label, attack=self.attack,
+                           sound=self.sound, hooks=hooks)
+
+
+def certify_command(opts: Common, job: CertifyJob) -> list[Record]:
+    """Run ``job`` on every image, print the table or JSON, return the records."""
+    config, records = run_command(opts, job)
+    verify, sound = job.attack is not None, job.sound
+    pert = job.perturbation
+    base: list[Column] = [
+        ("source", "source"), ("predicted", "pred"), ("target", "y"),
+        *([] if verify else [("attr_norm", "||g||"), ("xi_max", "xi_max")]),
+        ("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c deg"),
+        *([("T_e_sound", "T_e sound")] if sound else []),
+        *([("label_certified", "label proved")] if sound and not verify else [])]
     summary_keys = [("T_e", "T_e"), ("T_e_prime", "T'_e"), ("T_c_deg", "T_c (deg)"),
                     ("xi_max", "xi_max"), ("attr_norm", "||g||"),
                     ("label_radius", "label radius")]
@@ -70,11 +82,8 @@ def certify_command(opts: Common, command: str, *, eps: float, norm: str,
                         ("eta_attack", "eta (attack)")]
     if sound:
         summary_keys = [*summary_keys[:3], ("T_e_sound", "T_e sound"), *summary_keys[3:]]
-    if opts.format is Format.table:
-        add_table_fields(records)
-    which = "Theorem 1" if parse_norm(norm) == 2 else \
-        "Theorem 2 (l-inf) / Corollary 1 (lp)"
-    checked = ("an attack (PGD" + (", IFIA" if parse_norm(norm) == math.inf else "")
+    which = "Theorem 1" if pert.is_l2 else "Theorem 2 (l-inf) / Corollary 1 (lp)"
+    checked = ("an attack (PGD" + (", IFIA" if pert.is_linf else "")
                + ") checked them: 'VIOLATED' means it beat the bound" if verify
                else "no attack checked them (add --verify)")
     label = ("Prop.1 and radius (label_preserved, label_radius): Proposition 1, first-order "
@@ -83,7 +92,7 @@ def certify_command(opts: Common, command: str, *, eps: float, norm: str,
                 "attack column: it did)." if verify else "."))
     emit(opts.format is Format.json, config, records,
          base + (ATTACK_COLUMNS if verify else LABEL_COLUMNS),
-         f"attribution bounds, l{norm} ball, eps = {eps}", summary_keys,
+         f"attribution bounds, l{pert.label} ball, eps = {pert.eps}", summary_keys,
          f"T_e: {which}; T'_e: Eq. 11 (l2 only); T_c: Corollary 2. All assume a locally "
          f"linear attribution (docs/math.md §6); {checked}.\n{label}"
          + ("\nT_e sound: proved for every x' in the ball, in float64 with outward rounding "
@@ -92,9 +101,6 @@ def certify_command(opts: Common, command: str, *, eps: float, norm: str,
             "label proved: the same proof bounds f_y - max f_j over the ball (margin_lower "
             "> 0)."
             if sound else ""))
-    for r in records:
-        r.pop("attack_ratio", None)
-        r.pop("verdict", None)
     return records
 
 
@@ -131,8 +137,9 @@ def bound(
     """
     if require_verified and not verify:
         raise OptionError("--require-verified needs --verify (the attack that checks)")
-    records = certify_command(opts, "bound", eps=eps, norm=norm,
-                              label_gradient=label_gradient, verify=verify, sound=sound)
+    job = CertifyJob("bound", Perturbation(parse_norm(norm), eps),
+                     LabelOptions(label_gradient.value), opts.attack if verify else None, sound)
+    records = certify_command(opts, job)
     finish([
         gate([f"{r['source']} ({format_value(r['T_e'])})" for r in records
               if fail_above_te is not None and (r["T_e"] or 0) > fail_above_te],
@@ -167,7 +174,8 @@ def attack(
 
     Example: attrcert attack sample_models/digits_relu_maxpool.pt2 sample_models/digits
     """
-    records = certify_command(opts, "attack", eps=eps, norm=norm,
-                              label_gradient=LabelGradient.completeness, verify=True)
+    job = CertifyJob("attack", Perturbation(parse_norm(norm), eps), LabelOptions(),
+                     opts.attack)
+    records = certify_command(opts, job)
     finish([verified_gate(records, require_verified)])
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..analysis import check_device
-from ..config import AttributionSpec
+from ..config import AttributionSpec, SolverOptions
+from ..devices import check_device
 from ..distributed import Shard, load_shard_images, shard_image_size
 from ..errors import InputError, OptionError
 from ..loading import (
@@ -40,7 +40,8 @@ from ..loading.classes import folder_targets
 from ..loading.model_checks import check_deterministic, check_logits, nonfinite_logits
 from ..loading.smoothing import beta_smooth, differentiable_hard
 from ..loading.torchscript_code import traced_input_shape
-from ..results import ASSUMPTION, Record
+from ..results import ASSUMPTION
+from ..run import BetaSmoothed
 from ..smoothness import find_nonsmooth
 from .files import check_output_paths, input_digests
 from .options import Common, Method
@@ -49,11 +50,16 @@ from .output import err
 
 @dataclass
 class Loaded:
+    """What a command loaded, checked against each other: the model (its logits checked on
+    the first images: ``classes`` of them; its non-smooth operations found once), the
+    images, the targets of all images (``None``: the predictions) and the baseline."""
+
     model: torch.nn.Module
     images: Images
     target: torch.Tensor | None
     baseline: torch.Tensor | None
     nonsmooth: list[str]
+    classes: int
     #: How class folders became targets (:func:`attrcert.loading.classes.folder_targets`).
     class_rule: str | None = None
     #: With a shard (``--shard``, torchrun): the indices among all images of the rows of
@@ -73,17 +79,11 @@ class Smoothing:
     smoothed_ops: list[str]
     predictions: dict[int, int]
 
-    def fields(self, rec: Record) -> None:
-        """Add ``predicted_smoothed``, ``smoothed_agrees`` and ``beta_smooth`` to a record
-        right after ``predicted``, which becomes the original model's prediction."""
-        original = self.predictions[int(rec["index"])]
-        items = list(rec.items())
-        rec.clear()
-        for key, value in items:
-            rec[key] = value
-            if key == "predicted":
-                rec.update(predicted=original, predicted_smoothed=value,
-                           smoothed_agrees=original == value, beta_smooth=self.beta)
+    def smoothed(self) -> BetaSmoothed:
+        """What the records say of it (:meth:`attrcert.run.Run.sample`): ``predicted`` the
+        original model's prediction, then ``predicted_smoothed``, ``smoothed_agrees`` and
+        ``beta_smooth``."""
+        return BetaSmoothed(self.beta, self.predictions)
 
 
 def folder_channels(model: torch.nn.Module, images: Path, geometry: Geometry,
@@ -172,7 +172,7 @@ def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
         nonsmooth = find_nonsmooth(model, images.tensor[:1])
     elif any(op.startswith("Hardsigmoid") for op in nonsmooth):  # its backward has no
         model = differentiable_hard(model, images.tensor[:1])  # derivative: rewritten
-    return Loaded(model, images, target, baseline, nonsmooth, class_rule=rule, rows=rows,
+    return Loaded(model, images, target, baseline, nonsmooth, k, class_rule=rule, rows=rows,
                   smoothing=smoothing)
 
 
@@ -270,7 +270,12 @@ def nonfinite(model: Path, source: str, what: str = "logits") -> InputError:
     return nonfinite_logits(model, source, what)
 
 
-def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
+def run_config(opts: Common, loaded: Loaded, solver: SolverOptions, command: str,
+               entries: dict[str, Any]) -> dict[str, Any]:
+    """The run's configuration, which every record's ``config_hash`` digests: the inputs
+    (their paths, their contents' digests), the preprocessing, what loading found, the
+    attribution and ``solver`` options, then the ``entries`` of the command's value objects
+    (:meth:`attrcert.cli.runner.Job.config`), which may override a common one."""
     pre, batch = opts.preprocessing(), static_batch_of(loaded.model)
     return {
         "command": command,
@@ -293,10 +298,10 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         **({"geometry": pre.geometry_config()} if not pre.geometry.identity else {}),
         **({"static_batch": batch} if batch is not None else {}),
         **({"input_range": opts.value_range} if opts.value_range != "unit" else {}),
-        "device": opts.device,
-        "dtype": opts.dtype.value,
-        "spectral": opts.spectral.value,
-        "tol": opts.tol,
+        "device": solver.device,
+        "dtype": solver.dtype,
+        "spectral": solver.spectral,
+        "tol": solver.tol,
         **({"beta_smooth": loaded.smoothing.beta,
             "beta_smoothed_ops": loaded.smoothing.smoothed_ops} if loaded.smoothing else {}),
         "smooth": not loaded.nonsmooth,
@@ -304,7 +309,7 @@ def run_config(opts: Common, command: str, loaded: Loaded) -> dict[str, Any]:
         "assumption": ASSUMPTION,
         "attack_checked": False,
         "sha256": input_digests(opts),
-        **opts.extra_config,
+        **entries,
     }
 
 
@@ -333,9 +338,9 @@ def input_shape(net: torch.nn.Module, images: Path | None,
     raise OptionError("cannot tell this model's input shape: pass IMAGES or --size H W")
 
 
-def attribution_spec(opts: Common, loaded: Loaded, rows: list[int]) -> AttributionSpec:
-    """The attribution of ``opts`` with the labels of the images at ``rows`` as targets."""
-    target = loaded.target[rows] if loaded.target is not None else None
+def attribution_spec(opts: Common, loaded: Loaded) -> AttributionSpec:
+    """The attribution of ``opts`` with the labels of all images as targets (select the
+    samples a run takes with :meth:`~attrcert.config.AttributionSpec.rows`)."""
     return AttributionSpec(method=opts.method.value, steps=opts.steps,
-                           baseline=loaded.baseline, target=target)
+                           baseline=loaded.baseline, target=loaded.target)
 

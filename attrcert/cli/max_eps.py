@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import typer
 
-from ..certify import max_eps
+from ..certify import max_eps_run
 from ..errors import OptionError
-from ..perturbation import parse_norm
-from ..results import format_value
-from ..tolerance import check_tolerance
+from ..perturbation import norm_label, parse_norm
+from ..results import Record, format_value
+from ..run import Hooks, RunInputs, prepare_run
+from ..tolerance import Tolerance
 from .options import (
     OUTPUTS,
     SHARED,
@@ -25,6 +27,22 @@ from .options import (
 )
 from .output import emit, finish, gate
 from .runner import run_command
+
+
+@dataclass(frozen=True)
+class MaxEpsJob:
+    """``max-eps``: the largest eps of the norm ``p`` ball within ``tolerance``."""
+
+    p: float
+    tolerance: Tolerance
+    command: str = "max-eps"
+
+    def config(self) -> dict[str, Any]:
+        return {"omega": self.tolerance.omega, "metric": self.tolerance.metric,
+                "norm": norm_label(self.p), "modified": self.tolerance.modified}
+
+    def run(self, inputs: RunInputs, hooks: Hooks) -> list[Record]:
+        return max_eps_run(prepare_run(inputs, self.p), self.p, self.tolerance, hooks)
 
 
 @common_options(SHARED, OUTPUTS)
@@ -47,20 +65,17 @@ def max_eps_command(
     Example: attrcert max-eps sample_models/digits_softplus.pt2 sample_models/digits
     --omega 5 --metric angle
     """
-    opts.extra_config.update({"omega": omega, "metric": metric.value, "norm": norm,
-                              "modified": modified})
-    check_tolerance(omega, metric.value)
-    if modified and parse_norm(norm) != 2:
+    job = MaxEpsJob(parse_norm(norm), Tolerance(omega, metric.value, modified))
+    if modified and job.p != 2:
         raise OptionError("--modified (T'_e) is defined for the l2 norm only: use --norm 2")
-    config, records = run_command(opts, "max-eps", max_eps, omega=omega, metric=metric.value,
-                                  norm=norm, modified=modified)
+    config, records = run_command(opts, job)
     columns = [("source", "source"), ("predicted", "pred"), ("target", "y"),
                ("attr_norm", "||g||"), ("xi_max", "xi_max"), ("eps_max_linear", "eps (T_e)"),
                ("eps_max", "eps_max")]
     unit = {"euclidean": "", "cosine": " (cosine distance)", "angle": " degrees"}[metric.value]
     emit(opts.format is Format.json, config, records, columns,
          f"largest eps with {'T_e_prime' if modified else 'T_e'} within {omega}{unit}, "
-         f"l{norm} ball", [("eps_max", "eps_max"), ("xi_max", "xi_max")],
+         f"l{norm_label(job.p)} ball", [("eps_max", "eps_max"), ("xi_max", "xi_max")],
          "eps_max: Appendix E (Eq. 50, and Eq. 52 as corrected in docs/math.md §5); assumes a "
          "locally linear attribution; '-' means no eps exceeds the tolerance.")
     finish([gate([f"{r['source']} ({format_value(r['eps_max'])})" for r in records

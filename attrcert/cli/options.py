@@ -19,7 +19,6 @@ from ..attributions import METHODS
 from ..bounds import METRICS
 from ..config import AttackOptions, SolverOptions
 from ..loading import PRESETS, VALUE_RANGES, Geometry
-from ..memory import parse_size
 from ..proposition1 import LABEL_GRADIENTS
 from ..sizing import SPECTRAL
 from .preprocessing import Preprocessing, resolve_preprocessing
@@ -234,13 +233,8 @@ class Common:
     tol: float = 1e-4
     threads: int = 1
     memory_budget: str | None = None
-    extra_config: dict[str, Any] = field(default_factory=dict)
     shard: str | None = None
     attack: AttackOptions = field(default_factory=AttackOptions)
-
-    def __post_init__(self) -> None:
-        if self.memory_budget is not None:
-            parse_size(self.memory_budget)  # a bad size fails before anything is loaded
 
     @property
     def value_range(self) -> str:
@@ -262,11 +256,12 @@ class Common:
         """The geometry as the configuration records it."""
         return self.preprocessing().geometry_config()
 
-    def solver(self, device: str) -> SolverOptions:
-        """The solver options (on ``device``: a torchrun rank may differ from --device)."""
+    def solver(self) -> SolverOptions:
+        """The solver options, checked (a bad --memory-budget fails before anything is
+        loaded); a torchrun rank replaces the device with its own."""
         return SolverOptions(spectral=self.spectral.value, tol=self.tol,
                              chunk_size=self.chunk_size, batch_size=self.batch_size,
-                             memory_budget=self.memory_budget, device=device,
+                             memory_budget=self.memory_budget, device=self.device,
                              dtype=self.dtype.value)
 
 

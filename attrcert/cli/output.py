@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import typer
@@ -72,9 +72,19 @@ def cell(value: Any, digits: int = 3) -> Text:
     return Text(terminal_safe(format_value(value, digits)))
 
 
+#: A table column: ``(key, header)``; the key names a record field, or is a function that
+#: computes the cell from the record (a column of the table only, never written to it).
+Column = tuple[str | Callable[[Record], Any], str]
+
+
+def value(rec: Record, key: str | Callable[[Record], Any]) -> Any:
+    """A column's value for ``rec``."""
+    return key(rec) if callable(key) else rec.get(key)
+
+
 def emit(as_json: bool, config: dict[str, Any], records: list[Record],
-          columns: Sequence[tuple[str, str]], title: str,
-          summary_keys: Sequence[tuple[str, str]], footer: str) -> None:
+         columns: Sequence[Column], title: str,
+         summary_keys: Sequence[tuple[str, str]], footer: str) -> None:
     if secondary_rank():  # torchrun: rank 0 prints the whole run
         return
     if as_json:
@@ -89,7 +99,7 @@ def emit(as_json: bool, config: dict[str, Any], records: list[Record],
     for key, header in columns:
         table.add_column(header, justify="left" if key == "source" else "right", no_wrap=True)
     for rec in records:
-        table.add_row(*(cell(rec.get(key)) for key, _ in columns))
+        table.add_row(*(cell(value(rec, key)) for key, _ in columns))
     summary = summarize(records)
     stats = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for header in ("", "mean", "median", "max"):
@@ -152,19 +162,29 @@ def finish(messages: list[str | None]) -> None:
         raise typer.Exit(1)
 
 
-LABEL_COLUMNS = [("label_preserved", "Prop.1"), ("label_radius", "radius")]
-ATTACK_COLUMNS = [("T_e_hat", "T_e^"), ("attack_ratio", "T_e^/bound"),
-                  ("T_c_hat_deg", "T_c^ deg"), ("eta_attack", "eta"), ("verdict", "attack")]
+def attack_ratio(rec: Record) -> float | None:
+    """The attacked deviation over the bound it was checked against (``T_e_prime`` for l2,
+    else ``T_e``)."""
+    if not rec.get("attack_checked"):
+        return None
+    bound = rec["T_e_prime"] if rec["T_e_prime"] is not None else rec["T_e"]
+    return rec["T_e_hat"] / bound if bound else None
 
 
-def add_table_fields(records: list[Record]) -> None:
-    """Table-only helpers: the attacked deviation over the bound it was checked against."""
-    for r in records:
-        if r.get("attack_checked"):
-            bound = r["T_e_prime"] if r["T_e_prime"] is not None else r["T_e"]
-            r["attack_ratio"] = r["T_e_hat"] / bound if bound else None
-            r["verdict"] = "VIOLATED" if not r["verified"] else "held"
-    add_label_verdict(records)
+def verdict(rec: Record) -> str | None:
+    """What the attack found: ``held``, ``VIOLATED`` (it beat a bound) or ``label`` (only
+    Proposition 1's claim was broken)."""
+    if not rec.get("attack_checked"):
+        return None
+    if rec["verified"]:
+        return "held"
+    return "VIOLATED" if rec.get("violation") or rec.get("violation_cosine") else "label"
+
+
+LABEL_COLUMNS: list[Column] = [("label_preserved", "Prop.1"), ("label_radius", "radius")]
+ATTACK_COLUMNS: list[Column] = [("T_e_hat", "T_e^"), (attack_ratio, "T_e^/bound"),
+                                ("T_c_hat_deg", "T_c^ deg"), ("eta_attack", "eta"),
+                                (verdict, "attack")]
 
 
 def label_lines(records: list[Record]) -> list[str]:
@@ -180,14 +200,6 @@ def label_lines(records: list[Record]) -> list[str]:
         proved = sum(1 for r in records if r.get("label_certified"))
         lines.append(f"label proved on the ball (--sound): {proved} of {len(records)}")
     return lines
-
-
-def add_label_verdict(records: list[Record]) -> None:
-    """Table-only: ``verdict`` says "label" where only Proposition 1's claim was broken."""
-    for r in records:
-        if r.get("attack_checked") and not r.get("violation") \
-                and not r.get("violation_cosine") and not r["verified"]:
-            r["verdict"] = "label"
 
 
 def verified_gate(records: list[Record], required: bool) -> str | None:

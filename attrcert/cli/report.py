@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
 
+from ..config import LabelOptions
 from ..errors import OptionError
 from ..perturbation import Perturbation, parse_norm
-from ..smoothness import NonSmoothModelWarning, nonsmooth_message
+from ..run import Checked, RunInputs
+from ..smoothness import nonsmooth_message
 from ..writing import stdout_to_stderr, write_stdout
+from .bound import CertifyJob
 from .collisions import refuse_collisions
 from .files import input_files
 from .inputs import attribution_spec, load_inputs, run_config, smoothing_notes
@@ -58,20 +60,20 @@ def report(
     Example: attrcert report sample_models/digits_softplus.pt2 sample_models/digits
     --eps 0.1 --out report
     """
-    from ..report import compute_report, parse_sweep, require_matplotlib, write_report
+    from ..report import ReportView, parse_sweep, report_run, require_matplotlib, write_report
+    from ..run import prepare_run
 
     require_matplotlib()
-    Perturbation(parse_norm(norm), eps)
-    radii = parse_sweep(sweep, eps)
+    pert = Perturbation(parse_norm(norm), eps)
+    view = ReportView(tuple(parse_sweep(sweep, eps)), figures, jacobian_max_d)
+    entries = {**CertifyJob("report", pert, LabelOptions(), opts.attack).config(),
+               "sweep": list(view.radii(eps))}
+    solver = opts.solver()
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file: give a folder")
     parent = out if out.exists() else out.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise OptionError(f"--out {out}: {parent} is not a writable folder")
-    opts.extra_config.update({"eps": eps, "norm": norm, "label_gradient": "completeness",
-                              "attack_checked": True, "attack_steps": opts.attack.steps,
-                              "attack_restarts": opts.attack.restarts, "seed": opts.attack.seed,
-                              "sweep": radii})
     torch.set_num_threads(opts.threads)
     with stdout_to_stderr():  # what the model prints must not mix with the results
         loaded = load_inputs(opts)
@@ -79,21 +81,18 @@ def report(
     written = ["report.html", "report.json", "jacobian.png", "bound_minus_attack.png",
                "sweep.png", *(f"sample_{i:03d}.png" for i in range(shown))]
     refuse_collisions([(f"--out's {name}", out / name) for name in written], input_files(opts))
-    config = run_config(opts, "report", loaded)
+    config = run_config(opts, loaded, solver, "report", entries)
     if loaded.nonsmooth:
         err.print(f"warning: {nonsmooth_message(loaded.nonsmooth)}")
     for note in smoothing_notes(opts, loaded):
         err.print(note)
-    with warnings.catch_warnings(), stdout_to_stderr():
-        warnings.simplefilter("ignore", NonSmoothModelWarning)  # reported once, above
-        data = compute_report(
-            loaded.model, loaded.images.tensor, eps=eps, norm=norm,
-            attribution=attribution_spec(opts, loaded, list(range(len(loaded.images.sources)))),
-            solver=opts.solver(opts.device), attack=opts.attack,
-            sources=loaded.images.sources, sweep=radii, figures=figures,
-            jacobian_max_d=jacobian_max_d, log=None if opts.quiet else err.print)
-    if loaded.smoothing is not None:
-        for rec in data.records:
-            loaded.smoothing.fields(rec)
+    sources = loaded.images.sources
+    inputs = RunInputs(loaded.model, loaded.images.tensor, attribution_spec(opts, loaded),
+                       solver, checked=Checked(loaded.classes, tuple(loaded.nonsmooth)),
+                       head=lambda index: {"source": sources[index]},
+                       smoothed=loaded.smoothing.smoothed() if loaded.smoothing else None)
+    with stdout_to_stderr():
+        data = report_run(prepare_run(inputs, pert.norm), pert, opts.attack, view,
+                          log=None if opts.quiet else err.print)
     page = write_report(out, data, config)
     write_stdout(f"wrote {page}\n")

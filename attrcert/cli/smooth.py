@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +13,7 @@ import typer
 from ..distributed import select_shard
 from ..errors import OptionError
 from ..results import Record, dumps_strict, format_value
+from ..run import Hooks, RunInputs, prepare_run
 from ..smoothing import (
     CORRECTIONS,
     LimitOptions,
@@ -20,8 +21,9 @@ from ..smoothing import (
     SmoothedSample,
     SmoothingOptions,
     parse_top_k,
-    smooth,
+    smooth_run,
 )
+from ..smoothing.options import check_selection
 from ..writing import write_bytes
 from .options import (
     MAX_INT,
@@ -57,6 +59,39 @@ FOOTER = (
     "noise, cos(h(x + delta), h(x)) >= cos_lower for every ||delta||_2 <= eps, any model. "
     "||h||_low: Bernstein / bounded-differences bound on the Monte Carlo estimate; dev: "
     "M V_U/V_S, a sure bound on ||h(x + delta) - h(x)|| (docs/smoothing.md).")
+
+
+@dataclass(frozen=True)
+class SmoothJob:
+    """``smooth``: the smoothed attribution's certificate (``options``), with ``pixels`` the
+    pixel certificate and with ``limits`` its tolerance forms; ``collect`` keeps each
+    image's tensors."""
+
+    options: SmoothingOptions
+    pixels: PixelOptions | None
+    limits: LimitOptions | None
+    collect: Collector
+    command: str = "smooth"
+
+    def config(self) -> dict[str, Any]:
+        options, pixels, limits = self.options, self.pixels, self.limits
+        return {
+            "eps": options.eps, "norm": "2", "radius": options.radius,
+            "samples_per_image": options.samples, "alpha": options.alpha, "M": options.bound,
+            "normalization": options.normalization, "noise_seed": options.seed,
+            "spectral": None, "tol": None,
+            "assumption": "probabilistic certificate of the smoothed attribution "
+                          "(docs/smoothing.md)",
+            **({"omega": limits.omega, "metric": limits.metric} if limits is not None
+               else {}),
+            **({"sigma": pixels.sigma, "top_k": list(pixels.top_k), "selection_samples":
+                pixels.selection, "correction": pixels.correction} if pixels is not None
+               else {}),
+        }
+
+    def run(self, inputs: RunInputs, hooks: Hooks) -> list[Record]:
+        return smooth_run(prepare_run(inputs, None), self.options, pixels=self.pixels,
+                          limits=self.limits, hooks=hooks, collect=self.collect)
 
 
 class Collector:
@@ -178,25 +213,13 @@ def smooth_command(
         sigma=sigma, top_k=parse_top_k(top_k), selection=selection_samples,
         correction=correction)
     limits = None if omega is None else LimitOptions(omega, metric.value)
-    if pixels is not None and selection_samples >= samples:
-        raise OptionError(f"--selection-samples {selection_samples} must be below --samples "
-                          f"{samples}: the other samples test each pixel's bin")
+    check_selection(options, pixels)
     if require_certified_fraction is not None and pixels is None:
         raise OptionError("--require-certified-fraction needs --sigma (the pixel certificate)")
     _check_outputs(opts, report)
-    opts.extra_config.update({
-        "eps": eps, "norm": "2", "radius": radius, "samples_per_image": samples,
-        "alpha": alpha, "M": options.bound, "normalization": options.normalization,
-        "noise_seed": seed, "spectral": None, "tol": None,
-        "assumption": "probabilistic certificate of the smoothed attribution (docs/smoothing.md)",
-        **({"omega": omega, "metric": metric.value} if limits is not None else {}),
-        **({"sigma": sigma, "top_k": list(pixels.top_k), "selection_samples":
-            pixels.selection, "correction": pixels.correction} if pixels is not None else {}),
-    })
     collector = Collector()
-    run_opts = replace(opts, save_attributions=None)
-    config, records = run_command(run_opts, "smooth", smooth, options=options, pixels=pixels,
-                                  limits=limits, collect=collector)
+    job = SmoothJob(options, pixels, limits, collector)
+    config, records = run_command(replace(opts, save_attributions=None), job)
     if opts.save_attributions is not None:
         _save(opts.save_attributions, collector, records, config)
     if report is not None:

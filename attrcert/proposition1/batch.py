@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +63,8 @@ def _chunks(k: int, target: int, per_pass: int) -> Iterator[Tensor]:
 def label_test(model: Model, x: Tensor, target: Tensor, logits: Tensor, deltas: Tensor, *,
                q: float, attribution: Attribution, how: str = "completeness",
                classes_per_pass: int | None = None, tol: float = NORM_TOL,
-               steps: int = MAX_STEPS) -> LabelTest:
+               steps: int = MAX_STEPS,
+               progress: Callable[[int, int], None] | None = None) -> LabelTest:
     """Proposition 1 for a batch (module doc).
 
     Args:
@@ -76,6 +77,7 @@ def label_test(model: Model, x: Tensor, target: Tensor, logits: Tensor, deltas: 
         tol: relative residual of the deflated-norm solve (screening only).
         steps: at most this many Golub-Kahan steps on ``J_f`` behind the screening bounds
             (:func:`~attrcert.proposition1.screening.screened_label_radius`).
+        progress: called with ``(samples done, N)``.
     """
     if how not in LABEL_GRADIENTS:
         raise OptionError(f"unknown label_gradient {how!r}: use {' or '.join(LABEL_GRADIENTS)}")
@@ -87,6 +89,8 @@ def label_test(model: Model, x: Tensor, target: Tensor, logits: Tensor, deltas: 
     preserved = torch.ones(n, dtype=torch.bool)
     counts = torch.zeros(n, dtype=torch.int64)
     for i in range(n):
+        if progress is not None:
+            progress(i, n)
         y = int(target[i])
         b = (logits64[i, y] - logits64[i]).numpy()  # b_j, with b_y = 0
         others = np.array([j for j in range(k) if j != y], dtype=np.int64)
@@ -128,4 +132,6 @@ def label_test(model: Model, x: Tensor, target: Tensor, logits: Tensor, deltas: 
                 best = min(best, float(np.min(b[chunk.numpy()][positive] / norm[positive])))
             counts[i] += chunk.numel()
         radius[i] = best
+    if progress is not None:
+        progress(n, n)
     return LabelTest(radius=radius, preserved=preserved, classes=counts)

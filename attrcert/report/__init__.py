@@ -20,11 +20,13 @@ from .compute import (
     SWEEP_POINTS,
     JacobianView,
     ReportData,
+    ReportView,
     SampleView,
     Sweep,
     compute_report,
     default_sweep,
     parse_sweep,
+    report_run,
 )
 from .html import INSTALL_HINT, require_matplotlib, write_report
 
@@ -35,11 +37,13 @@ __all__ = [
     "SWEEP_POINTS",
     "JacobianView",
     "ReportData",
+    "ReportView",
     "SampleView",
     "Sweep",
     "compute_report",
     "default_sweep",
     "parse_sweep",
+    "report_run",
     "require_matplotlib",
     "write_report",
 ]

@@ -36,15 +36,23 @@ import torch
 from torch import Tensor
 
 from .. import bounds
-from ..analysis import Analysis, attribute_rows, prepare, worst_case_directions
+from ..analysis import Analysis, attribute_rows, worst_case_directions
 from ..attack import jacobian_vector_product
-from ..attributions import Attribution, Model, get_method
-from ..certify import certify
-from ..config import AttackOptions, AttributionSpec, SolverOptions, resolve, resolve_attack
+from ..attributions import Model
+from ..certify import certify_run
+from ..config import (
+    AttackOptions,
+    AttributionSpec,
+    LabelOptions,
+    SolverOptions,
+    resolve,
+    resolve_attack,
+)
 from ..errors import OptionError
 from ..jacobian import attribution_jacobian
 from ..perturbation import NormLike, Perturbation, parse_norm
 from ..results import Record, finite_or_none
+from ..run import Hooks, Run, RunInputs, prepare_run
 
 #: eps values of the default sweep: ``eps * k / SWEEP_POINTS`` for ``k = 1..SWEEP_POINTS``.
 SWEEP_POINTS = 6
@@ -82,6 +90,34 @@ def parse_sweep(text: str | None, eps: float) -> list[float]:
 
 
 # --- the data ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReportView:
+    """What the report shows beyond the records.
+
+    Attributes:
+        sweep: the radii of the eps sweep (``None``: :func:`default_sweep` of eps).
+        figures: per-sample figures (the first ``figures`` samples).
+        jacobian_max_d: form the first sample's ``d x d`` Jacobian only up to this ``d``.
+    """
+
+    sweep: tuple[float, ...] | None = None
+    figures: int = FIGURES
+    jacobian_max_d: int = JACOBIAN_MAX_D
+
+    def __post_init__(self) -> None:
+        if self.sweep is not None:
+            radii = tuple(float(r) for r in self.sweep)
+            if not radii or any(not (math.isfinite(r) and r > 0) for r in radii):
+                raise OptionError("sweep radii must be finite numbers > 0")
+            object.__setattr__(self, "sweep", radii)
+        if isinstance(self.figures, bool) or int(self.figures) != self.figures \
+                or self.figures < 0:
+            raise OptionError(f"figures = {self.figures!r} must be an integer >= 0")
+
+    def radii(self, eps: float) -> list[float]:
+        return list(self.sweep) if self.sweep is not None else default_sweep(eps)
+
 
 @dataclass
 class SampleView:
@@ -170,104 +206,104 @@ def compute_report(
     x: Tensor,
     *,
     eps: float,
-    sources: Sequence[str] | None = None,
     norm: NormLike = 2,
+    sources: Sequence[str] | None = None,
     attribution: AttributionSpec | None = None,
     solver: SolverOptions | None = None,
     attack: AttackOptions | None = None,
-    sweep: Sequence[float] | None = None,
-    figures: int = FIGURES,
-    jacobian_max_d: int = JACOBIAN_MAX_D,
+    view: ReportView | None = None,
     log: Log | None = None,
     **shortcuts: Any,
 ) -> ReportData:
-    """Certify and attack every sample at ``eps``, sweep the bounds over ``sweep`` (default
-    :func:`default_sweep`), and form the first sample's Jacobian if ``d <= jacobian_max_d``.
+    """Certify and attack every sample at ``eps``, sweep the bounds over the view's radii
+    (default :func:`default_sweep`), and form the first sample's Jacobian if ``d <=
+    view.jacobian_max_d`` (:class:`ReportView`; its fields also by name).
 
     ``attribution``, ``solver``, ``attack`` (default :class:`~attrcert.config.AttackOptions`)
     and ``**shortcuts`` as for :func:`attrcert.certify`. ``records`` are
-    :func:`attrcert.certify`'s with the attack (plus ``source``); ``samples`` holds the
-    first ``figures`` samples' images and attributions. ``log`` gets one line per stage
-    (progress, for stderr).
+    :func:`attrcert.certify`'s with the attack, each with its ``source`` (``sources``, else
+    ``sample i``); ``samples`` holds the first ``figures`` samples' images and
+    attributions. ``log`` gets one line per stage (progress, for stderr).
     """
     options = {"verify": True, **shortcuts}  # the report always attacks
+    shown = {k: options.pop(k) for k in ("sweep", "figures", "jacobian_max_d") if k in options}
+    view = dataclasses.replace(view or ReportView(), **shown)
     attack = resolve_attack(attack, options) or AttackOptions()
     spec, solver = resolve(attribution, solver, options, "compute_report")
-    say = log or (lambda _msg: None)
     pert = Perturbation(parse_norm(norm), eps)
-    radii = list(sweep) if sweep is not None else default_sweep(eps)
-    if not radii or any(not (math.isfinite(r) and r > 0) for r in radii):
-        raise OptionError("sweep radii must be finite numbers > 0")
-    if isinstance(figures, bool) or int(figures) != figures or figures < 0:
-        raise OptionError(f"figures = {figures!r} must be an integer >= 0")
-    model, x = prepare(model, x, dtype=solver.dtype, device=solver.device)
-    baseline = spec.baseline
-    if baseline is not None:
-        baseline = torch.as_tensor(baseline).to(dtype=x.dtype, device=x.device)
-    spec = dataclasses.replace(spec, baseline=baseline)
-    solver = dataclasses.replace(solver, dtype=None, device=None)  # x and model are there
-    n = x.shape[0]
-    names = list(sources) if sources is not None else [f"sample {i}" for i in range(n)]
-    analyses: list[tuple[int, Analysis]] = []
+    names = list(sources) if sources is not None else None
 
-    def keep(batch: list[Record], analysis: Analysis) -> None:
+    def head(index: int) -> Record:
+        return {"source": names[index] if names is not None else f"sample {index}"}
+
+    run = prepare_run(RunInputs(model, x, spec, solver, head=head), pert.norm)
+    return report_run(run, pert, attack, view, log)
+
+
+def report_run(run: Run, pert: Perturbation, attack: AttackOptions, view: ReportView,
+               log: Log | None = None) -> ReportData:
+    """:func:`compute_report` on a prepared run (its records start with what the run's
+    head gives, ``source`` included)."""
+    say = log or (lambda _msg: None)
+    eps, x = pert.eps, run.x
+    radii = view.radii(eps)
+    n = x.shape[0]
+    analyses: list[Analysis] = []
+
+    def keep(batch: list[Record], analysis: object) -> None:
         # the sweep needs x, g, the targets and the spectrum
-        analyses.append((batch[0]["index"], analysis))
-        say(f"report: certified and attacked {batch[-1]['index'] + 1} of {n} samples")
+        assert isinstance(analysis, Analysis)
+        analyses.append(analysis)
+        done = sum(a.x.shape[0] for a in analyses)
+        say(f"report: certified and attacked {done} of {n} samples")
 
     say(f"report: certifying and attacking {n} samples at eps = {eps} "
         f"({attack.steps} attack steps)")
-    records = certify(model, x, eps=eps, norm=pert.norm, attribution=spec, solver=solver,
-                      attack=attack, on_batch=keep)
-    for rec in records:
-        fields = [(k, v) for k, v in rec.items() if k != "index"]
-        index = rec["index"]
-        rec.clear()
-        rec.update(index=index, source=names[index])
-        rec.update(fields)
-    attribute = get_method(spec.method, steps=spec.steps, baseline=baseline)
+    records = certify_run(run, pert, label=LabelOptions(), attack=attack,
+                          hooks=Hooks(on_batch=keep))
     say(f"report: sweeping eps over {', '.join(f'{r:g}' for r in radii)}")
-    parts = [_sweep_batch(model, a, attribute, pert.norm, radii, eps) for _, a in analyses]
+    parts = [_sweep_batch(run, a, pert.norm, radii, eps) for a in analyses]
     sweep_data = Sweep(
         eps=np.asarray(radii, dtype=np.float64),
         **{k: np.concatenate([p[0][k] for p in parts], axis=1)
            for k in ("T_e", "T_e_prime", "T_c_deg", "T_c_prime_deg", "deviation", "eta")})
     moved = torch.cat([p[1] for p in parts])
-    units = torch.cat([worst_case_directions(a.spectrum.v_max, pert.norm) for _, a in analyses])
-    attrs = torch.cat([a.attr for _, a in analyses])
+    units = torch.cat([worst_case_directions(a.spectrum.v_max, pert.norm) for a in analyses])
+    attrs = torch.cat([a.attr for a in analyses])
     shape = tuple(x.shape[1:])
     samples = [SampleView(image=x[i].detach().double().cpu().numpy(),
                           attribution=attrs[i].reshape(shape).numpy(),
                           direction=units[i].reshape(shape).numpy(),
                           moved=moved[i].reshape(shape).numpy(), record=records[i])
-               for i in range(min(int(figures), n))]
-    jac = _jacobian_view(model, x, attribute, analyses[0][1].target[:1], names[0],
-                         records[0]["xi_max"], jacobian_max_d, say)
-    return ReportData(eps=eps, norm=pert.norm, method=spec.method, records=records,
+               for i in range(min(int(view.figures), n))]
+    jac = _jacobian_view(run, analyses[0].target[:1], records[0].get("source", "sample 0"),
+                         records[0]["xi_max"], view.jacobian_max_d, say)
+    return ReportData(eps=eps, norm=pert.norm, method=run.about.method, records=records,
                       samples=samples, sweep=sweep_data, jacobian=jac,
-                      nonsmooth=list(records[0]["nonsmooth_ops"]) if records else [])
+                      nonsmooth=list(run.about.nonsmooth))
 
 
-def _sweep_batch(model: Model, a: Analysis, attribution: Attribution, p: float,
-                 radii: Sequence[float], eps: float) -> tuple[dict[str, np.ndarray], Tensor]:
+def _sweep_batch(run: Run, a: Analysis, p: float, radii: Sequence[float],
+                 eps: float) -> tuple[dict[str, np.ndarray], Tensor]:
     """The sweep's arrays ``(K, n)`` for one batch, and ``g(x + eps u)`` ``(n, d)``.
 
-    One double-VJP gives ``J u`` (its graph in passes of the batch's
-    :attr:`~attrcert.analysis.Analysis.batch_points_per_pass`); each radius costs one
+    One double-VJP gives ``J u`` (its graph in passes of the plan's
+    :meth:`~attrcert.plan.RunPlan.points_per_second_order_pass`); each radius costs one
     attribution call on ``2n`` inputs (``x +- r u``), from which ``c(r)`` (Eq. 39) and
     ``eta(r)`` follow.
     """
+    model, attribution = run.model, run.attribution
     n, d = a.attr.shape
     unit = worst_case_directions(a.spectrum.v_max, p)  # (n, d) float64, CPU
     x = a.x
     ju = jacobian_vector_product(model, x, attribution, a.target,
                                  unit.to(x.dtype).to(x.device).view_as(x),
-                                 points_per_pass=a.batch_points_per_pass)
+                                 points_per_pass=run.plan.points_per_second_order_pass(n))
     ju = ju.reshape(n, d).double().cpu()
     out = {k: np.full((len(radii), n), np.nan) for k in
            ("T_e", "T_e_prime", "T_c_deg", "T_c_prime_deg", "deviation", "eta")}
     for k, r in enumerate(radii):
-        plus, minus = _moved_attributions(model, a, attribution, r * unit)
+        plus, minus = _moved_attributions(run, a, r * unit)
         dev = torch.stack([(plus - a.attr).norm(dim=1), (minus - a.attr).norm(dim=1)])
         eta = (plus - a.attr - r * ju).norm(dim=1)
         for i in range(n):
@@ -284,7 +320,7 @@ def _sweep_batch(model: Model, a: Analysis, attribution: Attribution, p: float,
                 t_prime = bounds.modified_euclidean_bound(c, xi, r)
                 out["T_e_prime"][k, i] = t_prime
                 out["T_c_prime_deg"][k, i] = _degrees(bounds.cosine_bound(t_prime, attr_norm))
-    moved, _ = _moved_attributions(model, a, attribution, eps * unit)
+    moved, _ = _moved_attributions(run, a, eps * unit)
     return out, moved
 
 
@@ -293,21 +329,21 @@ def _degrees(cos: bounds.CosineBound) -> float:
     return math.nan if cos.vacuous or cos.degrees is None else cos.degrees
 
 
-def _moved_attributions(model: Model, a: Analysis, attribution: Attribution,
-                        delta: Tensor) -> tuple[Tensor, Tensor]:
+def _moved_attributions(run: Run, a: Analysis, delta: Tensor) -> tuple[Tensor, Tensor]:
     """``g(x + delta)`` and ``g(x - delta)``, each ``(n, d)`` float64 on the CPU; one call
-    (its points within the batch's :attr:`~attrcert.analysis.Analysis.value_points`)."""
+    (its points within the plan's :attr:`~attrcert.plan.RunPlan.points_per_value_pass`)."""
     x = a.x
     n = x.shape[0]
     step = delta.to(x.dtype).to(x.device).view_as(x)
-    g = attribute_rows(attribution, model, torch.cat([x + step, x - step]), a.target.repeat(2),
-                       a.value_points)
+    g = attribute_rows(run.attribution, run.model, torch.cat([x + step, x - step]),
+                       a.target.repeat(2), run.plan.points_per_value_pass)
     g = g.reshape(2, n, -1).detach().double().cpu()
     return g[0], g[1]
 
 
-def _jacobian_view(model: Model, x: Tensor, attribution: Attribution, target: Tensor,
-                   source: str, xi_record: float | None, max_d: int, say: Log) -> JacobianView:
+def _jacobian_view(run: Run, target: Tensor, source: str, xi_record: float | None,
+                   max_d: int, say: Log) -> JacobianView:
+    model, x, attribution = run.model, run.x, run.attribution
     d = x[0].numel()
     if d > max_d:
         return JacobianView(source, d, None, None, xi_record,

@@ -21,7 +21,7 @@ from .geometry import log_lune_fraction, lune_fraction, offset_for_ratio, volume
 from .options import LimitOptions, PixelOptions, SmoothingOptions, parse_top_k
 from .pixels import CORRECTIONS, PixelCertificate, certify_bins, pixel_tau
 from .records import PIXEL_ASSUMPTION, SMOOTHING_ASSUMPTION
-from .run import SmoothedSample, smooth
+from .run import SmoothedSample, smooth, smooth_run
 
 __all__ = [
     "CORRECTIONS",
@@ -45,6 +45,7 @@ __all__ = [
     "parse_top_k",
     "pixel_tau",
     "smooth",
+    "smooth_run",
     "tolerance_limits",
     "volume_ratio",
 ]

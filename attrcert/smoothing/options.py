@@ -12,7 +12,8 @@ from ..errors import OptionError
 from ..tolerance import check_tolerance
 from .pixels import CORRECTIONS
 
-__all__ = ["LimitOptions", "PixelOptions", "SmoothingOptions", "parse_top_k"]
+__all__ = ["LimitOptions", "PixelOptions", "SmoothingOptions", "check_selection",
+           "parse_top_k"]
 
 MAX_SAMPLES = 10_000_000
 
@@ -132,3 +133,10 @@ class LimitOptions:
 
     def __post_init__(self) -> None:
         check_tolerance(self.omega, self.metric)
+
+
+def check_selection(options: SmoothingOptions, pixels: PixelOptions | None) -> None:
+    """The pixel certificate's selection samples must leave samples to test the bins."""
+    if pixels is not None and pixels.selection >= options.samples:
+        raise OptionError(f"--selection-samples {pixels.selection} must be below --samples "
+                          f"{options.samples}: the other samples test each pixel's bin")

@@ -41,12 +41,12 @@ def _pixel_fields(pixels: PixelOptions, cert: PixelCertificate) -> Record:
     }
 
 
-def smoothing_record(*, index: int, target: int, predicted: int, method: str,
-                     options: SmoothingOptions, d: int, attr_norm: float, h_norm: float,
-                     zero_attributions: int, limits: LimitOptions | None,
-                     pixels: PixelOptions | None,
+def smoothing_record(*, sample: Record, method: str, options: SmoothingOptions, d: int,
+                     attr_norm: float, h_norm: float, zero_attributions: int,
+                     limits: LimitOptions | None, pixels: PixelOptions | None,
                      pixel_certificate: PixelCertificate | None) -> Record:
-    """One image's record.
+    """One image's record, after ``sample``'s fields (its index, target and prediction:
+    :meth:`attrcert.run.Run.sample`).
 
     Fields: ``cos_sim_lower`` (the certified cosine, confidence ``confidence = 1 -
     alpha``), ``angle_deg`` (its angle), ``vacuous``, ``cos_to_estimate_lower`` (against
@@ -65,9 +65,7 @@ def smoothing_record(*, index: int, target: int, predicted: int, method: str,
                           eps=options.eps, radius=options.radius, d=d)
     warnings: list[str] = []
     rec: Record = {
-        "index": index,
-        "target": target,
-        "predicted": predicted,
+        **sample,
         "method": method,
         "norm": "2",
         "eps": options.eps,

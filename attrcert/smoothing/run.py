@@ -5,8 +5,8 @@ radius ``r`` whose attributions, each scaled or clipped to norm ``<= M``, averag
 ``h_hat(x)``; the certificate of :mod:`~attrcert.smoothing.certificate`; with a tolerance,
 the largest eps and the smallest ``r``; with :class:`~.options.PixelOptions`, ``n`` Gaussian
 copies and the certified bin map of :mod:`~attrcert.smoothing.pixels`. Copies go through the
-model ``per_pass`` at a time, sized to the memory budget like ``certify``'s first-order
-passes (:func:`samples_per_pass`).
+model as many at a time as the run's plan holds
+(:meth:`attrcert.plan.RunPlan.copies_per_noise_pass`).
 """
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..analysis import prepare
-from ..attributions import Attribution, Model, get_method, resolve_target
+from ..attributions import Model
 from ..config import AttributionSpec, SolverOptions, resolve
-from ..errors import ModelOutputError, OptionError
-from ..memory import activation_bytes, default_budget, parse_size
+from ..errors import ModelOutputError
+from ..progress import ATTRIBUTION, NOISE, as_progress, tick
 from ..results import Record
-from .options import LimitOptions, PixelOptions, SmoothingOptions
+from ..run import NO_HOOKS, Hooks, Run, RunInputs, prepare_run
+from .options import LimitOptions, PixelOptions, SmoothingOptions, check_selection
 from .pixels import bins, certify_bins, pixel_tau, plane
 from .records import smoothing_record
 from .sampling import attribution_fn, bounded, image_digest, noisy_attributions
 
-__all__ = ["SmoothedSample", "samples_per_pass", "smooth"]
+__all__ = ["SmoothedSample", "smooth", "smooth_run"]
 
-Progress = Callable[[int, int], None]
+Progress = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -55,20 +55,6 @@ class SmoothedSample:
 
 
 OnSample = Callable[[list[Record], SmoothedSample], None]
-
-
-def samples_per_pass(model: Model, x: Tensor, attribution: Attribution, budget: int,
-                     samples: int, asked: int | None) -> tuple[int, int | None]:
-    """``(copies per pass, attribution points per pass of each copy)``: a first-order pass
-    keeps about ``2 A`` bytes per attribution point (``A``: one forward pass's activations,
-    :func:`attrcert.memory.activation_bytes`), as ``certify``'s value passes
-    (:attr:`attrcert.sizing.Sizing.value_points`). Integrated gradients with more points
-    than fit are cut into segments (``None``: no cut)."""
-    fit = max(1, budget // max(1, 2 * activation_bytes(model, x[:1])))
-    points = attribution.points
-    copies = asked if asked is not None else max(1, min(samples, fit // points))
-    per_copy = fit // copies
-    return int(copies), (None if per_copy >= points else max(1, int(per_copy)))
 
 
 def _finite(chunk: Tensor, index: int, where: str) -> Tensor:
@@ -106,55 +92,61 @@ def smooth(
         options, pixels, limits: what to certify (:mod:`attrcert.smoothing.options`).
         attribution, solver: as for :func:`attrcert.certify` (of the solver only
             ``memory_budget``, ``device`` and ``dtype`` matter).
-        progress: called with ``(noise samples done, samples per image)``.
+        progress: called with ``("noise samples", done, samples per image)``
+            (:mod:`attrcert.progress`).
         on_batch, collect: called with each image's record (in a list) and its
             :class:`SmoothedSample` as soon as it is done, ``on_batch`` first.
         **shortcuts: fields of :class:`~attrcert.config.AttributionSpec` and
             :class:`~attrcert.config.SolverOptions` by name.
     """
     spec, solver = resolve(attribution, solver, shortcuts, "smooth")
-    model, x = prepare(model, x, dtype=solver.dtype, device=solver.device)
-    if pixels is not None and pixels.selection >= options.samples:
-        raise OptionError(f"--selection-samples {pixels.selection} must be below --samples "
-                          f"{options.samples}: the other samples test each pixel's bin")
-    baseline = spec.baseline
-    if baseline is not None:
-        baseline = torch.as_tensor(baseline).to(dtype=x.dtype, device=x.device)
-    method = get_method(spec.method, steps=spec.steps, baseline=baseline)
-    targets = resolve_target(model, x, spec.target)
-    with torch.no_grad():
-        logits = model(x)
-    finite = torch.isfinite(logits).all(dim=1)
-    if not finite.all():
-        index = int((~finite).nonzero()[0])
-        raise ModelOutputError(f"the model returned logits that are not finite for sample "
-                               f"{index}", index)
-    k = int(logits.shape[1])
-    if targets.numel() and (targets.min() < 0 or targets.max() >= k):
-        raise OptionError(f"target classes must lie in 0..{k - 1}")
-    budget = (default_budget(x.device) if solver.memory_budget is None
-              else parse_size(solver.memory_budget))
-    copies, points = samples_per_pass(model, x, method, budget, options.samples,
-                                      options.samples_per_pass)
+    check_selection(options, pixels)
+    run = prepare_run(RunInputs(model, x, spec, solver), None)
+    return smooth_run(run, options, pixels=pixels, limits=limits,
+                      hooks=Hooks(as_progress(progress), on_batch), collect=collect)
+
+
+def smooth_run(run: Run, options: SmoothingOptions, *, pixels: PixelOptions | None = None,
+               limits: LimitOptions | None = None, hooks: Hooks = NO_HOOKS,
+               collect: OnSample | None = None) -> list[Record]:
+    """:func:`smooth` on a prepared run (one without the Jacobian: ``prepare_run(inputs,
+    None)``), with its value objects; image by image, each image's logits checked when it
+    comes.
+
+    Raises:
+        MemoryBudgetError: before the work, when one image does not fit the budget.
+    """
+    run.plan.require((ATTRIBUTION, NOISE))
+    model, x, method = run.model, run.x, run.attribution
+    copies, points = run.plan.copies_per_noise_pass(options.samples, options.samples_per_pass,
+                                                    pixels is not None)
     total = options.samples * (2 if pixels is not None else 1)
+    step = tick(hooks.progress, NOISE)
     records = []
     for i in range(x.shape[0]):
         start = time.perf_counter()
-        target = int(targets[i])
+        index = run.indices[i]
+        with torch.no_grad():
+            logits = model(x[i : i + 1])
+        if not bool(torch.isfinite(logits).all()):
+            raise ModelOutputError(f"the model returned logits that are not finite for sample "
+                                   f"{index}", index)
+        predicted = int(logits[0].argmax())
+        target = predicted if run.targets is None else int(run.targets[i])
         fn = attribution_fn(model, method, target, points)
         digest = image_digest(x[i], target, options.seed)
-        g = _finite(fn(x[i : i + 1]).reshape(1, -1).to("cpu", torch.float64), i, "x")
+        g = _finite(fn(x[i : i + 1]).reshape(1, -1).to("cpu", torch.float64), index, "x")
 
-        def step(done: int, offset: int = 0) -> None:
-            if progress is not None:
-                progress(offset + done, total)
+        def report(done: int, offset: int = 0) -> None:
+            if step is not None:
+                step(offset + done, total)
 
         h_sum = torch.zeros(x[i].numel(), dtype=torch.float64)
         zeros = 0
         for chunk in noisy_attributions(fn, x[i], kind="uniform", scale=options.radius,
                                         samples=options.samples, digest=digest,
-                                        per_pass=copies, progress=step):
-            _finite(chunk, i, "a noisy copy")
+                                        per_pass=copies, progress=report):
+            _finite(chunk, index, "a noisy copy")
             zeros += int((chunk.norm(dim=1) == 0).sum())
             for row in bounded(chunk, options.bound, options.clip is not None):
                 h_sum += row  # one row at a time: the same sum however the passes are cut
@@ -163,18 +155,18 @@ def smooth(
         if pixels is not None:
             shape = x.shape[1:]
             sample_bins = torch.cat([
-                bins(plane(_finite(chunk, i, "a noisy copy"), shape), pixels.top_k)
+                bins(plane(_finite(chunk, index, "a noisy copy"), shape), pixels.top_k)
                 for chunk in noisy_attributions(
                     fn, x[i], kind="gaussian", scale=pixels.sigma, samples=options.samples,
                     digest=digest, per_pass=copies,
-                    progress=lambda done: step(done, options.samples))])
+                    progress=lambda done: report(done, options.samples))])
             cert = certify_bins(sample_bins, selection=pixels.selection,
                                 tau=pixel_tau(options.eps, pixels.sigma),
                                 alpha=options.alpha, correction=pixels.correction,
                                 levels=pixels.levels)
             clean_bins = bins(plane(g, shape), pixels.top_k)[0]
         rec = smoothing_record(
-            index=i, target=target, predicted=int(logits[i].argmax()), method=method.name,
+            sample=run.sample(index, target, predicted), method=method.name,
             options=options, d=x[i].numel(), attr_norm=float(g.norm()),
             h_norm=float(smoothed.norm()), zero_attributions=zeros, limits=limits,
             pixels=pixels, pixel_certificate=cert)
@@ -187,7 +179,7 @@ def smooth(
             smoothed=smoothed.reshape(x.shape[1:]).float(),
             certified=None if cert is None else cert.certified.reshape(hw),
             clean_bins=None if clean_bins is None else clean_bins.reshape(hw))
-        for hook in (on_batch, collect):
+        for hook in (hooks.on_batch, collect):
             if hook is not None:
                 hook([rec], sample)
     return records

@@ -32,6 +32,7 @@ Where each lives: :mod:`~attrcert.spectral.full` (:class:`Spectrum`,
 from __future__ import annotations
 
 from .blocked import abs_sum_gram_blocked
+from .curvature import CurvatureProducts
 from .full import Spectrum, canonical_sign, gram, nonfinite_jacobian, spectrum_full
 from .iterative import SOLVERS, spectrum_iterative
 from .products import AttributionGraph, JacobianProducts, segment_sizes
@@ -39,6 +40,7 @@ from .products import AttributionGraph, JacobianProducts, segment_sizes
 __all__ = [
     "SOLVERS",
     "AttributionGraph",
+    "CurvatureProducts",
     "JacobianProducts",
     "Spectrum",
     "abs_sum_gram_blocked",

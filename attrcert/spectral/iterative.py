@@ -47,6 +47,7 @@ def spectrum_iterative(
     seed: int = 0,
     solver: str = "krylov",
     points_per_pass: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Spectrum:
     """``xi_max`` and ``v_max`` of every sample's ``J`` without forming ``J``.
 
@@ -68,6 +69,8 @@ def spectrum_iterative(
             gradients' Riemann points) in memory at once: the first ones' graph is kept,
             the others rebuilt for every product (:func:`segment_sizes`). It changes the
             cost, not the operator.
+        progress: called with ``(products so far, 0)`` after each product of a sample
+            (``"krylov"``; the total is not known before the solver converges).
 
     scipy's solvers are only given a finite, consistent operator: when ``z^T J^T J z`` and
     ``||J z||^2`` disagree (``J v`` and ``J^T u`` are then not a linear map and its
@@ -98,7 +101,7 @@ def spectrum_iterative(
             ops = CurvatureProducts(attribution, model, xs, ts, points_per_pass=points_per_pass)
             try:
                 top = top_singular(ops, torch.from_numpy(z), tol=tol,
-                                   max_steps=maxiter or MAX_STEPS)
+                                   max_steps=maxiter or MAX_STEPS, progress=progress)
             except NonFiniteProduct:
                 raise nonfinite_jacobian(i) from None
             xi[i], vs[i], residual[i], counts[i] = top.value, top.vector, top.residual, \
@@ -115,9 +118,11 @@ def spectrum_iterative(
 
 
 def top_singular(ops: CurvatureProducts, start: Tensor, *, tol: float,
-                 max_steps: int = MAX_STEPS) -> TopSingular:
+                 max_steps: int = MAX_STEPS,
+                 progress: Callable[[int, int], None] | None = None) -> TopSingular:
     """``||J||_2`` and ``v_max`` of one sample: symmetric Lanczos when ``J`` is symmetric
-    (saliency), Golub-Kahan otherwise; zero when ``J = 0`` is known up front."""
+    (saliency), Golub-Kahan otherwise; zero when ``J = 0`` is known up front. ``progress``
+    hears ``(products so far, 0)`` after each product."""
     d = ops.d
     if ops.zero:
         e1 = torch.zeros(d, dtype=torch.float64)
@@ -125,14 +130,19 @@ def top_singular(ops: CurvatureProducts, start: Tensor, *, tol: float,
         return TopSingular(0.0, 0.0, 0.0, e1, 0)
     start = start.to(dtype=torch.float64, device=ops.device)
 
+    def counted(w: Tensor) -> Tensor:
+        if progress is not None:
+            progress(ops.count, 0)
+        return w
+
     def mv(v: Tensor) -> Tensor:
-        return ops.matvec(v.reshape(1, d)).reshape(d)
+        return counted(ops.matvec(v.reshape(1, d)).reshape(d))
 
     if ops.symmetric:
         return symmetric_lanczos(mv, start, tol=tol, max_steps=max_steps)
 
     def rmv(u: Tensor) -> Tensor:
-        return ops.rmatvec(u.reshape(1, d)).reshape(d)
+        return counted(ops.rmatvec(u.reshape(1, d)).reshape(d))
 
     return golub_kahan(mv, rmv, start, tol=tol, max_steps=max_steps)
 
