@@ -27,6 +27,7 @@ from .config import (
     resolve,
     resolve_attack,
 )
+from .errors import OptionError
 from .kinks import add_kink_fields
 from .perturbation import NormLike, Perturbation, parse_norm
 from .progress import ATTACK, ATTRIBUTION, LABEL, SOUND, SPECTRUM, as_progress, tick
@@ -138,7 +139,12 @@ def certify_run(run: Run, pert: Perturbation, *, label: LabelOptions = COMPLETEN
                      label.how)
     bounder = None
     if sound:
+        import torch
+
         from .sound import SoundBounder
+        if not isinstance(run.model, torch.nn.Module):
+            raise OptionError("sound=True needs the model as a torch.nn.Module (its graph is "
+                              "read): pass the module, not a function")
         bounder = SoundBounder(run.model, run.x[:1], run.attribution, pert)
     progress = hooks.progress
 

@@ -150,8 +150,10 @@ def _rows_replicated(
 
     start, size = 0, chunk_size
     while start < total:
-        done, size = halving(lambda r_max, s=start: one_pass(s, r_max), size, device=x.device,
-                             what="Jacobian row per pass")
+        def pass_from(r_max: int, s: int = start) -> int:
+            return one_pass(s, r_max)
+
+        done, size = halving(pass_from, size, device=x.device, what="Jacobian row per pass")
         start += done
         if progress is not None and start < total:
             progress(skipped + start, d)

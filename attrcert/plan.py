@@ -42,6 +42,7 @@ from .errors import InputError
 from .jacobian import default_chunk_size
 from .memory import (
     MemoryBudgetError,
+    Plan,
     activation_bytes,
     default_budget,
     format_size,
@@ -283,7 +284,7 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
         return RunPlan(spectral=None, **common)  # type: ignore[arg-type]
     how = resolve_spectral(solver.spectral, d, p)
 
-    def estimate_for(path: str):  # type: ignore[no-untyped-def]
+    def estimate_for(path: str) -> Plan:
         return plan(budget, d=d, steps=points, activation=activation,
                     itemsize=x.element_size(), spectral=path,
                     default_batch=solver.batch_size or default_batch_size(x.device))
@@ -310,4 +311,4 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
     return RunPlan(spectral=how, abs_sum_blocked=blocked, samples_per_batch=int(batch),
                    rows_per_pass=int(rows), points_per_product_pass=per_pass,
                    product_point_bytes=product, second_order_point_bytes=second,
-                   full_bytes=estimate.full_bytes, **common)  # type: ignore[arg-type]
+                   full_bytes=estimate.full_bytes, **common)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -54,20 +54,58 @@ def image_size(value: tuple[int, int] | None) -> tuple[int, int] | None:
     return value
 
 
-def choices(name: str, values: Sequence[str]) -> Any:
-    """A ``str`` enum whose members are ``values``: the choices Typer offers for an option,
-    taken from where the library defines them (one list each)."""
-    return Enum(name, {value: value for value in values}, type=str)
+# The choices Typer offers, written out so that mypy checks every use; each equals the list
+# the library defines (METHODS, METRICS, ...), which tests/test_cli_enums.py checks.
+class Method(str, Enum):
+    integrated_gradients = "integrated_gradients"
+    saliency = "saliency"
+    input_x_gradient = "input_x_gradient"
 
 
-Method = choices("Method", METHODS)
-Format = choices("Format", ("table", "json"))
-Metric = choices("Metric", METRICS)
-DType = choices("DType", ("float32", "float64"))
-LabelGradient = choices("LabelGradient", LABEL_GRADIENTS)
-Spectral = choices("Spectral", SPECTRAL)
-PresetName = choices("PresetName", tuple(PRESETS))
-InputRange = choices("InputRange", VALUE_RANGES)
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Metric(str, Enum):
+    euclidean = "euclidean"
+    cosine = "cosine"
+    angle = "angle"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class LabelGradient(str, Enum):
+    completeness = "completeness"
+    attribution = "attribution"
+
+
+class Spectral(str, Enum):
+    auto = "auto"
+    full = "full"
+    iterative = "iterative"
+
+
+class PresetName(str, Enum):
+    imagenet = "imagenet"
+    cifar10 = "cifar10"
+
+
+class InputRange(str, Enum):
+    unit = "unit"
+    range_255 = "255"
+    any = "any"
+
+
+#: Each enum of the command line and the library's list it offers.
+CHOICES: dict[type[Enum], tuple[str, ...]] = {
+    Method: tuple(METHODS), Format: ("table", "json"), Metric: tuple(METRICS),
+    DType: ("float32", "float64"), LabelGradient: tuple(LABEL_GRADIENTS),
+    Spectral: tuple(SPECTRAL), PresetName: tuple(PRESETS), InputRange: tuple(VALUE_RANGES),
+}
 
 
 ModelArg = Annotated[Path, typer.Argument(

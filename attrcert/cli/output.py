@@ -60,7 +60,8 @@ def print_stdout(*renderables: Any) -> None:
     real = stdout_console()
     buffer = io.StringIO()
     console = Console(file=buffer, width=real.width, highlight=False, soft_wrap=True,
-                      force_terminal=real.is_terminal, color_system=real.color_system,
+                      force_terminal=real.is_terminal,
+                      color_system=real.color_system,  # type: ignore[arg-type]  # rich: str
                       markup=False)
     for item in renderables:
         console.print(item)

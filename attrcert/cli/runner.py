@@ -132,7 +132,8 @@ def _resume_and_run(opts: Common, local: Common, job: Job, solver: SolverOptions
                     digest: str) -> tuple[dict[str, Any], str, list[Record]]:
     """Resume from ``local.output`` (a JSONL file) and run the job on the samples it lacks."""
     n = len(loaded.images.sources)
-    done = finished_records(local.output, digest) if writes_jsonl(local) else {}
+    output = local.output if writes_jsonl(local) else None
+    done = finished_records(output, digest) if output is not None else {}
     mine = range(n) if shard is None else shard.indices(n)
     foreign = sorted(set(done) - set(mine))
     if foreign:
@@ -149,8 +150,8 @@ def _resume_and_run(opts: Common, local: Common, job: Job, solver: SolverOptions
                              f"certified into {local.output} (its pixels' SHA-256 differs): "
                              "restore it, or delete that file to start over")
     todo = [i for i in mine if i not in done]
-    if shard is not None and writes_jsonl(local):
-        write_sidecar(local.output, config, digest, shard)
+    if shard is not None and output is not None:
+        write_sidecar(output, config, digest, shard)
     if shard is not None and not shard.torchrun:
         config = {**config, "shard": shard.label}  # after hashing: the hash is the whole run's
     if done:
