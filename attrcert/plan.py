@@ -140,9 +140,10 @@ class RunPlan:
         return None if fit >= self.points else max(1, int(fit))
 
     def label_bytes(self, how: str) -> tuple[int, int]:
-        """``(held, per class copy)`` of Proposition 1's test of one sample: the logit
-        Jacobian's graph and the Golub-Kahan bases of the screening (``"completeness"``),
-        and what each class copy of a pass keeps."""
+        """``(held, per class)`` of Proposition 1's test of one sample. ``"completeness"``:
+        held, the logit Jacobian's graph, one backward pass through it (a class gradient is
+        one, no copy of the input) and the Golub-Kahan bases of the screening; per class,
+        its gradient in float64. ``"attribution"``: per class copy its second-order graph."""
         d, k = self.d, self.classes
         grads = 2 * 8 * d  # the class gradient in float64 and its difference
         if how == "attribution":
@@ -150,8 +151,8 @@ class RunPlan:
         steps = min(SCREENING_STEPS, k, d)
         deflated = min(KRYLOV_STEPS, k, d)
         basis = 8 * (steps * (d + 2 * k) + deflated * (d + k))
-        return (FOOTPRINT_FACTOR * self.product_point_bytes + basis,
-                VALUE_FACTOR * self.activation + grads)
+        return (FOOTPRINT_FACTOR * self.product_point_bytes + VALUE_FACTOR * self.activation
+                + basis, grads)
 
     def classes_per_label_pass(self, how: str) -> int | None:
         """Class copies of one sample that one pass of Proposition 1's gradients may stack

@@ -109,7 +109,7 @@ def test_the_cli_refuses_a_tiny_budget_in_one_line():
 
 @pytest.mark.parametrize("how", ["attribution", "completeness"])
 def test_the_label_test_is_split_into_passes_that_fit_the_budget(how, monkeypatch):
-    """A budget that holds the logit Jacobian and three class copies: Proposition 1's
+    """A budget that holds the logit Jacobian and three class gradients: Proposition 1's
     class gradients come at most three at a time, and the records do not change."""
     roomy = planned("1GB")
     held, per_class = roomy.label_bytes(how)
@@ -119,13 +119,23 @@ def test_the_label_test_is_split_into_passes_that_fit_the_budget(how, monkeypatc
     kwargs = {"eps": 0.1, "method": "saliency", "spectral": "iterative", "label_gradient": how}
     whole = certify(ten_classes(), X, memory_budget="1GB", **kwargs)
     batch = importlib.import_module("attrcert.proposition1.batch")
-    real, sizes = batch._class_gradients, []
+    sizes: list[int] = []
+    if how == "attribution":
+        real = batch._class_gradients
 
-    def spy(model, x, attribution, how, classes):
-        sizes.append(classes.numel())
-        return real(model, x, attribution, how, classes)
+        def spy(model, x, attribution, how, classes):
+            sizes.append(classes.numel())
+            return real(model, x, attribution, how, classes)
 
-    monkeypatch.setattr(batch, "_class_gradients", spy)
+        monkeypatch.setattr(batch, "_class_gradients", spy)
+    else:  # through the kept logit graph (LogitJacobian.rows)
+        rows = batch.LogitJacobian.rows
+
+        def spy_rows(self, classes):
+            sizes.append(classes.numel())
+            return rows(self, classes)
+
+        monkeypatch.setattr(batch.LogitJacobian, "rows", spy_rows)
     cut = certify(ten_classes(), X, memory_budget=budget, **kwargs)
     assert sizes and max(sizes) <= 3
     if how == "attribution":
