@@ -38,7 +38,7 @@ from attrcert.attack import PGDL2  # noqa: E402
 from attrcert.attributions import get_method  # noqa: E402
 from attrcert.memory import activation_bytes  # noqa: E402
 from attrcert.sizing import point_bytes  # noqa: E402
-from tests.zoo import seeded  # noqa: E402
+from zoo import seeded  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -28,7 +28,7 @@ from bench_zoo import ARCHS  # noqa: E402
 from attrcert.attributions import get_method  # noqa: E402
 from attrcert.sizing import point_bytes  # noqa: E402
 from attrcert.spectral import JacobianProducts, segment_sizes, spectrum_iterative  # noqa: E402
-from tests.zoo import seeded  # noqa: E402
+from zoo import seeded  # noqa: E402
 
 
 def main() -> None:

@@ -68,7 +68,8 @@ from attrcert.attributions import get_method  # noqa: E402
 from attrcert.memory import activation_bytes, format_size, parse_size  # noqa: E402
 from attrcert.sizing import size_run  # noqa: E402
 from attrcert.spectral import JacobianProducts  # noqa: E402
-from tests.zoo import (  # noqa: E402
+from zoo import seeded  # noqa: E402
+from zoo.handwritten import (  # noqa: E402
     EFFICIENTNET_B0,
     Mixer,
     Swin,
@@ -78,7 +79,6 @@ from tests.zoo import (  # noqa: E402
     maxpool_cnn,
     mobilenet,
     resnet,
-    seeded,
 )
 
 EPS = 0.1

@@ -25,9 +25,9 @@ from attrcert.errors import InputError
 from attrcert.perturbation import Perturbation
 from attrcert.sound import SoundBounder, enclose, forward, read_graph
 from attrcert.sound.hessian import HessianSum
+from zoo import ResidualSoftplus
 
 from .proofs import strongest
-from .zoo import ResidualSoftplus
 
 DT = torch.float64
 
