@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_zoo import ARCHS  # noqa: E402
+from bench_handwritten import ARCHS  # noqa: E402
 
 from attrcert.analysis import attribute_rows  # noqa: E402
 from attrcert.attack import PGDL2  # noqa: E402

@@ -3,11 +3,11 @@ preprocessing its library records for it, and what attrcert supports on it.
 
 The library entries are timm's and torchvision's own code, built as ``--arch`` builds them
 (``pretrained=False``, nothing downloaded) and named as ``--arch`` names them. The
-``torch.nn`` entries are what the libraries lack. What each entry supports is checked, not
-assumed: ``tests/test_timm_zoo.py`` (every CI run) checks the flags, bounds, attacks,
-static exports, ``--beta-smooth`` and the ``--sound`` refusals at the ``small`` size;
-``benchmarks/zoo_support.py`` measures every cell of the README's table, ``--sound``
-proofs and TorchScript included.
+``torch.nn`` entries are what the libraries lack. ``tests/test_timm_zoo.py --slow`` checks
+``nonsmooth`` and ``degenerate`` of every timm entry at its ``small`` size (bounds, attacks,
+static exports, ``--arch``, ``--beta-smooth``); ``sound``, ``sound_smoothed`` and
+``torchscript`` record one-off runs (``tests/test_sound_timm.py`` checks EfficientNet's
+proof and the ViT's refusal).
 """
 
 from __future__ import annotations
