@@ -4,7 +4,6 @@ report, and one-line errors (exit 2)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,9 @@ from attrcert.cli import app, main
 from attrcert.loading import load_model
 from attrcert.smoothing import SmoothingOptions, smooth
 
+from .conftest import SAMPLES
 from .processes import run_attrcert as cli
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 RELU = str(SAMPLES / "digits_relu_maxpool.pt2")
 FAST = ["--method", "saliency", "--radius", "4", "--eps", "0.02", "--samples", "30",
         "--quiet"]
