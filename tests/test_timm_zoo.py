@@ -4,7 +4,7 @@ through the CLI as users run it, at 32 x 32 with 10 classes.
 Each model is written the three ways users have it: a ``torch.export`` archive with a
 dynamic batch, one exported as torch's docs export (``torch.randn(1, 3, H, W)``: the batch
 fixed at 1) and its weights as safetensors for ``--arch timm:NAME``. Then ``bound``
-(l2, saliency, float64, with the attack: ``--verify``), ``attack``, ``inspect`` and, on the
+(l2, saliency, float64, with the attack: ``--verify``), ``attack`` (l2), ``inspect`` and, on the
 non-smooth ones, ``--beta-smooth``:
 
 - smooth models: finite bounds that an attack at eps = 1e-3 does not beat beyond ``T'_e``;
@@ -14,8 +14,8 @@ non-smooth ones, ``--beta-smooth``:
 - the static export and ``--arch`` give the dynamic export's ``xi_max`` (same weights).
 
 The default run takes timm's ``test_*`` variants (and MobileNetV3-Small 0.5 for Hard*);
-``--slow`` adds one model of each family of :data:`zoo.ZOO` (ResNet-18, ConvNeXt-Atto,
-ViT-Tiny, Swin-T, Mixer-S/16, RegNetY-200MF, LeViT-128S, PoolFormer-S12 at 32 px).
+``--slow`` adds the other families of :data:`zoo.ZOO` (ResNet-18, ConvNeXt-Atto, ViT-Tiny,
+Swin-T, Mixer-S/16, RegNetY-200MF, LeViT-128S, PoolFormer-S12 at 32 px).
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ FAST = (
     _timm("mobilenetv3_small_050", frozenset({"ReLU", "Hardswish", "Hardsigmoid"})),
 )
 #: ``--slow``: one model of each family of the zoo's registry (its 32 px architecture).
-FAMILIES = tuple(e for e in ZOO if e.library == "timm" and e.key != "efficientnet")
+#: (EfficientNet's and MobileNetV3's are the default run's test_efficientnet and
+#: mobilenetv3_small_050.)
+FAMILIES = tuple(e for e in ZOO if e.library == "timm"
+                 and e.key not in ("efficientnet", "mobilenetv3"))
 CASES = [pytest.param(e, id=e.key.split("(")[0]) for e in FAST] + [
     pytest.param(e, id=e.key, marks=pytest.mark.slow) for e in FAMILIES]
 
@@ -157,7 +160,7 @@ def test_static_export_and_arch_give_the_dynamic_exports_xi_max(entry, files):
         warnings.simplefilter("ignore")
         static = CliRunner().invoke(app, ["bound", files.static, files.x, *BOUND])
     known = "Guard failed: x.size()[0] == 2" in repr(static.exception)
-    if not (known and entry.key == "mobilenetv3_small_050"):
+    if not (known and "Hardsigmoid" in entry.nonsmooth):
         assert static.exit_code == 0, static.output
         docs.append(json.loads(static.stdout))
         assert docs[-1]["config"]["static_batch"] == 1
@@ -173,14 +176,16 @@ def test_static_export_and_arch_give_the_dynamic_exports_xi_max(entry, files):
 
 @pytest.mark.parametrize("entry", CASES)
 def test_attack_command_beats_no_certified_bound(entry, files):
-    """``attack`` in the l-inf ball against Theorem 2's ``T_e`` (smooth models: verified)."""
-    doc = invoke("attack", files.static, files.x, "--eps", EPS, "--norm", "inf",
+    """``attack`` in the l2 ball (l-inf's Theorem 2 forms the full Jacobian, d = 3072
+    products: minutes here) against ``T'_e`` (smooth models: verified)."""
+    doc = invoke("attack", files.dynamic, files.x, "--eps", EPS, "--norm", "2",
                  "--method", "saliency", "--attack-steps", "10", "--dtype", "float64",
                  "--format", "json", "--quiet")
     (rec,) = doc["samples"]
-    assert _finite(rec["T_e_hat"]) and _finite(rec["T_e"])
+    assert _finite(rec["T_e_hat"]) and _finite(rec["T_e_prime"])
     if entry.smooth:
-        assert rec["T_e_hat"] <= rec["T_e"] and rec["verified"] is True
+        assert rec["T_e_hat"] <= rec["T_e_prime"] * (1 + ATTACK_TOLERANCE)
+        assert rec["verified"] is True
 
 
 @pytest.mark.parametrize("entry", CASES)
@@ -209,6 +214,6 @@ def test_beta_smooth_certifies_the_smoothed_explanation(entry, files):
 
 def test_the_suite_covers_every_timm_family_of_the_zoo():
     """The ``--slow`` run holds one model of each family the README lists as tested."""
-    families = {e.family for e in FAMILIES} | {"EfficientNet"}
+    families = {e.family for e in FAMILIES} | {"EfficientNet", "MobileNetV3"}
     assert families == {e.family for e in ZOO if e.library == "timm"}
     assert len(families) == 10
