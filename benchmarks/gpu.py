@@ -69,7 +69,7 @@ def failure(proc: subprocess.CompletedProcess | None, seconds: float) -> str:
 
 def sample_rows(device: str, folder: Path) -> list[tuple[str, ...]]:
     """The Quickstart in one process, then under torchrun with one rank: same records."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     single = folder / "single.json"
     proc, seconds = run([sys.executable, __file__, "--sample-worker", device, str(single)],
                         timeout=240)
@@ -108,7 +108,7 @@ def zoo_rows(args: argparse.Namespace, folder: Path, deadline: float) -> list[tu
     proc, seconds = run(cmd, timeout=deadline + 60)
     if proc is None or not out.exists():
         return [("timm zoo", "", "", failure(proc, seconds), "", "", "")]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for res in json.loads(out.read_text()):
         method = ("saliency" if res["method"] == "saliency" else "IG")
         name = f"timm zoo, {res['size']} px"
