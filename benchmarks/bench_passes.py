@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_zoo import ARCHS  # noqa: E402
+from bench_handwritten import ARCHS  # noqa: E402
 
 from attrcert.analysis import attribute_rows  # noqa: E402
 from attrcert.attack import PGDL2  # noqa: E402
 from attrcert.attributions import get_method  # noqa: E402
 from attrcert.memory import activation_bytes  # noqa: E402
 from attrcert.sizing import point_bytes  # noqa: E402
-from tests.zoo import seeded  # noqa: E402
+from zoo import seeded  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_zoo import ARCHS  # noqa: E402
+from bench_handwritten import ARCHS  # noqa: E402
 
 from attrcert.attributions import get_method  # noqa: E402
 from attrcert.sizing import point_bytes  # noqa: E402
 from attrcert.spectral import JacobianProducts, segment_sizes, spectrum_iterative  # noqa: E402
-from tests.zoo import seeded  # noqa: E402
+from zoo import seeded  # noqa: E402
 
 
 def main() -> None:

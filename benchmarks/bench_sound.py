@@ -39,13 +39,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.zoo, as bench_zoo
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # zoo, as bench_zoo
 
 from attrcert.attack import attack
 from attrcert.attributions import get_method
 from attrcert.perturbation import Perturbation
 from attrcert.sound import SoundBounder
-from tests.zoo import ResidualSoftplus
+from zoo import ResidualSoftplus
 
 
 def resnet() -> nn.Sequential:

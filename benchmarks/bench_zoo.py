@@ -1,48 +1,28 @@
-"""Seconds, Jacobian products and peak memory of an l2 certificate for every zoo architecture
-at realistic sizes (CIFAR 3x32x32 and ImageNet 3x224x224).
+"""The timm zoo per image: seconds, where they go (attribution, spectrum, Proposition 1,
+attack), Jacobian products and peak memory of an l2 certificate with its attack, for one
+timm model of each family (:data:`zoo.ZOO`: timm's own code, ``pretrained=False``, seeded
+random weights with random BatchNorm statistics, what timm initialises to zero drawn at
+random), 1000 classes, at 224 px.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_zoo.py                                   # every case
-    python benchmarks/bench_zoo.py --sizes 32 --archs vit,resnet     # a subset
-    python benchmarks/bench_zoo.py --device cuda                     # the same on a GPU
+    python benchmarks/bench_zoo.py                                  # every model, 224 px
+    python benchmarks/bench_zoo.py --archs resnet18,vit --methods saliency
+    python benchmarks/bench_zoo.py --quick                          # 64 px, 2 models, smoke
+    python benchmarks/bench_zoo.py --device cuda                    # the same on a GPU
 
-Architectures (``tests/zoo.py``, ``torch.nn`` only, seeded random weights, eval-mode
-BatchNorm with random statistics, 10 classes: CIFAR-10, or a 10-class ImageNet subset such
-as Imagenette; see "Classes" below), at 32 / 224:
-
-- ``vit``: ViT-Lite-7/4 (dim 256, 7 layers, 4 heads, MLP 2x) / **ViT-B/16** (dim 768,
-  12 layers, 12 heads, MLP 4x, patch 16; 85.8 M parameters);
-- ``swin``: one stage of Swin-style window / shifted-window attention (dim 96, 3 heads):
-  patch 2, window 4, 4 blocks / patch 4, window 7, 2 blocks (Swin-T's first stage);
-- ``mixer``: MLP-Mixer, patch 4, dim 256, 8 blocks / Mixer-B/16 (dim 768, 12 blocks);
-- ``convnext``: stem 2, dims 64-256, depths 2-2-2 / ConvNeXt-T (stem 4, dims 96-768,
-  depths 3-3-9-3);
-- ``efficientnet``: EfficientNet-B0's stages (SiLU, squeeze-excitation) at both sizes;
-- ``mobilenet``: MobileNetV3-Large-like stages with Hardswish (non-smooth) and a sigmoid
-  gate (MobileNetV3's Hardsigmoid gate has no second derivative in autograd: refused);
-- ``resnet``: ResNet-18-shaped (basic blocks 2-2-2-2, 3x3 stem) / **ResNet-50-shaped**
-  (bottlenecks 3-4-6-3, 7x7 stem, 3x3 average pool), both with Softplus (smooth);
-- ``resnet_relu``: the same with ReLU (non-smooth; saliency's Jacobian is then 0);
-- ``maxpool``: a Softplus CNN with one max-pooling (width 32).
-
-Each (architecture, size, method) runs ``attrcert.certify(..., norm=2, eps=EPS,
-spectral="iterative")`` (the CLI's default path for these d: ``xi_max``, ``v_max``
-matrix-free, ``c`` and ``T'_e``, the label test) on ``--images`` seeded random images, in
-its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Methods: saliency and
-integrated gradients with m = 16 (``--steps``). ``products`` counts the matrix-free
-operator applications (``J v`` and ``J^T u``) per image (``Spectrum.products``; the
-records of ``certify`` do not carry it, so the worker counts them). ``--memory-budget``
-is attrcert's: its planner measures the graph of one integrated-gradients point
-(:func:`attrcert.sizing.point_bytes`) and cuts the m points into passes that fit
-(:func:`attrcert.sizing.points_per_pass`); the row's notes give both. A worker whose
-resident memory passes ``--rss-limit`` is stopped (a check on the planner). ``load`` is
-the 1-minute load average when the worker finished (2 cores: above about 2, other
-processes shared them).
-
-Classes: Proposition 1's label test takes one gradient per class on a copy of each image
-(:func:`attrcert.certify`'s label gradients), in passes of as many classes as the memory
-budget allows, so its time grows with ``k`` (``--classes``) and its memory with the budget.
+Each (model, method) runs ``attrcert.certify(..., norm=2, eps=EPS, spectral="iterative",
+verify=True)`` on ``--images`` seeded random images in its own subprocess (its peak RSS is
+its own). The phases are timed where ``certify`` calls them: ``attribution`` is
+:func:`attrcert.analysis.analyse` less its spectrum (the attribution, its graph, the zero
+probes), ``spectrum`` the matrix-free ``xi_max`` / ``v_max``
+(:func:`attrcert.spectral.spectrum_iterative`), ``Prop. 1`` the label test
+(:func:`attrcert.records.label_test`: one gradient per class), ``attack`` the attack of
+``--verify``. ``products`` counts the spectrum's operator products per image
+(``Spectrum.products``: ``J v`` and ``J^T u``; 0 where the spectrum is skipped, a
+``degenerate`` saliency). At sizes other than the
+registry's (32, 224) the 224 architecture is built with ``img_size=SIZE`` where timm takes
+it (the transformers), as is where it does not (the convolutional nets).
 """
 
 from __future__ import annotations
@@ -54,8 +34,9 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,254 +45,196 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attrcert import certify  # noqa: E402
-from attrcert.attributions import get_method  # noqa: E402
-from attrcert.config import SolverOptions  # noqa: E402
-from attrcert.memory import activation_bytes, format_size, parse_size  # noqa: E402
-from attrcert.plan import plan_run  # noqa: E402
-from attrcert.spectral import JacobianProducts  # noqa: E402
-from tests.zoo import (  # noqa: E402
-    EFFICIENTNET_B0,
-    Mixer,
-    Swin,
-    ViT,
-    convnext,
-    efficientnet,
-    maxpool_cnn,
-    mobilenet,
-    resnet,
-    seeded,
-)
+from attrcert.memory import parse_size  # noqa: E402
+from zoo import ZOO, Entry, build, entry, inputs  # noqa: E402
 
-EPS = 0.1
-MOBILENET_V3_LARGE = ((16, 16, 1, 1, 1, 3), (16, 24, 2, 2, 4, 3), (24, 40, 2, 3, 3, 5),
-                      (40, 80, 2, 4, 6, 3), (80, 112, 1, 2, 6, 3), (112, 160, 2, 3, 6, 5))
-Build = Callable[[int], nn.Module]
-ARCHS: dict[str, dict[int, tuple[str, Build]]] = {
-    "vit": {
-        32: ("ViT-Lite-7/4", lambda k: ViT(image=32, patch=4, dim=256, depth=7, heads=4,
-                                           mlp=2, classes=k)),
-        224: ("ViT-B/16", lambda k: ViT(image=224, patch=16, dim=768, depth=12, heads=12,
-                                        mlp=4, classes=k)),
-    },
-    "swin": {
-        32: ("Swin-like, window 4", lambda k: Swin(patch=2, dim=96, depth=4, heads=3,
-                                                   window=4, classes=k)),
-        224: ("Swin-T stage 1, window 7", lambda k: Swin(patch=4, dim=96, depth=2, heads=3,
-                                                         window=7, classes=k)),
-    },
-    "mixer": {
-        32: ("Mixer, patch 4", lambda k: Mixer(image=32, patch=4, dim=256, depth=8,
-                                               classes=k)),
-        224: ("Mixer-B/16", lambda k: Mixer(image=224, patch=16, dim=768, depth=12,
-                                            classes=k)),
-    },
-    "convnext": {
-        32: ("ConvNeXt, 3 stages", lambda k: convnext(dims=(64, 128, 256), depths=(2, 2, 2),
-                                                      stem=2, classes=k)),
-        224: ("ConvNeXt-T", lambda k: convnext(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3),
-                                               stem=4, classes=k)),
-    },
-    "efficientnet": {
-        size: ("EfficientNet-B0", lambda k: efficientnet(EFFICIENTNET_B0, stem=32, head=1280,
-                                                         classes=k))
-        for size in (32, 224)
-    },
-    "mobilenet": {
-        size: ("MobileNetV3-L-like", lambda k: mobilenet(stages=MOBILENET_V3_LARGE, stem=16,
-                                                         head=960, classes=k))
-        for size in (32, 224)
-    },
-    "resnet": {
-        32: ("ResNet-18, Softplus", lambda k: resnet(("basic",) * 4, (2, 2, 2, 2), width=64,
-                                                     classes=k)),
-        224: ("ResNet-50, Softplus", lambda k: resnet(("bottleneck",) * 4, (3, 4, 6, 3),
-                                                      width=64, imagenet_stem=True,
-                                                      classes=k)),
-    },
-    "resnet_relu": {
-        32: ("ResNet-18, ReLU", lambda k: resnet(("basic",) * 4, (2, 2, 2, 2), width=64,
-                                                 act=nn.ReLU, classes=k)),
-        224: ("ResNet-50, ReLU", lambda k: resnet(("bottleneck",) * 4, (3, 4, 6, 3),
-                                                  width=64, imagenet_stem=True, act=nn.ReLU,
-                                                  classes=k)),
-    },
-    "maxpool": {size: ("Softplus CNN + max-pool", lambda k: maxpool_cnn(width=32, classes=k))
-                for size in (32, 224)},
-}
+EPS = 0.01
 METHODS = ("saliency", "integrated_gradients")
+TIMM = [e.key for e in ZOO if e.library == "timm"]
+QUICK_ARCHS = "efficientnet,resnet18"
+PHASES = ("attribution", "spectrum", "prop1", "attack")
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def model_at(found: Entry, size: int, classes: int) -> nn.Module:
+    """The zoo model for ``size`` px: the registry's, else its 224 architecture with
+    ``img_size=size`` where the timm constructor takes it."""
+    if size in found.sizes:
+        return build(found, size, classes)
+    arch = found.arch(224)
+    if arch is None:
+        raise ValueError(f"{found.key} has no {size} px architecture")
+    sized = arch[:-1] + f", img_size={size})" if arch.endswith(")") else f"{arch}(img_size={size})"
+    for candidate in (sized, arch):
+        try:
+            return build(Entry(found.key, found.family, {size: candidate, 224: arch}, None),
+                         size, classes)
+        except TypeError:  # the constructor takes no img_size: convolutional, any size
+            continue
+    raise ValueError(f"{found.key} cannot be built at {size} px")
 
 
-def count_products() -> list[int]:
-    """Count every ``JacobianProducts`` product (``J v`` and ``J^T u``, one per vector)."""
-    counter = [0]
-    for name in ("matvec", "rmatvec"):
-        original = getattr(JacobianProducts, name)
+def timed(module: Any, name: str, bucket: dict[str, float], key: str) -> None:
+    """Add the seconds of every call of ``module.name`` to ``bucket[key]``."""
+    inner = getattr(module, name)
 
-        def wrapped(self: JacobianProducts, v: torch.Tensor, _f=original) -> torch.Tensor:
-            counter[0] += v.shape[0]
-            return _f(self, v)
-
-        setattr(JacobianProducts, name, wrapped)
-    return counter
-
-
-def time_spectrum() -> list[float]:
-    """Seconds spent in the matrix-free spectrum (``xi_max``, ``v_max``) of ``certify``."""
-    spent = [0.0]
-    orchestration = sys.modules["attrcert.analysis"]  # where analyse() calls it
-    inner = orchestration.spectrum_iterative
-
-    def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            bucket[key] += time.perf_counter() - start
+
+    setattr(module, name, wrapped)
+
+
+def count_products(module: Any, counter: list[int]) -> None:
+    """Add the operator products of every ``module.spectrum_iterative`` call (its
+    ``Spectrum.products``: ``J v`` and ``J^T u``, or Hessian-vector products) to
+    ``counter[0]``."""
+    inner = module.spectrum_iterative
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
         out = inner(*args, **kwargs)
-        spent[0] += time.perf_counter() - start
+        if getattr(out, "products", None) is not None:
+            counter[0] += int(out.products.sum())
         return out
 
-    orchestration.spectrum_iterative = wrapped
-    return spent
+    module.spectrum_iterative = wrapped
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One (arch, size, method): print a JSON line."""
+    """One (model, method): print a JSON line."""
     torch.set_num_threads(args.threads)
-    arch, size, method = args.worker[0], int(args.worker[1]), args.worker[2]
+    key, method = args.worker
     device = torch.device(args.device)
-    label, build = ARCHS[arch][size]
-    model = seeded(lambda: build(args.classes)).to(device)
-    x = torch.rand(args.images, 3, size, size, generator=torch.Generator().manual_seed(0))
-    x = x.to(device)
-    act = activation_bytes(model, x[:1])
-    budget = parse_size(args.memory_budget)
-    attribution = get_method(method, steps=args.steps)
-    with torch.no_grad():
-        first = model(x[:1]).argmax(1)
-    planned = plan_run(model, x, attribution,
-                       SolverOptions(spectral="iterative", memory_budget=budget), 2.0, first,
-                       args.classes)
-    info = {"label": label, "params": sum(p.numel() for p in model.parameters()),
-            "activation_mb": act / 1e6, "point_mb": planned.product_point_bytes / 1e6,
-            "points_per_pass": planned.points_per_product_pass, "budget": format_size(budget)}
-    counter, spectrum_seconds = count_products(), time_spectrum()
-    base = peak_rss_mb()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = model_at(entry(key), args.size, args.classes).to(device)
+    x = inputs(args.images, args.size).to(device)
+    phases = dict.fromkeys(PHASES, 0.0)
+    analysis = sys.modules["attrcert.analysis"]
+    timed(sys.modules["attrcert.run"], "analyse", phases, "attribution")
+    counter = [0]
+    count_products(analysis, counter)
+    timed(analysis, "spectrum_iterative", phases, "spectrum")
+    timed(sys.modules["attrcert.records"], "label_test", phases, "prop1")
+    timed(sys.modules["attrcert.certify"], "add_attack_fields", phases, "attack")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    records = certify(model, x, eps=EPS, norm=2, method=method, steps=args.steps,
-                      spectral="iterative", memory_budget=budget, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = certify(model, x, eps=EPS, norm=2, method=method, steps=args.steps,
+                          spectral="iterative", memory_budget=parse_size(args.memory_budget),
+                          device=device, verify=True, attack_steps=args.attack_steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
     n = x.shape[0]
-    info.update({
-        "seconds": seconds / n, "spectrum_seconds": spectrum_seconds[0] / n,
-        "products": counter[0] / n, "peak_mb": peak_rss_mb(), "base_mb": base,
-        "gpu_peak_mb": (torch.cuda.max_memory_allocated(device) / 2**20
+    phases["attribution"] -= phases["spectrum"]  # analyse() holds the spectrum
+    print(json.dumps({
+        "seconds": (time.perf_counter() - start) / n,
+        **{k: v / n for k, v in phases.items()},
+        "products": counter[0] / n,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "gpu_peak_gb": (torch.cuda.max_memory_allocated(device) / 2**30
                         if device.type == "cuda" else None),
-        "xi_max": [r["xi_max"] for r in records], "c": [r["c"] for r in records],
-        "smooth": records[0]["smooth"], "nonsmooth_ops": records[0]["nonsmooth_ops"],
-        "load": os.getloadavg()[0], "n": n,
-    })
-    print(json.dumps(info))
+        "params": sum(p.numel() for p in model.parameters()),
+        "xi_max": [r["xi_max"] for r in records],
+        "nonsmooth": [op.split(" (")[0] for op in records[0]["nonsmooth_ops"]],
+        "degenerate": bool(records[0]["degenerate"]),
+        "smooth": records[0]["smooth"],
+        "unbeaten": all(r["T_e_hat"] <= r["T_e_prime"] * (1 + 1e-3) for r in records),
+        "load": os.getloadavg()[0],
+    }))
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` now, MiB."""
+def run_case(key: str, method: str, args: argparse.Namespace, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", key, method, "--size", str(args.size),
+           "--threads", str(args.threads), "--steps", str(args.steps), "--images",
+           str(args.images), "--device", args.device, "--classes", str(args.classes),
+           "--memory-budget", args.memory_budget, "--attack-steps", str(args.attack_steps)]
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
-
-
-def run_case(arch: str, size: int, method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", arch, str(size), method,
-           "--threads", str(args.threads), "--steps", str(args.steps),
-           "--images", str(args.images if size != 224 else args.images_224),
-           "--device", args.device, "--classes", str(args.classes),
-           "--memory-budget", args.memory_budget]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    limit, start, peak = parse_size(args.rss_limit) / 2**20, time.monotonic(), 0.0
-    while proc.poll() is None:
-        peak = max(peak, rss_mb(proc.pid))
-        if peak > limit or time.monotonic() - start > args.timeout:
-            proc.kill()
-            proc.wait()
-            why = (f"stopped at {peak * 2**20 / 1e9:.1f} GB RSS (limit {args.rss_limit}) "
-                   f"after {time.monotonic() - start:.0f} s" if peak > limit
-                   else f"timed out after {args.timeout:.0f} s")
-            return {"failed": why}
-        time.sleep(0.2)
-    out = proc.stdout.read() if proc.stdout else ""
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
-        return {"failed": f"exit {proc.returncode}"}
-    return json.loads(out.strip().splitlines()[-1])
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"failed": f"exit {proc.returncode}: {last[:120]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def row(arch: str, size: int, method: str, res: dict) -> str:
-    name = f"{ARCHS[arch][size][0]} ({arch})"
-    meth = "IG m = 16" if method == "integrated_gradients" else "saliency"
+def row(key: str, method: str, size: int, steps: int, res: dict) -> str:
+    name = f"{entry(key).arch(224) or key} ({entry(key).family})"
+    meth = f"IG m = {steps}" if method == "integrated_gradients" else "saliency"
     if "failed" in res:
-        return f"| {name} | 3x{size}x{size} | {meth} | | | | | {res['failed']} |"
-    smooth = "smooth" if res["smooth"] else "non-smooth: " + ", ".join(
-        op.split(" (")[0] for op in res["nonsmooth_ops"])
-    return (f"| {name} | 3x{size}x{size} | {meth} | {res['seconds']:.3g} "
-            f"({res['spectrum_seconds']:.3g}) | {res['products']:.0f} | "
-            f"{res['peak_mb'] * 2**20 / 1e9:.2f} GB | | {res['params'] / 1e6:.2f} M params, "
-            f"{smooth}{passes(res)}, load {res['load']:.1f} |")
+        return f"| {name} | {size} | {meth} | {res['failed']} | | | | | | | | |"
+    gpu = "" if res["gpu_peak_gb"] is None else f"{res['gpu_peak_gb']:.2f} GB"
+    notes = ("smooth" if not res["nonsmooth"] else "non-smooth: " + ", ".join(res["nonsmooth"]))
+    if res["degenerate"]:
+        notes += ", degenerate (T_e = 0)"
+    if not res["unbeaten"]:  # a certificate only on smooth models; estimates otherwise
+        notes += ", ATTACK BEAT T'_e" if res["smooth"] else ", attack above T'_e (estimate)"
+    return (f"| {name} | {size} | {meth} | {res['seconds']:.3g} | {res['attribution']:.3g} | "
+            f"{res['spectrum']:.3g} | {res['prop1']:.3g} | {res['attack']:.3g} | "
+            f"{res['products']:.0f} | {res['peak_rss_gb']:.2f} GB | {gpu} | "
+            f"{res['params'] / 1e6:.1f} M params, {notes}, load {res['load']:.1f} |")
 
 
-def passes(res: dict) -> str:
-    """The memory plan of an integrated-gradients case, for its notes."""
-    if not res.get("point_mb"):
-        return ""
-    per_pass = res["points_per_pass"]
-    plan = "all points in one graph" if per_pass is None else f"{per_pass} points per pass"
-    return f", {res['point_mb']:.0f} MB / point: {plan} ({res['budget']} budget)"
+HEADER = ("| model | px | method | s / image | attribution | spectrum | Prop. 1 | attack | "
+          "products | peak RSS | peak GPU | notes |\n|---|---|---|---|---|---|---|---|---|---|"
+          "---|---|")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated")
-    parser.add_argument("--sizes", default="32,224", help="32, 224 or both")
+    parser.add_argument("--archs", default=None, help=f"comma-separated, of {','.join(TIMM)}")
+    parser.add_argument("--size", type=int, default=None, help="input side (default 224)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: 64 px, {QUICK_ARCHS}, 100 classes, IG m = 4")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
-    parser.add_argument("--steps", type=int, default=16, help="integrated-gradients m")
-    parser.add_argument("--images", type=int, default=2, help="images per case at 32")
-    parser.add_argument("--images-224", type=int, default=1, help="images per case at 224")
-    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=None, help="IG m (default 16)")
+    parser.add_argument("--classes", type=int, default=None, help="default 1000")
+    parser.add_argument("--images", type=int, default=1)
+    parser.add_argument("--attack-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the worker's "
-                        "JSON line then also gives gpu_peak_mb)")
-    parser.add_argument("--memory-budget", default="8GB",
-                        help="attrcert's --memory-budget: integrated gradients' points are cut "
-                        "into passes that fit it")
-    parser.add_argument("--rss-limit", default="14GB", help="stop a worker above this RSS")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--memory-budget", default="8GB", help="attrcert's --memory-budget")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
-    parser.add_argument("--worker", nargs=3, metavar=("ARCH", "SIZE", "METHOD"),
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds for the whole run: later cases are skipped")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "METHOD"),
                         help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.size = args.size or (64 if args.quick else 224)
+    args.steps = args.steps or (4 if args.quick else 16)
+    args.classes = args.classes or (100 if args.quick else 1000)
+    args.archs = args.archs or (QUICK_ARCHS if args.quick else ",".join(TIMM))
     if args.worker:
         worker(args)
         return
-    rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for arch in args.archs.split(","):
-            for method in args.methods.split(","):
-                print(f"  {arch} 3x{size}x{size} {method} ...", file=sys.stderr, flush=True)
-                res = run_case(arch, size, method, args)
+    start, rows, results = time.monotonic(), [], []
+    for key in args.archs.split(","):
+        for method in args.methods.split(","):
+            left = args.timeout if args.deadline is None else min(
+                args.timeout, args.deadline - (time.monotonic() - start))
+            if left < 5:
+                res = {"failed": "skipped (--deadline)"}
+            else:
+                print(f"  {key} {args.size} px {method} ...", file=sys.stderr, flush=True)
+                res = run_case(key, method, args, left)
                 print(f"    {json.dumps(res)}", file=sys.stderr, flush=True)
-                rows.append(row(arch, size, method, res))
-    print(f"\nl2, eps {EPS}, spectral iterative (PROPACK, tol 1e-4), {args.classes} classes, "
-          f"{args.threads} thread(s), device {args.device}, torch {torch.__version__}\n")
-    print("| architecture | input | method | s / image (spectrum) | products / image | "
-          "peak RSS | GPU s / image | notes |")
-    print("|---|---|---|---|---|---|---|---|")
+            results.append({"model": key, "method": method, "size": args.size, **res})
+            rows.append(row(key, method, args.size, args.steps, res))
+    print(f"\nl2, eps {EPS}, --verify with {args.attack_steps} attack steps, {args.classes} "
+          f"classes, {args.images} image(s), {args.threads} thread(s), device {args.device}, "
+          f"torch {torch.__version__}; seconds per image\n")
+    print(HEADER)
     for line in rows:
         print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+from .conftest import SAMPLES
+
 SAMPLE_PT2 = SAMPLES / "digits_softplus.pt2"
 ROOT = "digits_softplus/"
 

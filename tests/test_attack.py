@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,9 +29,9 @@ from attrcert.jacobian import attribution_jacobian
 from attrcert.loading import load_model
 from attrcert.perturbation import Perturbation
 
+from .conftest import SAMPLES
 from .models import make_cnn, make_quadratic
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 TOL = 1 + 1e-6  # every returned norm must be <= eps * TOL
 
 

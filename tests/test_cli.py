@@ -15,9 +15,9 @@ from attrcert import __version__, certify
 from attrcert.cli import app
 from attrcert.loading import load_model
 
+from .conftest import SAMPLES
 from .processes import run_attrcert as cli
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 RELU = str(SAMPLES / "digits_relu_maxpool.pt2")
 FAST = ["--steps", "4", "--quiet"]

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrcert.cli import main
 from attrcert.distributed import (
     RankFailed,
     RankResult,
@@ -27,16 +26,10 @@ from attrcert.distributed import (
 )
 from attrcert.errors import OptionError
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+from .conftest import SAMPLES, run_main
+
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 FAST = ["--method", "saliency", "--quiet"]
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code), out, err
 
 
 def torchrun(*args: str, nproc: int = 2, **kw) -> subprocess.Popen:

@@ -19,21 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from attrcert.cli import main
 from attrcert.errors import AttrcertError
 from attrcert.loading import load_images
 
+from .conftest import SAMPLES, run_main
 from .processes import run_attrcert
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODEL = str(SAMPLES / "digits_softplus.pt2")
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code), out, err
 
 
 @pytest.fixture(scope="module")

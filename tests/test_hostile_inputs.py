@@ -21,13 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from attrcert.cli import main
 from attrcert.results import csv_value, jsonl_line
 from attrcert.resume import RunLock, finished_records
 
+from .conftest import SAMPLES, run_main
 from .processes import run_attrcert
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 FAST = ["--method", "saliency", "--quiet"]
 
@@ -51,13 +50,6 @@ def digits(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("digits") / "three.pt"
     torch.save(torch.load(SAMPLES / "digits.pt", weights_only=True)[:3].clone(), path)
     return path
-
-
-def run_main(argv: list[str], capfd) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    out, err = capfd.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def one_line_error(code: int, out: str, err: str, *words: str) -> str:

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from attrcert.cli import main
 from attrcert.errors import InputError, OptionError
 from attrcert.loading import PRESETS, Geometry, list_images, load_images
+
+from .conftest import run_main
 
 SIZES = [(300, 500), (500, 300), (256, 256), (257, 1000), (240, 320)]
 
@@ -70,13 +71,6 @@ def two_class_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("m2") / "two.pt"
     torch.jit.script(net).save(str(path))
     return str(path)
-
-
-def run_main(argv, capfd):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capfd.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 @pytest.mark.parametrize(("height", "width"), SIZES)

@@ -9,7 +9,6 @@ a run that never ran out of memory.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,10 +30,10 @@ from attrcert.memory import (
 from attrcert.plan import RunPlan, plan_run
 from attrcert.spectral import abs_sum_gram_blocked
 
+from .conftest import SAMPLES
 from .models import make_cnn
 from .processes import run_attrcert
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 
 

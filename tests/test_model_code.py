@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrcert.cli import main
 from attrcert.errors import InputError, LoadError
 from attrcert.loading import load_model
 from attrcert.loading.export_program import node_refusal, target_is_safe
@@ -26,8 +25,7 @@ from attrcert.loading.operators import ATEN, PRIMS, SAMPLING, TORCHSCRIPT_ATEN, 
 from attrcert.loading.zipcheck import zip_problem
 
 from . import hostile_code as hc
-
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+from .conftest import SAMPLES, run_main
 
 
 @pytest.fixture(autouse=True)
@@ -48,14 +46,6 @@ def images(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("img") / "two.pt"
     torch.save(torch.rand(2, 1, 8, 8), path)
     return str(path)
-
-
-def run_main(argv: list[str], capfd) -> tuple[int, str, str]:
-    capfd.readouterr()  # what building the model printed (torch.export's own warnings)
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capfd.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def one_line_error(code: int, out: str, err: str, *words: str) -> str:

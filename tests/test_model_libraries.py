@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from attrcert.cli import main
 from attrcert.cli.inputs import load_inputs, run_config
 from attrcert.cli.options import Common
 from attrcert.cli.preprocessing import resolve_preprocessing
@@ -28,6 +27,8 @@ from attrcert.loading.libraries import parse_library_arch
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 from timm.data import ImageNetInfo  # noqa: E402
+
+from .conftest import run_main  # noqa: E402
 
 SIDE = 32
 
@@ -185,13 +186,6 @@ def imagenet_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("r18k") / "r18k.safetensors"
     save_file(net.state_dict(), path)
     return str(path)
-
-
-def run_main(argv, capfd):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capfd.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_synset_folders_are_imagenet_indices(imagenet_model, tmp_path):

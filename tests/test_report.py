@@ -28,11 +28,11 @@ from attrcert.report import (
     write_report,
 )
 
+from .conftest import SAMPLES
 from .models import make_cnn, make_quadratic
 
 pytest.importorskip("matplotlib")
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 FAST = {"attack_steps": 3, "steps": 8}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from attrcert import NonSmoothModelWarning, certify, max_eps
 from attrcert.errors import InputError, LoadError
 from attrcert.loading import load_images, load_labels, load_model, sniff_model
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+from .conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,11 @@ from attrcert.memory import MemoryBudgetError
 from attrcert.plan import RunPlan, plan_run
 from attrcert.sizing import FOOTPRINT_FACTOR, point_bytes
 from attrcert.spectral import JacobianProducts, segment_sizes, spectrum_iterative
+from zoo import SHAPE, seeded
+from zoo import TINY as ZOO
+from zoo import inputs as zoo_inputs
 
 from .models import make_cnn
-from .zoo import ZOO, seeded
-from .zoo import inputs as zoo_inputs
 
 
 @pytest.mark.parametrize(("points", "per_pass", "sizes"), [
@@ -254,7 +255,7 @@ def test_segments_on_zoo_models(name):
     cut into single points equal the products of the whole graph."""
     entry = next(e for e in ZOO if e.name == name)
     model = seeded(entry.build).double().eval()
-    x = zoo_inputs(1).double()
+    x = zoo_inputs(1, SHAPE[-1]).double()
     ig = get_method("integrated_gradients", steps=3)
     target = torch.tensor([1])
     whole = JacobianProducts(ig, model, x, target)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +16,9 @@ from attrcert.loading import load_model
 from attrcert.smoothing import SmoothingOptions, smooth
 from attrcert.smoothness import NonSmoothModelWarning
 
+from .conftest import SAMPLES
 from .processes import run_attrcert as cli
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 RELU = str(SAMPLES / "digits_relu_maxpool.pt2")
 FAST = ["--method", "saliency", "--radius", "4", "--eps", "0.02", "--samples", "30",
         "--quiet"]

@@ -33,9 +33,9 @@ from attrcert.sound import (
     read_graph,
 )
 from attrcert.sound.hessian import HessianSum
+from zoo import ResidualSoftplus
 
 from .proofs import strongest
-from .zoo import ResidualSoftplus
 
 DT = torch.float64
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence
@@ -21,11 +19,11 @@ from attrcert.spectral import (
     spectrum_iterative,
 )
 
+from .conftest import SAMPLES
 from .models import make_quadratic
 
 METHODS = ["saliency", "input_x_gradient", "integrated_gradients"]
 SOLVERS = ["krylov", "arpack", "propack"]
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 
 
 def _agree(it, full, rtol: float = 1e-3, cos: float = 0.999) -> None:

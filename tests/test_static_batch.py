@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from attrcert import AttributionSpec, SolverOptions, certify
-from attrcert.cli import main
 from attrcert.errors import InputError
 from attrcert.loading import load_model
 from attrcert.loading.batching import StaticBatch, batched, static_batch_of
+
+from .conftest import run_main
 
 timm = pytest.importorskip("timm")
 SIDE = 32
@@ -68,13 +69,6 @@ def photos(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
             folder / f"p{i}.png")
     return str(folder)
-
-
-def run_main(argv, capfd):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capfd.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_a_static_export_is_detected_from_its_input_spec(loaded):

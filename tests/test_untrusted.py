@@ -17,15 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from attrcert.cli import main
 from attrcert.errors import LoadError
 from attrcert.loading import UntrustedPickleWarning, load_model
 from attrcert.loading.export_program import expression_is_plain, guard_is_plain, target_is_safe
 
 from . import hostile
+from .conftest import SAMPLES, run_main
 from .processes import run_attrcert
 
-SAMPLES = hostile.SAMPLES
 DIGITS = str(SAMPLES / "digits8.pt")
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 
@@ -48,15 +47,6 @@ def one_image(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("img") / "one.pt"
     torch.save(torch.load(SAMPLES / "digits.pt", weights_only=True)[:1].clone(), path)
     return str(path)
-
-
-def run_main(argv: list[str], capfd) -> tuple[int, str, str]:
-    """``attrcert argv`` in this process; stdout and stderr captured at the file descriptors
-    (so that torch's own logging, which holds the real stderr, is seen too)."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capfd.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def assert_one_line_error(code: int, out: str, err: str, *words: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,9 @@ import torch
 from attrcert import certify
 from attrcert.loading import load_model
 
+from .conftest import SAMPLES
 from .processes import run_attrcert as cli
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 SMOOTH = SAMPLES / "digits_softplus.pt2"
 RELU = SAMPLES / "digits_relu_maxpool.pt2"
 

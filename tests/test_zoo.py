@@ -1,4 +1,5 @@
-"""Conformance: the architectures users bring (tests/zoo.py), through the CLI, as users run it.
+"""Conformance: the hand-written architectures (zoo/handwritten.py), through the CLI, as
+users run it.
 
 Every zoo model, as ``.pt2`` (torch.export, dynamic batch) and as TorchScript (traced), goes
 through ``attrcert bound`` (l2, saliency, with an attack: ``--verify``); the ``.pt2`` run
@@ -27,11 +28,19 @@ from attrcert import NonSmoothModelWarning, certify, find_nonsmooth
 from attrcert.attributions import NotDifferentiableError, get_method
 from attrcert.loading import load_model
 from attrcert.spectral import JacobianProducts
+from zoo import SHAPE, ViT, export_pt2, export_torchscript, mobilenet, seeded
+from zoo import TINY as ZOO
+from zoo import inputs as zoo_inputs
 
 from .processes import run_attrcert
-from .zoo import ZOO, ViT, export_pt2, export_torchscript, inputs, mobilenet, seeded
 
 EPS = 1e-3
+
+
+def inputs(n: int) -> torch.Tensor:
+    """``n`` seeded random images of the tiny zoo's shape."""
+    return zoo_inputs(n, SHAPE[-1])
+
 #: README ("When a bound is violated"): on the smooth sample CNN an attack exceeded T'_e by
 #: at most 0.01% at eps = 0.01; here eps is ten times smaller and the runs are in float64.
 ATTACK_TOLERANCE = 1e-4

@@ -1,43 +1,21 @@
-"""A model zoo written as users write their models: ``torch.nn`` only, seeded random weights.
-
-Every builder takes the input size and widths, so the same code gives the tiny models of
-the conformance suite (``tests/test_zoo.py``: 3x8x8 inputs, a few channels) and the
-realistic ones of ``benchmarks/bench_zoo.py`` (3x32x32 and 3x224x224, a ResNet-50- and a
-ViT-B/16-shaped net among them). :data:`ZOO` lists the tiny ones with what the smoothness
-check must say about each; :func:`export_pt2` and :func:`export_torchscript` write the two
-archive formats as a user would (a dynamic batch dimension; ``torch.jit.trace``).
+"""Architectures written as users write them (``torch.nn`` only): a ViT on
+``nn.TransformerEncoderLayer`` (whose traced fast path has no derivative), ResNets with
+Softplus or ReLU (basic and bottleneck blocks), a Softplus CNN whose only non-smooth
+operation is max-pooling, and tiny look-alikes of the library families (Swin, MLP-Mixer,
+ConvNeXt, EfficientNet, MobileNet) small enough to form their full Jacobians in the tests
+(3 x 8 x 8 inputs, :data:`TINY`). Every builder takes the widths, so the same code gives
+the realistic models of ``benchmarks/``. The libraries' own architectures are in
+:mod:`zoo.registry`.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-
-def seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
-    """``build()`` with seeded weights, in eval mode; BatchNorm running statistics drawn at
-    random too (a trained net's are not 0 and 1), parameters frozen."""
-    torch.manual_seed(seed)
-    model = build()
-    gen = torch.Generator().manual_seed(seed + 1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-            module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-            module.weight.data.copy_(1 + 0.1 * torch.randn(n, generator=gen))
-            module.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
-
-
-# --- attention ---------------------------------------------------------------------------
 
 class ViT(nn.Module):
     """ViT: patch embedding, class token, learned positions, pre-norm
@@ -337,8 +315,8 @@ def maxpool_cnn(width: int = 8, classes: int = 5) -> nn.Module:
 # --- the tiny zoo of the conformance suite -------------------------------------------------
 
 @dataclass(frozen=True)
-class Entry:
-    """A zoo model: how to build it (tiny), and the non-smooth ops attrcert must report
+class Tiny:
+    """A tiny zoo model: how to build it, and the non-smooth ops attrcert must report
     (human names as :func:`attrcert.find_nonsmooth` gives them; empty: smooth)."""
 
     name: str
@@ -352,45 +330,14 @@ class Entry:
 
 
 SHAPE = (3, 8, 8)
-ZOO: tuple[Entry, ...] = (
-    Entry("vit", ViT, attention=True),
-    Entry("swin", Swin, attention=True),
-    Entry("mixer", Mixer),
-    Entry("convnext", convnext),
-    Entry("efficientnet", efficientnet),
-    Entry("mobilenet", mobilenet, frozenset({"Hardswish"})),
-    Entry("resnet_softplus", resnet),
-    Entry("resnet_relu", lambda: resnet(act=nn.ReLU), frozenset({"ReLU"})),
-    Entry("maxpool", maxpool_cnn, frozenset({"max-pooling"})),
+TINY: tuple[Tiny, ...] = (
+    Tiny("vit", ViT, attention=True),
+    Tiny("swin", Swin, attention=True),
+    Tiny("mixer", Mixer),
+    Tiny("convnext", convnext),
+    Tiny("efficientnet", efficientnet),
+    Tiny("mobilenet", mobilenet, frozenset({"Hardswish"})),
+    Tiny("resnet_softplus", resnet),
+    Tiny("resnet_relu", lambda: resnet(act=nn.ReLU), frozenset({"ReLU"})),
+    Tiny("maxpool", maxpool_cnn, frozenset({"max-pooling"})),
 )
-
-
-def inputs(n: int = 2, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> Tensor:
-    """``n`` seeded random images in ``[0, 1]``."""
-    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed))
-
-
-def export_pt2(model: nn.Module, example: Tensor, path: Path) -> Path:
-    """``torch.export`` with a dynamic batch dimension, saved as ``.pt2``."""
-    batch = torch.export.Dim("batch")
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, path)
-    return path
-
-
-def export_torchscript(model: nn.Module, example: Tensor, path: Path, *,
-                       fastpath: bool = False) -> Path:
-    """``torch.jit.trace`` saved as TorchScript. Traced in eval mode,
-    ``nn.TransformerEncoderLayer`` records its fused inference fast path, which has no
-    derivative; ``fastpath=False`` traces with it off (what attrcert's error tells a user
-    to do), ``True`` as a plain trace does."""
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(fastpath)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model, example)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
-    traced.save(str(path))
-    return path
