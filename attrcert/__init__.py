@@ -8,11 +8,11 @@ on the perturbation ball; see the README and docs/math.md §6.
 from .attack import attack, linearity_gap
 from .attributions import METHODS, attribute
 from .certify import certify, max_eps
-from .config import AttackOptions, AttributionSpec, SolverOptions
 from .errors import AttrcertError
 from .jacobian import attribution_jacobian
 from .loading import load_images, load_model
 from .perturbation import Perturbation
+from .settings import AttackOptions, AttributionSpec, SolverOptions
 from .smoothness import NonSmoothModelWarning, find_nonsmooth
 
 __version__ = "0.1.0"

@@ -19,7 +19,14 @@ from torch import Tensor
 
 from .analysis import Analysis
 from .attributions import Model
-from .config import (
+from .document import Record
+from .errors import OptionError
+from .kinks import add_kink_fields
+from .perturbation import NormLike, Perturbation, parse_norm
+from .progress import ATTACK, ATTRIBUTION, LABEL, SOUND, SPECTRUM, as_progress, tick
+from .records import add_attack_fields, certificate_records
+from .run import NO_HOOKS, Hooks, OnBatch, Run, RunInputs, prepare_run
+from .settings import (
     AttackOptions,
     AttributionSpec,
     LabelOptions,
@@ -27,13 +34,6 @@ from .config import (
     resolve,
     resolve_attack,
 )
-from .errors import OptionError
-from .kinks import add_kink_fields
-from .perturbation import NormLike, Perturbation, parse_norm
-from .progress import ATTACK, ATTRIBUTION, LABEL, SOUND, SPECTRUM, as_progress, tick
-from .records import add_attack_fields, certificate_records
-from .results import Record
-from .run import NO_HOOKS, Hooks, OnBatch, Run, RunInputs, prepare_run
 from .tolerance import Tolerance, check_modified, eps_max_records
 
 __all__ = ["certify", "certify_run", "max_eps", "max_eps_run"]
@@ -89,10 +89,10 @@ def certify(
         x: images ``(N, C, H, W)`` in the units eps is measured in.
         eps: radius of the ball (> 0).
         norm: ``p``: 2, ``"inf"`` / ``float("inf")``, or any ``p >= 1``.
-        attribution: which attribution of which class (:class:`~attrcert.config.AttributionSpec`).
+        attribution: which attribution of which class (:class:`~attrcert.settings.AttributionSpec`).
         solver: how ``J`` and its spectrum are computed, batching, memory budget, device
-            and dtype (:class:`~attrcert.config.SolverOptions`).
-        attack: also attack each attribution (:class:`~attrcert.config.AttackOptions`;
+            and dtype (:class:`~attrcert.settings.SolverOptions`).
+        attack: also attack each attribution (:class:`~attrcert.settings.AttackOptions`;
             PGD on the Euclidean and cosine objectives, plus IFIA for l-inf) and add
             ``T_e_hat``, ``T_c_hat``, ``T_c_hat_deg``, ``violation`` (``T_e_hat >
             T_e_prime`` for l2, ``> T_e`` otherwise), ``violation_cosine``, ``verified`` and
@@ -111,8 +111,8 @@ def certify(
             while Jacobians are formed, as before).
         on_batch: called with each batch's records and its :class:`~attrcert.analysis.Analysis`
             as soon as the batch is done (streaming output, progress).
-        **shortcuts: the fields of :class:`~attrcert.config.AttributionSpec` (``method``,
-            ``steps``, ``baseline``, ``target``) and :class:`~attrcert.config.SolverOptions`
+        **shortcuts: the fields of :class:`~attrcert.settings.AttributionSpec` (``method``,
+            ``steps``, ``baseline``, ``target``) and :class:`~attrcert.settings.SolverOptions`
             (``spectral``, ``tol``, ``chunk_size``, ``batch_size``, ``memory_budget``,
             ``device``, ``dtype``) by name, and ``verify=True`` / ``attack_steps``,
             ``attack_restarts``, ``seed`` for the attack.

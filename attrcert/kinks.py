@@ -37,8 +37,8 @@ from torch.overrides import TorchFunctionMode
 
 from .analysis import Analysis, worst_case_directions
 from .attributions import Model
+from .document import Record
 from .perturbation import Perturbation
-from .results import Record
 
 JUMP_SHARE = 0.01  # a jump below 1 % of T_e (relative to ||g||) is immaterial
 NEAREST = 8  # units per Softplus call whose first-order reach is computed

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .attributions import Attribution, Model
-from .config import SolverOptions
 from .errors import InputError
 from .jacobian import default_chunk_size
 from .memory import (
@@ -55,6 +54,7 @@ from .memory import (
 )
 from .progress import ATTACK, ATTRIBUTION, LABEL, NOISE, SPECTRUM
 from .proposition1.screening import MAX_STEPS as SCREENING_STEPS
+from .settings import SolverOptions
 from .sizing import FOOTPRINT_FACTOR, default_batch_size, point_bytes, resolve_spectral
 from .spectral.krylov import MAX_STEPS as KRYLOV_STEPS
 

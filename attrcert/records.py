@@ -10,13 +10,13 @@ from torch import Tensor
 from . import bounds
 from .analysis import Analysis, attribution_deviations, worst_case_directions
 from .attributions import Model
-from .config import AttackOptions, LabelOptions
 from .degenerate import degenerate_reasons
+from .document import ASSUMPTION, Record, finite_or_none
 from .perturbation import Perturbation, norm_label
 from .progress import LABEL, Progress, tick
 from .proposition1 import LabelTest, label_test
-from .results import ASSUMPTION, Record, finite_or_none
 from .run import Run
+from .settings import AttackOptions, LabelOptions
 
 #: How Proposition 1's label fields are obtained: Eq. 8 linearises the logits at ``x``.
 LABEL_METHOD = "first_order"

@@ -7,7 +7,7 @@
   A model, labels file, baseline or image replaced between a crash and the resume is
   therefore refused, while a moved or renamed folder is not.
 - :func:`finished_records` reads the file strictly: every line a sealed attrcert record
-  (:func:`attrcert.results.record_seal`) of this configuration, each sample once; a last
+  (:func:`attrcert.document.record_seal`) of this configuration, each sample once; a last
   line cut short by a crash is dropped by rewriting the file atomically (a temporary file,
   synced, renamed over it), never in place.
 - :class:`RunLock` holds an exclusive lock for the whole run, so that a second run on the
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .results import SEAL, Record, dumps_strict, record_seal
+from .document import SEAL, Record, dumps_strict, record_seal
 from .writing import write_text
 
 __all__ = ["PATH_KEYS", "ResumeError", "RunLock", "config_hash", "file_sha256",

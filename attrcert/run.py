@@ -3,8 +3,8 @@
 
 Values flow one way. The caller (the library's entry points, or the CLI after loading)
 gathers :class:`RunInputs`: the model and inputs, the value objects that say what to
-attribute and how to solve (:class:`~attrcert.config.AttributionSpec`,
-:class:`~attrcert.config.SolverOptions`), and what it already knows: each sample's index
+attribute and how to solve (:class:`~attrcert.settings.AttributionSpec`,
+:class:`~attrcert.settings.SolverOptions`), and what it already knows: each sample's index
 among all, what every record starts with (:data:`Head`), the model's class count and
 non-smooth operations (:class:`Checked`, which the CLI found at load), the original model's
 predictions of a beta-smoothed copy (:class:`BetaSmoothed`). :func:`prepare_run` places the
@@ -25,13 +25,13 @@ from torch import Tensor
 
 from .analysis import Analysis, analyse
 from .attributions import Attribution, Model, get_method
-from .config import AttributionSpec, SolverOptions
 from .devices import output_classes, place
+from .document import Record
 from .errors import OptionError
 from .memory import halving
 from .plan import RunPlan, plan_run
 from .progress import Progress
-from .results import Record
+from .settings import AttributionSpec, SolverOptions
 from .smoothness import NonSmoothModelWarning, find_nonsmooth, nonsmooth_message
 
 __all__ = ["NO_HOOKS", "BetaSmoothed", "Checked", "Head", "Hooks", "OnBatch", "Provenance",

@@ -17,9 +17,9 @@ import torch
 
 from . import bounds
 from .analysis import Analysis, attribution_deviations
+from .document import Record, finite_or_none
 from .errors import OptionError
 from .records import abs_sum_gram, common_fields
-from .results import Record, finite_or_none
 from .run import Run
 
 __all__ = ["Tolerance", "bisect_modified", "check_modified", "check_tolerance",

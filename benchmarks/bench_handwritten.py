@@ -66,9 +66,9 @@ sys.path.insert(0, str(ROOT))
 
 from attrcert import certify  # noqa: E402
 from attrcert.attributions import get_method  # noqa: E402
-from attrcert.config import SolverOptions  # noqa: E402
 from attrcert.memory import activation_bytes, format_size, parse_size  # noqa: E402
 from attrcert.plan import plan_run  # noqa: E402
+from attrcert.settings import SolverOptions  # noqa: E402
 from attrcert.spectral import JacobianProducts  # noqa: E402
 from zoo import seeded  # noqa: E402
 from zoo.handwritten import (  # noqa: E402

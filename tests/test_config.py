@@ -1,4 +1,4 @@
-"""The value objects (attrcert.config) and the keywords they stand for give the same records."""
+"""The value objects (attrcert.settings) and the keywords they stand for give the same records."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from attrcert.results import csv_value, jsonl_line
+from attrcert.document import csv_value, jsonl_line
 from attrcert.resume import RunLock, finished_records
 
 from .conftest import SAMPLES, run_main

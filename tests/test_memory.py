@@ -16,7 +16,6 @@ from torch import nn
 
 from attrcert import certify, max_eps
 from attrcert.attributions import get_method
-from attrcert.config import SolverOptions
 from attrcert.errors import OptionError
 from attrcert.jacobian import attribution_jacobian
 from attrcert.memory import (
@@ -28,6 +27,7 @@ from attrcert.memory import (
     plan,
 )
 from attrcert.plan import RunPlan, plan_run
+from attrcert.settings import SolverOptions
 from attrcert.spectral import abs_sum_gram_blocked
 
 from .conftest import SAMPLES

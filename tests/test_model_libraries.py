@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from attrcert.cli.inputs import load_inputs, run_config
-from attrcert.cli.options import Common
+from attrcert.cli.options import CommandOptions
 from attrcert.cli.preprocessing import resolve_preprocessing
 from attrcert.errors import InputError, LoadError
 from attrcert.loading import Geometry, load_model
@@ -193,7 +193,7 @@ def test_synset_folders_are_imagenet_indices(imagenet_model, tmp_path):
     certifying is left out: Prop. 1 takes 1000 class gradients per image."""
     synsets = ["n02123045"]  # tabby cat: sorted order would say 0 (tench)
     root = _folders(tmp_path / "val", synsets)
-    opts = Common(model=Path(imagenet_model), images=root, arch="timm:resnet18",
+    opts = CommandOptions(model=Path(imagenet_model), images=root, arch="timm:resnet18",
                   size=(SIDE, SIDE))
     loaded = load_inputs(opts)
     info = ImageNetInfo("imagenet-1k")

@@ -13,10 +13,10 @@ from torch import nn
 
 from attrcert import certify
 from attrcert.attributions import get_method
-from attrcert.config import SolverOptions
 from attrcert.memory import MemoryBudgetError
 from attrcert.plan import ATTACK_COPIES, KRYLOV_VECTORS, RunPlan, plan_run
 from attrcert.progress import ATTACK, ATTRIBUTION, LABEL, SPECTRUM
+from attrcert.settings import SolverOptions
 from attrcert.sizing import FOOTPRINT_FACTOR
 from attrcert.spectral.krylov import MAX_STEPS
 

@@ -12,11 +12,11 @@ import torch
 
 from attrcert import certify, max_eps
 from attrcert.cli import reporter as reporter_module
-from attrcert.cli.options import Common
+from attrcert.cli.options import CommandOptions
 from attrcert.cli.output import SafeConsole
 from attrcert.cli.reporter import LONG_RUN_SECONDS, Reporter, duration, early_note, long_run_note
-from attrcert.config import AttackOptions
 from attrcert.progress import ATTACK, ATTRIBUTION, JACOBIAN, LABEL, SPECTRUM, as_progress
+from attrcert.settings import AttackOptions
 
 from .models import make_cnn
 
@@ -101,7 +101,7 @@ def quiet_reporter(monkeypatch, samples: int, *, terminal: bool = False,
                           highlight=False, markup=False)
     monkeypatch.setattr(reporter_module, "err", console)
     clock = Clock()
-    opts = Common(model=Path("m.pt"), images=Path("x"), quiet=quiet)
+    opts = CommandOptions(model=Path("m.pt"), images=Path("x"), quiet=quiet)
     return Reporter(opts, "certifying", list(range(samples)), clock=clock), buffer, clock
 
 

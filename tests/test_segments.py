@@ -12,10 +12,10 @@ import torch
 from attrcert import certify
 from attrcert.attack import IFIA, PGDL2, jacobian_vector_product, linearity_gap
 from attrcert.attributions import Attribution, IntegratedGradients, get_method
-from attrcert.config import SolverOptions
 from attrcert.jacobian import attribution_jacobian
 from attrcert.memory import MemoryBudgetError
 from attrcert.plan import RunPlan, plan_run
+from attrcert.settings import SolverOptions
 from attrcert.sizing import FOOTPRINT_FACTOR, point_bytes
 from attrcert.spectral import JacobianProducts, segment_sizes, spectrum_iterative
 from zoo import SHAPE, seeded

@@ -9,16 +9,16 @@ from typing import Annotated, Any
 import typer
 
 from ..certify import certify_run
-from ..config import AttackOptions, LabelOptions
+from ..document import Record, format_value
 from ..errors import OptionError
 from ..perturbation import Perturbation, parse_norm
-from ..results import Record, format_value
 from ..run import Hooks, RunInputs, prepare_run
+from ..settings import AttackOptions, LabelOptions
 from .options import (
     ATTACK,
     OUTPUTS,
     SHARED,
-    Common,
+    CommandOptions,
     EpsOpt,
     Format,
     ImagesArg,
@@ -62,7 +62,7 @@ class CertifyJob:
                            sound=self.sound, hooks=hooks)
 
 
-def certify_command(opts: Common, job: CertifyJob) -> list[Record]:
+def certify_command(opts: CommandOptions, job: CertifyJob) -> list[Record]:
     """Run ``job`` on every image, print the table or JSON, return the records."""
     config, records = run_command(opts, job)
     verify, sound = job.attack is not None, job.sound
@@ -108,7 +108,7 @@ def certify_command(opts: Common, job: CertifyJob) -> list[Record]:
 def bound(
     model: ModelArg,
     images: ImagesArg,
-    opts: Common,
+    opts: CommandOptions,
     eps: EpsOpt = 0.1,
     norm: NormOpt = "2",
     label_gradient: LabelGradOpt = LabelGradient.completeness,
@@ -161,7 +161,7 @@ def bound(
 def attack(
     model: ModelArg,
     images: ImagesArg,
-    opts: Common,
+    opts: CommandOptions,
     eps: EpsOpt = 0.1,
     norm: NormOpt = "2",
     require_verified: RequireVerifiedOpt = False,

@@ -8,17 +8,17 @@ import sys
 from pathlib import Path
 
 from ..distributed import Shard, rank_file, sidecar
+from ..document import OUTPUT_SUFFIXES
 from ..errors import InputError, OptionError, one_line
-from ..results import OUTPUT_SUFFIXES
 from ..resume import file_sha256
 from ..writing import check_output_path
 from .collisions import refuse_collisions
-from .options import Common, Method
+from .options import CommandOptions, Method
 
 __all__ = ["check_output_paths", "input_digests", "input_files", "output_files"]
 
 
-def check_output_paths(opts: Common, shard: Shard | None = None) -> None:
+def check_output_paths(opts: CommandOptions, shard: Shard | None = None) -> None:
     """Refuse outputs that cannot be written, and outputs that are inputs
     (:func:`attrcert.cli.collisions.refuse_collisions`), before any work."""
     if opts.output is not None:
@@ -32,7 +32,7 @@ def check_output_paths(opts: Common, shard: Shard | None = None) -> None:
     refuse_collisions(output_files(opts, shard), input_files(opts))
 
 
-def output_files(opts: Common, shard: Shard | None) -> list[tuple[str, Path | None]]:
+def output_files(opts: CommandOptions, shard: Shard | None) -> list[tuple[str, Path | None]]:
     """Every file a run writes, by what the user would call it."""
     out: list[tuple[str, Path | None]] = [("--output", opts.output),
                                           ("--save-attributions", opts.save_attributions)]
@@ -59,14 +59,14 @@ def _arch_file(arch: str | None) -> Path | None:
     return Path(origin) if origin else None
 
 
-def input_files(opts: Common) -> list[tuple[str, Path | None]]:
+def input_files(opts: CommandOptions) -> list[tuple[str, Path | None]]:
     """Every file (or folder of images) a run reads, by its option."""
     baseline = Path(opts.baseline) if opts.baseline != "zero" else None
     return [("MODEL", opts.model), ("IMAGES", opts.images), ("--labels", opts.labels),
             ("--baseline", baseline), ("--arch", _arch_file(opts.arch))]
 
 
-def input_digests(opts: Common) -> dict[str, str | None]:
+def input_digests(opts: CommandOptions) -> dict[str, str | None]:
     """The SHA-256 of each input file the records depend on (the images have theirs in
     each record, ``input_sha256``): so that resuming refuses a replaced model, ``--arch``
     file, labels file or baseline."""

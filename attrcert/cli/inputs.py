@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..config import AttributionSpec, SolverOptions
 from ..devices import check_device
 from ..distributed import Shard, load_shard_images, shard_image_size
+from ..document import ASSUMPTION
 from ..errors import InputError, OptionError
 from ..loading import (
     Geometry,
@@ -40,11 +40,11 @@ from ..loading.classes import folder_targets
 from ..loading.model_checks import check_deterministic, check_logits, nonfinite_logits
 from ..loading.smoothing import beta_smooth, differentiable_hard
 from ..loading.torchscript_code import traced_input_shape
-from ..results import ASSUMPTION
 from ..run import BetaSmoothed
+from ..settings import AttributionSpec, SolverOptions
 from ..smoothness import find_nonsmooth
 from .files import check_output_paths, input_digests
-from .options import Common, Method
+from .options import CommandOptions, Method
 from .output import err
 
 
@@ -120,7 +120,7 @@ def load_model_reporting(path: Path, arch: str | None, trust_pickle: bool) -> to
     return model
 
 
-def load_inputs(opts: Common, shard: Shard | None = None) -> Loaded:
+def load_inputs(opts: CommandOptions, shard: Shard | None = None) -> Loaded:
     """Model, images, labels and baseline, checked against each other; with ``shard``,
     only the shard's images (:func:`attrcert.distributed.load_shard_images`)."""
     check_output_paths(opts, shard)
@@ -201,7 +201,7 @@ PIECEWISE_LINEAR = ("ReLU", "LeakyReLU", "PReLU", "ReLU6", "Hardtanh", "clamp", 
                     "minimum", "max-pooling")
 
 
-def smoothing_notes(opts: Common, loaded: Loaded) -> list[str]:
+def smoothing_notes(opts: CommandOptions, loaded: Loaded) -> list[str]:
     """What a run says up front about what it explains (one line each, for stderr)."""
     if loaded.smoothing is not None:
         done = ", ".join(loaded.smoothing.smoothed_ops) or "nothing (no ReLU-like operation)"
@@ -260,7 +260,7 @@ def note_static_batch(model: torch.nn.Module, path: Path) -> None:
             return
 
 
-def normalization(opts: Common) -> tuple[list[float] | None, list[float] | None]:
+def normalization(opts: CommandOptions) -> tuple[list[float] | None, list[float] | None]:
     """``--mean`` / ``--std``, else the preset's, else the library's for ``--arch``."""
     pre = opts.preprocessing()
     return pre.mean, pre.std
@@ -270,7 +270,7 @@ def nonfinite(model: Path, source: str, what: str = "logits") -> InputError:
     return nonfinite_logits(model, source, what)
 
 
-def run_config(opts: Common, loaded: Loaded, solver: SolverOptions, command: str,
+def run_config(opts: CommandOptions, loaded: Loaded, solver: SolverOptions, command: str,
                entries: dict[str, Any]) -> dict[str, Any]:
     """The run's configuration, which every record's ``config_hash`` digests: the inputs
     (their paths, their contents' digests), the preprocessing, what loading found, the
@@ -338,9 +338,9 @@ def input_shape(net: torch.nn.Module, images: Path | None,
     raise OptionError("cannot tell this model's input shape: pass IMAGES or --size H W")
 
 
-def attribution_spec(opts: Common, loaded: Loaded) -> AttributionSpec:
+def attribution_spec(opts: CommandOptions, loaded: Loaded) -> AttributionSpec:
     """The attribution of ``opts`` with the labels of all images as targets (select the
-    samples a run takes with :meth:`~attrcert.config.AttributionSpec.rows`)."""
+    samples a run takes with :meth:`~attrcert.settings.AttributionSpec.rows`)."""
     return AttributionSpec(method=opts.method.value, steps=opts.steps,
                            baseline=loaded.baseline, target=loaded.target)
 

@@ -9,11 +9,11 @@ from typing import Annotated
 import torch
 import typer
 
+from ..document import dumps_strict
 from ..errors import InputError, one_line
 from ..loading import sniff_model, with_normalization
 from ..loading.batching import batched, static_batch_of
 from ..loading.model_checks import check_logits
-from ..results import dumps_strict
 from ..smoothness import find_nonsmooth, nonsmooth_message
 from ..writing import stdout_to_stderr, write_stdout
 from .inputs import input_shape, load_model_reporting

@@ -8,15 +8,15 @@ from typing import Annotated, Any
 import typer
 
 from ..certify import max_eps_run
+from ..document import Record, format_value
 from ..errors import OptionError
 from ..perturbation import norm_label, parse_norm
-from ..results import Record, format_value
 from ..run import Hooks, RunInputs, prepare_run
 from ..tolerance import Tolerance
 from .options import (
     OUTPUTS,
     SHARED,
-    Common,
+    CommandOptions,
     Format,
     ImagesArg,
     Metric,
@@ -49,7 +49,7 @@ class MaxEpsJob:
 def max_eps_command(
     model: ModelArg,
     images: ImagesArg,
-    opts: Common,
+    opts: CommandOptions,
     omega: Annotated[float, typer.Option(
         callback=finite, help="Tolerance: a distance (euclidean), a cosine distance in "
         "(0, 1], or degrees in (0, 90] (angle).", show_default=False)],

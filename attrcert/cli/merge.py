@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ..distributed import merge_shards, sidecar
+from ..document import OUTPUT_SUFFIXES, write_document
 from ..errors import OptionError
-from ..results import OUTPUT_SUFFIXES, write_document
 from ..writing import check_output_path
 from .collisions import refuse_collisions
 from .output import err

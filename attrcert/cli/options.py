@@ -1,5 +1,5 @@
 """The command line's options, declared once: enums, the ``Annotated`` option types, the
-:class:`Common` options of the commands that certify, and :func:`common_options`, the
+:class:`CommandOptions` options of the commands that certify, and :func:`common_options`, the
 decorator that adds them to a command's signature (so no command repeats them)."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import typer
 
 from ..attributions import METHODS
 from ..bounds import METRICS
-from ..config import AttackOptions, SolverOptions
 from ..loading import PRESETS, VALUE_RANGES, Geometry
 from ..proposition1 import LABEL_GRADIENTS
+from ..settings import AttackOptions, SolverOptions
 from ..sizing import SPECTRAL
 from .preprocessing import Preprocessing, resolve_preprocessing
 
@@ -240,8 +240,10 @@ ATTACK: dict[str, tuple[Any, Any]] = {
 
 
 @dataclass
-class Common:
-    """The options every command that certifies shares, gathered once."""
+class CommandOptions:
+    """The options every command that certifies shares, as parsed (paths, numbers, enums):
+    the commands turn them into the value objects of :mod:`attrcert.settings` once, at the
+    boundary, and pass those down."""
 
     model: Path
     images: Path
@@ -303,13 +305,13 @@ class Common:
                              dtype=self.dtype.value)
 
 
-_COMMON_FIELDS = {f.name for f in fields(Common)}
+_COMMAND_FIELDS = {f.name for f in fields(CommandOptions)}
 
 
 def common_options(*groups: dict[str, tuple[Any, Any]]) -> Callable[[Callable[..., Any]],
                                                                     Callable[..., None]]:
     """Give a command the options of ``groups`` (:data:`SHARED`, :data:`OUTPUTS`,
-    :data:`ATTACK`) after its own, and call it with them gathered in ``opts: Common``.
+    :data:`ATTACK`) after its own, and call it with them gathered in ``opts: CommandOptions``.
 
     The command declares ``model``, ``images``, its own options and ``opts``; the wrapper's
     signature (which Typer reads) holds all of them, so each shared option is declared
@@ -327,13 +329,13 @@ def common_options(*groups: dict[str, tuple[Any, Any]]) -> Callable[[Callable[..
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> None:
-            gathered = {name: kwargs.pop(name) for name in shared if name in _COMMON_FIELDS}
+            gathered = {name: kwargs.pop(name) for name in shared if name in _COMMAND_FIELDS}
             attack = {name: kwargs.pop(name) for name in shared if name in ATTACK}
             if attack:
                 gathered["attack"] = AttackOptions(steps=attack["attack_steps"],
                                                    restarts=attack["restarts"],
                                                    seed=attack["seed"])
-            opts = Common(model=kwargs["model"], images=kwargs["images"], **gathered)
+            opts = CommandOptions(model=kwargs["model"], images=kwargs["images"], **gathered)
             func(opts=opts, **kwargs)
 
         del command.__wrapped__  # Typer must read the signature below, not func's

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..distributed import secondary_rank
-from ..results import Record, document, dumps_strict, format_value, summarize
+from ..document import Record, document, dumps_strict, format_value, summarize
 from ..writing import write_stdout
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -9,10 +9,10 @@ from typing import Annotated
 import torch
 import typer
 
-from ..config import LabelOptions
 from ..errors import OptionError
 from ..perturbation import Perturbation, parse_norm
 from ..run import Checked, RunInputs
+from ..settings import LabelOptions
 from ..smoothness import nonsmooth_message
 from ..writing import stdout_to_stderr, write_stdout
 from .bound import CertifyJob
@@ -23,7 +23,7 @@ from .options import (
     ATTACK,
     MAX_INT,
     SHARED,
-    Common,
+    CommandOptions,
     EpsOpt,
     ImagesArg,
     ModelArg,
@@ -37,7 +37,7 @@ from .output import err
 def report(
     model: ModelArg,
     images: ImagesArg,
-    opts: Common,
+    opts: CommandOptions,
     out: Annotated[Path, typer.Option(
         help="Folder for report.html (self-contained), its PNG figures and report.json; "
         "created if missing.", show_default=False)],

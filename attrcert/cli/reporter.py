@@ -21,11 +21,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..document import JsonlAppender, Record, dumps_strict
 from ..progress import ATTRIBUTION
-from ..results import JsonlAppender, Record, dumps_strict
 from ..writing import write_bytes
 from . import interrupts
-from .options import Common
+from .options import CommandOptions
 from .output import err
 
 __all__ = ["LONG_RUN_SECONDS", "STOPPING", "Interrupted", "Reporter", "duration",
@@ -47,7 +47,7 @@ class Interrupted(Exception):
         self.finished, self.output = finished, output
 
 
-def writes_jsonl(opts: Common) -> bool:
+def writes_jsonl(opts: CommandOptions) -> bool:
     return opts.output is not None and opts.output.suffix.lower() == ".jsonl"
 
 
@@ -98,7 +98,7 @@ class Reporter:
     rows, the spectrum's products (no total: the solver stops when it converges), the label
     test's samples, the attack, noise samples."""
 
-    def __init__(self, opts: Common, label: str, todo: list[int],
+    def __init__(self, opts: CommandOptions, label: str, todo: list[int],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.opts, self.todo, self.clock = opts, todo, clock
         self.progress: Progress | None = None

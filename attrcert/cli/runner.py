@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import torch
 import typer
 
-from ..config import SolverOptions
 from ..distributed import (
     RankFailed,
     Shard,
@@ -28,15 +27,16 @@ from ..distributed import (
     select_shard,
     write_sidecar,
 )
+from ..document import Record, write_document
 from ..errors import InputError, ModelOutputError, OptionError
-from ..results import Record, write_document
 from ..resume import ResumeError, RunLock, config_hash, finished_records, tensor_sha256
 from ..run import Checked, Hooks, RunInputs
+from ..settings import SolverOptions
 from ..smoothness import nonsmooth_message
 from ..writing import stdout_to_stderr
 from . import interrupts
 from .inputs import Loaded, attribution_spec, load_inputs, nonfinite, run_config, smoothing_notes
-from .options import Common
+from .options import CommandOptions
 from .output import err, terminal_safe
 from .reporter import STOPPING, Interrupted, Reporter, writes_jsonl
 
@@ -62,7 +62,7 @@ class Job(Protocol):
         """The records of ``inputs``' samples."""
 
 
-def run_command(opts: Common, job: Job) -> tuple[dict[str, Any], list[Record]]:
+def run_command(opts: CommandOptions, job: Job) -> tuple[dict[str, Any], list[Record]]:
     """Load, resume from ``--output FILE.jsonl`` if it holds finished samples of the same
     configuration, run ``job`` on the rest (each record appended and fsynced as it
     finishes), write.
@@ -102,7 +102,7 @@ def run_command(opts: Common, job: Job) -> tuple[dict[str, Any], list[Record]]:
     return config, records
 
 
-def _run_shard(opts: Common, job: Job, solver: SolverOptions, shard: Shard | None,
+def _run_shard(opts: CommandOptions, job: Job, solver: SolverOptions, shard: Shard | None,
                here: SolverOptions) -> tuple[dict[str, Any], str, list[Record]]:
     """One process's part: all images, or one shard of them (its records only), computed
     with ``here`` (``solver`` on this rank's device). Returns the configuration (from
@@ -127,7 +127,7 @@ def _run_shard(opts: Common, job: Job, solver: SolverOptions, shard: Shard | Non
         raise InputError(str(exc)) from None
 
 
-def _resume_and_run(opts: Common, local: Common, job: Job, solver: SolverOptions,
+def _resume_and_run(opts: CommandOptions, local: CommandOptions, job: Job, solver: SolverOptions,
                     shard: Shard | None, loaded: Loaded, config: dict[str, Any],
                     digest: str) -> tuple[dict[str, Any], str, list[Record]]:
     """Resume from ``local.output`` (a JSONL file) and run the job on the samples it lacks."""
@@ -198,7 +198,7 @@ def _resume_and_run(opts: Common, local: Common, job: Job, solver: SolverOptions
     return config, digest, records
 
 
-def _abort_message(local: Common, finished: int) -> str:
+def _abort_message(local: CommandOptions, finished: int) -> str:
     """What a second Ctrl-C says before it aborts."""
     if writes_jsonl(local):
         return (f"interrupted: {finished} finished samples are in "

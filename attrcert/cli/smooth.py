@@ -11,8 +11,8 @@ import torch
 import typer
 
 from ..distributed import select_shard
+from ..document import Record, dumps_strict, format_value
 from ..errors import OptionError
-from ..results import Record, dumps_strict, format_value
 from ..run import Hooks, RunInputs, prepare_run
 from ..smoothing import (
     CORRECTIONS,
@@ -29,7 +29,7 @@ from .options import (
     MAX_INT,
     OUTPUTS,
     SHARED,
-    Common,
+    CommandOptions,
     EpsOpt,
     Format,
     ImagesArg,
@@ -120,7 +120,7 @@ def _save(path: Path, collector: Collector, records: list[Record],
     write_bytes(path, data)
 
 
-def _check_outputs(opts: Common, report: Path | None) -> None:
+def _check_outputs(opts: CommandOptions, report: Path | None) -> None:
     """What the runner would refuse for --save-attributions (handled here), and --report."""
     if opts.save_attributions is not None:
         if select_shard(opts.shard) is not None:
@@ -147,7 +147,7 @@ def _check_outputs(opts: Common, report: Path | None) -> None:
 def smooth_command(
     model: ModelArg,
     images: ImagesArg,
-    opts: Common,
+    opts: CommandOptions,
     radius: Annotated[float, typer.Option(
         callback=finite, help="r: the noise is uniform in the l2 ball of this radius (pixel "
         "units). The certificate needs eps well below r / sqrt(d).", show_default=False)],
@@ -242,7 +242,7 @@ def smooth_command(
     ])
 
 
-def _emit(opts: Common, config: dict[str, Any], records: list[Record],
+def _emit(opts: CommandOptions, config: dict[str, Any], records: list[Record],
           limits: LimitOptions | None, pixels: PixelOptions | None) -> None:
     columns = [("source", "source"), ("predicted", "pred"), ("target", "y"),
                ("h_norm", "||h^||"), ("h_norm_lower", "||h||_low"),

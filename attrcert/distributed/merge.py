@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..document import SEAL, Record, record_seal
 from ..errors import InputError, OptionError
-from ..results import SEAL, Record, record_seal
 from .shards import sidecar
 
 

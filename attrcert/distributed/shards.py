@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..document import dumps_strict
 from ..errors import OptionError
 from ..loading import (
     Geometry,
@@ -21,7 +22,6 @@ from ..loading import (
     load_images,
     load_listed,
 )
-from ..results import dumps_strict
 from ..writing import cannot_write, write_text
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from ..document import Record
 from ..errors import AttrcertError, OptionError
-from ..results import Record
 from .shards import Shard
 
 #: How long a rank that finished its shard waits for the others in the final gather. The

@@ -40,7 +40,12 @@ from ..analysis import Analysis, attribute_rows, worst_case_directions
 from ..attack import jacobian_vector_product
 from ..attributions import Model
 from ..certify import certify_run
-from ..config import (
+from ..document import Record, finite_or_none
+from ..errors import OptionError
+from ..jacobian import attribution_jacobian
+from ..perturbation import NormLike, Perturbation, parse_norm
+from ..run import Hooks, Run, RunInputs, prepare_run
+from ..settings import (
     AttackOptions,
     AttributionSpec,
     LabelOptions,
@@ -48,11 +53,6 @@ from ..config import (
     resolve,
     resolve_attack,
 )
-from ..errors import OptionError
-from ..jacobian import attribution_jacobian
-from ..perturbation import NormLike, Perturbation, parse_norm
-from ..results import Record, finite_or_none
-from ..run import Hooks, Run, RunInputs, prepare_run
 
 #: eps values of the default sweep: ``eps * k / SWEEP_POINTS`` for ``k = 1..SWEEP_POINTS``.
 SWEEP_POINTS = 6
@@ -219,7 +219,7 @@ def compute_report(
     (default :func:`default_sweep`), and form the first sample's Jacobian if ``d <=
     view.jacobian_max_d`` (:class:`ReportView`; its fields also by name).
 
-    ``attribution``, ``solver``, ``attack`` (default :class:`~attrcert.config.AttackOptions`)
+    ``attribution``, ``solver``, ``attack`` (default :class:`~attrcert.settings.AttackOptions`)
     and ``**shortcuts`` as for :func:`attrcert.certify`. ``records`` are
     :func:`attrcert.certify`'s with the attack, each with its ``source`` (``sources``, else
     ``sample i``); ``samples`` holds the first ``figures`` samples' images and

@@ -24,8 +24,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import MaxNLocator
 
+from ..document import Record
 from ..perturbation import norm_label
-from ..results import Record
 from ..writing import write_bytes
 from .compute import JacobianView, SampleView, Sweep
 

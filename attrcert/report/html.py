@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..document import ASSUMPTION, Record, dumps_strict, finite_or_none, format_value, summarize
 from ..errors import OptionError
 from ..perturbation import norm_label
-from ..results import ASSUMPTION, Record, dumps_strict, finite_or_none, format_value, summarize
 from ..writing import cannot_write, write_text
 from .compute import JacobianView, ReportData, SampleView
 

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
-from ..results import Record
+from ..document import Record
 from ..smoothing import SmoothedSample, certify_cosine
 from ..writing import write_bytes
 

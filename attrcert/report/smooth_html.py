@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..results import Record, dumps_strict, format_value, summarize
+from ..document import Record, dumps_strict, format_value, summarize
 from ..smoothing import PIXEL_ASSUMPTION, SMOOTHING_ASSUMPTION, SmoothedSample
 from ..writing import cannot_write, write_text
 from .html import CSS, require_matplotlib

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..results import Record, finite_or_none
+from ..document import Record, finite_or_none
 from .certificate import certify_cosine, tolerance_limits
 from .options import LimitOptions, PixelOptions, SmoothingOptions
 from .pixels import PixelCertificate

@@ -20,11 +20,11 @@ import torch
 from torch import Tensor
 
 from ..attributions import Model
-from ..config import AttributionSpec, SolverOptions, resolve
+from ..document import Record
 from ..errors import ModelOutputError
 from ..progress import ATTRIBUTION, NOISE, as_progress, tick
-from ..results import Record
 from ..run import NO_HOOKS, Hooks, Run, RunInputs, prepare_run
+from ..settings import AttributionSpec, SolverOptions, resolve
 from .options import LimitOptions, PixelOptions, SmoothingOptions, check_selection
 from .pixels import bins, certify_bins, pixel_tau, plane
 from .records import smoothing_record
@@ -96,8 +96,8 @@ def smooth(
             (:mod:`attrcert.progress`).
         on_batch, collect: called with each image's record (in a list) and its
             :class:`SmoothedSample` as soon as it is done, ``on_batch`` first.
-        **shortcuts: fields of :class:`~attrcert.config.AttributionSpec` and
-            :class:`~attrcert.config.SolverOptions` by name.
+        **shortcuts: fields of :class:`~attrcert.settings.AttributionSpec` and
+            :class:`~attrcert.settings.SolverOptions` by name.
     """
     spec, solver = resolve(attribution, solver, shortcuts, "smooth")
     check_selection(options, pixels)

@@ -11,10 +11,10 @@ from torch import Tensor
 
 from ..attributions import Attribution, InputXGradient, IntegratedGradients, Saliency
 from ..bounds import cosine_bound
+from ..document import Record, finite_or_none
 from ..errors import InputError, OptionError
 from ..perturbation import Perturbation, l2_radius_factor
-from ..results import Record, finite_or_none
-from .bounds import interval_bound, structured_bound
+from .deviation import interval_bound, structured_bound
 from .enclosures import Balls, HessianWeights, PassOptions, TorchRounding, fixed_tangents
 from .graph import read_graph
 from .hessian import HessianSum

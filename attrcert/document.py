@@ -1,4 +1,5 @@
-"""Records: one dict per sample, with JSON-safe numbers (never NaN or infinity)."""
+"""The run's document (docs/cli.md): records (one dict per sample, JSON-safe numbers, never
+NaN or infinity), their summary, and the JSON, CSV and sealed JSONL they are written as."""
 
 from __future__ import annotations
 
