@@ -159,19 +159,16 @@ def test_static_export_and_arch_give_the_dynamic_exports_xi_max(entry, files):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         static = CliRunner().invoke(app, ["bound", files.static, files.x, *BOUND])
-    known = "Guard failed: x.size()[0] == 2" in repr(static.exception)
-    if not (known and "Hardsigmoid" in entry.nonsmooth):
-        assert static.exit_code == 0, static.output
-        docs.append(json.loads(static.stdout))
-        assert docs[-1]["config"]["static_batch"] == 1
+    # (a static export with Hardsigmoid once failed: the rewrite for autograd traced it on
+    # two rows; it now rewrites the exported graph at its own batch size)
+    assert static.exit_code == 0, static.output
+    docs.append(json.loads(static.stdout))
+    assert docs[-1]["config"]["static_batch"] == 1
     for doc in docs:
         (rec,) = doc["samples"]
         assert rec["predicted"] == ref["predicted"]
         assert rec["xi_max"] == pytest.approx(ref["xi_max"], rel=1e-4, abs=1e-12)
         assert _flags(doc["config"]["nonsmooth_ops"]) == set(entry.nonsmooth)
-    if len(docs) == 1:  # a known defect: the test passes on its own once it is fixed
-        pytest.xfail("a static export with Hardsigmoid: the rewrite for autograd "
-                     "(loading/smoothing.py, differentiable_hard) runs it on 2 rows")
 
 
 @pytest.mark.parametrize("entry", CASES)

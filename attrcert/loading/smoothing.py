@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..smoothness import REWRITTEN_ATTR, find_nonsmooth
 from . import smooth_ops as ops
+from .batching import StaticBatch
 from .normalization import Normalized
 from .smooth_match import KINDS, Found, ModuleAttr, match
 
@@ -207,6 +208,11 @@ def _rewritten(model: nn.Module, rule: Rule, example: Tensor | None,
         mean, std = model.get_buffer("mean"), model.get_buffer("std")
         outer = Normalized(inner, mean.clone(), std.clone())
         return outer.train(model.training), done
+    if isinstance(model, StaticBatch):  # the exported graph itself, on its own batch size
+        inner_example = None if example is None else example[:1].expand(
+            model.batch, *example.shape[1:])
+        inner, done = _rewritten(model.model, rule, inner_example, purpose)
+        return StaticBatch(inner, model.batch, model.row_shape, model.reason), done
     gm = _to_graph(model, example, purpose)
     done = _rewrite(gm, rule, purpose)
     with warnings.catch_warnings():
