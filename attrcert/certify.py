@@ -69,20 +69,11 @@ def certify(
 ) -> list[Record]:
     """Upper bounds on ``||g(x + delta) - g(x)||`` over ``||delta||_p <= eps``, per sample.
 
-    Each record holds (docs/math.md §2, §4): ``xi_max`` (Theorem 1); ``T_e`` (Theorem 1 for l2,
-    Corollary 1 for lp, Theorem 2 for l-inf; ``T_e_method`` says which) and for l-inf
-    ``T_e_min``, the smallest valid bound; ``c`` (Eq. 39) and ``T_e_prime = c xi_max eps``
-    (Eq. 11, l2 only); ``T_c``, ``T_c_deg`` (Corollary 2) with ``vacuous`` when
-    ``T_e >= ||g||``; ``T_c_prime``/``T_c_prime_deg``/``vacuous_prime`` from ``T_e_prime``;
-    Proposition 1's ``label_preserved`` (Eq. 8 at ``+-`` the worst-case perturbation),
-    ``label_radius`` and ``label_kept`` (the real model's argmax there), first-order
-    (``label_method``); ``target``, ``predicted``, ``attr_norm``, ``eps``, ``norm``,
-    ``method``, ``seconds``; and what the numbers rest on: ``assumption``, ``smooth``,
-    ``nonsmooth_ops``, ``softplus_kink`` (a Softplus threshold within first-order reach of
-    the ball, :mod:`attrcert.kinks`), ``attack_checked``.
-
-    The bounds assume a locally linear attribution (docs/math.md §6): they are estimates, not
-    guarantees, and ``T_e_prime`` is the tight estimate.
+    Each record is one sample's ``xi_max`` (Theorem 1), ``T_e`` (Theorem 1, Corollary 1 or
+    Theorem 2), ``c`` and ``T_e_prime`` (Eq. 39, 11), ``T_c`` (Corollary 2), Proposition 1's
+    label test and what they rest on; every key is listed in docs/cli.md. The bounds assume
+    a locally linear attribution (docs/math.md §6): estimates, not guarantees, with
+    ``T_e_prime`` the tight one.
 
     Args:
         model: classifier returning logits ``(N, k)``; put in eval mode.
