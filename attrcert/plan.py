@@ -54,6 +54,7 @@ from .memory import (
 )
 from .progress import ATTACK, ATTRIBUTION, LABEL, NOISE, SPECTRUM
 from .proposition1.screening import MAX_STEPS as SCREENING_STEPS
+from .proposition1.screening import SCREEN_MIN
 from .settings import SolverOptions
 from .sizing import FOOTPRINT_FACTOR, default_batch_size, point_bytes, resolve_spectral
 from .spectral.krylov import MAX_STEPS as KRYLOV_STEPS
@@ -62,6 +63,10 @@ __all__ = ["ATTACK_COPIES", "KRYLOV_VECTORS", "RunPlan", "plan_run"]
 
 #: float64 vectors of ``d`` a Krylov step keeps (Golub-Kahan: ``v_k`` and ``u_k``).
 KRYLOV_VECTORS = 2
+#: Steps of the Krylov basis a budget must hold at least (the refusal before the work): the
+#: solver converges in tens of steps at ImageNet size (43-116 products measured); a longer
+#: run grows the basis beyond it (up to ``KRYLOV_STEPS``, :attr:`RunPlan.krylov_bytes`).
+KRYLOV_MIN_STEPS = 64
 #: Bytes a first-order pass keeps per point and input row, in units of ``A``.
 VALUE_FACTOR = 2
 #: Copies of the batch ``(N, d)`` in the model's dtype an attack holds beside its graph: ``x``,
@@ -148,8 +153,9 @@ class RunPlan:
         grads = 2 * 8 * d  # the class gradient in float64 and its difference
         if how == "attribution":
             return grads, FOOTPRINT_FACTOR * self.second_order_point_bytes * self.points + grads
-        steps = min(SCREENING_STEPS, k, d)
-        deflated = min(KRYLOV_STEPS, k, d)
+        screened = k - 1 > SCREEN_MIN  # else every class is computed: no bases
+        steps = min(SCREENING_STEPS, k, d) if screened else 0
+        deflated = min(KRYLOV_STEPS, k, d) if screened else 0
         basis = 8 * (steps * (d + 2 * k) + deflated * (d + k))
         return (FOOTPRINT_FACTOR * self.product_point_bytes + VALUE_FACTOR * self.activation
                 + basis, grads)
@@ -195,9 +201,10 @@ class RunPlan:
             graph = FOOTPRINT_FACTOR * self.product_point_bytes
             if self.spectral != "iterative":
                 return 0, ""
-            steps = min(self.d, KRYLOV_STEPS)
-            return (self.krylov_bytes + graph,
-                    f"a Krylov basis of {steps} steps, {fmt(self.krylov_bytes)}, and one "
+            steps = min(self.d, KRYLOV_MIN_STEPS)
+            basis = 8 * KRYLOV_VECTORS * self.d * steps
+            return (basis + graph,
+                    f"a Krylov basis of {steps} steps, {fmt(basis)}, and one "
                     f"point's graph, {fmt(graph)}")
         if phase == ATTRIBUTION:
             need = VALUE_FACTOR * self.activation
@@ -252,8 +259,8 @@ def _graphs(model: Model, x: Tensor, attribution: Attribution, target: Tensor) -
             release_cached(x.device)  # need it say so when they run; an estimate sizes them
         second = 2 * product
     free = free_memory(x.device)
-    need = FOOTPRINT_FACTOR * max(product, second)
-    if need > free:
+    need = FOOTPRINT_FACTOR * product  # every path holds it; the second-order graph is the
+    if need > free:  # attack's, which require(ATTACK) checks when there is one
         raise MemoryBudgetError(
             f"one point of {attribution.name} needs about {format_size(need)} for its "
             f"attribution graph, more than the {format_size(free)} free on {x.device}: use "

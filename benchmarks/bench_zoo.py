@@ -17,7 +17,8 @@ its own). The phases are timed where ``certify`` calls them: ``attribution`` is
 :func:`attrcert.analysis.analyse` less its spectrum (the attribution, its graph, the zero
 probes), ``spectrum`` the matrix-free ``xi_max`` / ``v_max``
 (:func:`attrcert.spectral.spectrum_iterative`), ``Prop. 1`` the label test
-(:func:`attrcert.records.label_test`: one gradient per class), ``attack`` the attack of
+(:func:`attrcert.proposition1.label_test`: screened, the exact gradients of the few
+classes the per-class bounds cannot rule out), ``attack`` the attack of
 ``--verify``. ``products`` counts the spectrum's operator products per image
 (``Spectrum.products``: ``J v`` and ``J^T u``; 0 where the spectrum is skipped, a
 ``degenerate`` saliency). At sizes other than the

@@ -277,3 +277,22 @@ def test_the_pipeline_functions_take_at_most_12_parameters():
     for func in (analyse, attack, certify_run, max_eps_run, plan_run, prepare_run,
                  certificate_records, report_run, smooth_run):
         assert len(inspect.signature(func).parameters) <= 12, func.__name__
+
+
+def test_the_bounds_module_is_pure_math():
+    """``bounds.py`` holds the paper's formulas only: floats and NumPy, no torch (no device),
+    no file, no process (docs/architecture.md)."""
+    tree = ast.parse((PACKAGE / "bounds.py").read_text())
+    imported, ours = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            ours.add(node.module)
+    assert imported <= {"__future__", "math", "numpy", "typing", "collections", "dataclasses"}
+    assert ours <= {"perturbation", "errors"}  # value objects and errors, no torch either
+    calls = {n.func.id for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert not calls & {"open", "print", "exec", "eval"}

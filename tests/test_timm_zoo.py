@@ -68,6 +68,9 @@ FAMILIES = tuple(e for e in ZOO if e.library == "timm"
                  and e.key not in ("efficientnet", "mobilenetv3"))
 CASES = [pytest.param(e, id=e.key.split("(")[0]) for e in FAST] + [
     pytest.param(e, id=e.key, marks=pytest.mark.slow) for e in FAMILIES]
+#: Every family in the default run for ``bound --verify`` and ``inspect`` (the other
+#: commands and formats of the families beyond FAST run with ``--slow``).
+EVERY_FAMILY = [pytest.param(e, id=e.key.split("(")[0]) for e in (*FAST, *FAMILIES)]
 
 
 @dataclass
@@ -127,7 +130,7 @@ def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-@pytest.mark.parametrize("entry", CASES)
+@pytest.mark.parametrize("entry", EVERY_FAMILY)
 def test_bound_is_finite_flagged_and_unbeaten(entry, files):
     doc = dynamic_bound(entry, files)
     assert _flags(doc["config"]["nonsmooth_ops"]) == set(entry.nonsmooth)
@@ -185,7 +188,7 @@ def test_attack_command_beats_no_certified_bound(entry, files):
         assert rec["verified"] is True
 
 
-@pytest.mark.parametrize("entry", CASES)
+@pytest.mark.parametrize("entry", EVERY_FAMILY)
 def test_inspect_flags_what_is_not_smooth(entry, files):
     for model, extra in ((files.dynamic, ()), (files.weights, ("--arch", files.arch))):
         info = invoke("inspect", model, files.x, *extra, "--size", "32", "32", "--format",
