@@ -23,7 +23,7 @@ from attrcert.errors import AttrcertError
 from attrcert.loading import load_images
 
 from .conftest import SAMPLES, run_main
-from .processes import run_attrcert
+from .processes import default_sigint, run_attrcert
 
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 
@@ -245,7 +245,8 @@ def test_interrupted_run_resumes_without_loss(tmp_path, sig):
     out = tmp_path / "r.jsonl"
     args = [sys.executable, "-m", "attrcert", "bound", MODEL, str(SAMPLES / "digits.pt"),
             "--steps", "20", "--quiet", "--output", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     _wait_for_lines(out, proc)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=300)

@@ -25,7 +25,7 @@ from attrcert.document import csv_value, jsonl_line
 from attrcert.resume import RunLock, finished_records
 
 from .conftest import SAMPLES, run_main
-from .processes import run_attrcert
+from .processes import default_sigint, run_attrcert
 
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 FAST = ["--method", "saliency", "--quiet"]
@@ -119,6 +119,7 @@ def _spin_run(tmp_path: Path, steps: int) -> tuple[subprocess.Popen, Path, Path,
             "--output", str(out)]
     env = {**os.environ, "SPIN_MARK": str(mark), "SPIN_STEPS": str(steps)}
     proc = subprocess.Popen([sys.executable, "-m", "attrcert", *args], env=env, text=True,
+                            preexec_fn=default_sigint,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while not mark.exists():
         assert proc.poll() is None, proc.communicate()
