@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,3 +61,16 @@ def cnn() -> nn.Module:
 def images() -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
     return torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64)
+
+
+@pytest.fixture
+def hang_deadline():
+    """The test must finish within 120 s: a hang is a failure, not a stall (SIGALRM)."""
+    def expired(signum, frame):
+        raise TimeoutError("the case did not finish within 120 s (a hang)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -31,17 +31,8 @@ MODEL = str(SAMPLES / "digits_softplus.pt2")
 FAST = ["--method", "saliency", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def deadline():
-    """Each case must end within 120 s: a hang is a failure, not a stall."""
-    def expired(signum, frame):
-        raise TimeoutError("the case did not finish within 120 s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+#: A hang is a failure, not a stall: each test must finish within 120 s (conftest.py).
+pytestmark = pytest.mark.usefixtures("hang_deadline")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ which shows the tests would see it).
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
@@ -27,18 +26,8 @@ from attrcert.loading.zipcheck import zip_problem
 from . import hostile_code as hc
 from .conftest import SAMPLES, run_main
 
-
-@pytest.fixture(autouse=True)
-def deadline():
-    """A hang is a failure: each test must finish within 120 s."""
-    def expired(signum, frame):
-        raise TimeoutError("the case did not finish within 120 s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+#: A hang is a failure, not a stall: each test must finish within 120 s (conftest.py).
+pytestmark = pytest.mark.usefixtures("hang_deadline")
 
 
 @pytest.fixture(scope="module")

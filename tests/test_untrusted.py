@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -29,17 +28,8 @@ DIGITS = str(SAMPLES / "digits8.pt")
 MODEL = str(SAMPLES / "digits_softplus.pt2")
 
 
-@pytest.fixture(autouse=True)
-def deadline():
-    """Each test in this file must finish within 120 s: a hang is a failure, not a stall."""
-    def expired(signum, frame):
-        raise TimeoutError("the case did not finish within 120 s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+#: A hang is a failure, not a stall: each test must finish within 120 s (conftest.py).
+pytestmark = pytest.mark.usefixtures("hang_deadline")
 
 
 @pytest.fixture(scope="module")
