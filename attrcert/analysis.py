@@ -144,7 +144,8 @@ def analyse(
         spectrum=Spectrum(spectrum.xi_max.cpu(), spectrum.v_max.cpu(),
                           None if spectrum.abs_sum_gram is None
                           else spectrum.abs_sum_gram.cpu(),
-                          products=spectrum.products, residual=spectrum.residual),
+                          products=spectrum.products, residual=spectrum.residual,
+                          start_products=spectrum.start_products),
         completeness_gap=gap,
         zero_jacobian=zero,
     )
@@ -191,7 +192,8 @@ def _spectrum(model: Model, x: Tensor, attribution: Attribution, target: Tensor,
     return Spectrum(torch.cat([s.xi_max for s in parts]),
                     torch.cat([s.v_max for s in parts]), abs_sum,
                     products=_joined([s.products for s in parts]),
-                    residual=_joined([s.residual for s in parts]))
+                    residual=_joined([s.residual for s in parts]),
+                    start_products=_joined([s.start_products for s in parts]))
 
 
 def _with_zeros(spectrum: Spectrum, keep: list[int], probes: Tensor, n: int) -> Spectrum:
@@ -214,7 +216,11 @@ def _with_zeros(spectrum: Spectrum, keep: list[int], probes: Tensor, n: int) -> 
     if spectrum.residual is not None:
         residual = torch.zeros(n, dtype=torch.float64)
         residual[keep] = spectrum.residual
-    return Spectrum(xi, v, gram, products=products, residual=residual)
+    start = None
+    if spectrum.start_products is not None:
+        start = torch.zeros(n, dtype=torch.int64)
+        start[keep] = spectrum.start_products
+    return Spectrum(xi, v, gram, products=products, residual=residual, start_products=start)
 
 
 def _joined(parts: list[Tensor | None]) -> Tensor | None:

@@ -186,3 +186,56 @@ def test_auto_picks_the_faster_exact_path_by_size_and_norm():
     assert resolve_spectral("auto", AUTO_FULL_MAX_D_LINF + 1, float("inf")) == "iterative"
     assert resolve_spectral("full", 10**6, 2.0) == "full"
     assert resolve_spectral("iterative", 4, float("inf")) == "iterative"
+
+
+@pytest.mark.parametrize("steps,coarse", [(1, None), (2, 1), (8, 1), (16, 2), (50, 6)])
+def test_coarse_integrated_gradients_keeps_an_eighth_of_the_points(steps, coarse):
+    baseline = torch.full((1, 6, 6), 0.25, dtype=torch.float64)
+    found = get_method("integrated_gradients", steps=steps, baseline=baseline).coarse()
+    assert (found and found.steps) == coarse
+    if found is not None:
+        assert found.baseline is baseline
+    assert get_method("saliency").coarse() is None
+    assert get_method("input_x_gradient").coarse() is None
+
+
+@pytest.mark.parametrize("steps", [4, 16])
+def test_warm_start_finds_the_same_xi_max(steps, cnn, images, monkeypatch):
+    """With the coarse start forced on at 6x6, integrated gradients' ``xi_max`` and
+    ``v_max`` equal the dense solution's, and the coarse products are counted apart."""
+    monkeypatch.setattr(iterative, "WARM_MIN_D", 1)
+    attribution = get_method("integrated_gradients", steps=steps)
+    x, target = images, torch.tensor([1, 2, 0, 1])
+    full = spectrum_full(attribution_jacobian(attribution, cnn, x, target))
+    warm = spectrum_iterative(attribution, cnn, x, target, tol=1e-6)
+    _agree(warm, full, rtol=1e-6, cos=0.999999)
+    assert warm.start_products is not None and bool((warm.start_products > 0).all())
+    # the first sample's result does not depend on the batch it is in
+    one = spectrum_iterative(attribution, cnn, x[:1], target[:1], tol=1e-6)
+    torch.testing.assert_close(one.xi_max, warm.xi_max[:1], rtol=1e-12, atol=0)
+    monkeypatch.setattr(iterative, "WARM_MIN_D", 10**9)
+    cold = spectrum_iterative(attribution, cnn, x, target, tol=1e-6)
+    assert cold.start_products is None
+    torch.testing.assert_close(warm.xi_max, cold.xi_max, rtol=2e-6, atol=0)
+
+
+def test_warm_start_falls_back_to_the_random_start(cnn, images, monkeypatch):
+    """A coarse solver that fails, or whose ``J`` is 0, leaves the random start: the start
+    is a hint and the result is still the dense one."""
+    attribution = get_method("integrated_gradients", steps=8)
+    x, target = images[:1], torch.tensor([1])
+    z = torch.randn(x[0].numel(), dtype=torch.float64)
+    mix = torch.randn_like(z)
+    coarse = attribution.coarse()
+    assert coarse is not None
+    start, spent = iterative.warm_start(coarse, cnn, x, target, z, mix, tol=1e-12,
+                                        max_steps=2, points_per_pass=None, progress=None)
+    assert start is z and spent > 0  # no convergence in 2 steps
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(36, 4)).double()  # linear: J = 0 for IG's M
+    start, _ = iterative.warm_start(get_method("saliency"), flat, x, target, z, mix,
+                                    tol=1e-6, max_steps=50, points_per_pass=None,
+                                    progress=None)
+    assert start is z
+    start, _ = iterative.warm_start(coarse, cnn, x, target, z, mix, tol=1e-6, max_steps=50,
+                                    points_per_pass=None, progress=None)
+    assert start is not z and abs(float(start.norm()) - (1 + 0.1**2) ** 0.5) < 0.05

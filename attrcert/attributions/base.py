@@ -98,6 +98,13 @@ class Attribution(ABC):
             raise ValueError(f"{self!r} has 1 point: it cannot be cut into {list(sizes)}")
         return [self]
 
+    def coarse(self) -> Attribution | None:
+        """A cheaper attribution of the same kind whose Jacobian is close to this one's
+        (fewer of its points), whose top singular vector starts the Krylov solver
+        (:func:`attrcert.spectral.spectrum_iterative`); ``None`` (the default): none is
+        cheaper."""
+        return None
+
     def in_passes(self, points_per_pass: int | None) -> list[Attribution]:
         """This method cut into consecutive segments of at most ``points_per_pass`` points
         each (:meth:`segments`), for work that needs one segment's points at a time and keeps

@@ -43,6 +43,10 @@ class Spectrum:
         residual: ``(N,)`` float64, the Krylov residual behind ``xi_max`` (``xi_max`` is
             the Ritz value plus a term of this size); ``None`` where ``xi_max`` is exact to
             rounding (:func:`spectrum_full`) or a Ritz value (``svds``).
+        start_products: ``(N,)`` int64, the products with a coarser attribution's
+            Jacobian that found the solver's start vector
+            (:func:`~attrcert.spectral.iterative.warm_start`, integrated gradients); ``None``
+            where the start was random.
     """
 
     xi_max: Tensor
@@ -50,6 +54,7 @@ class Spectrum:
     abs_sum_gram: Tensor | None = None
     products: Tensor | None = None
     residual: Tensor | None = None
+    start_products: Tensor | None = None
 
 
 def gram(jac: Tensor) -> Tensor:
