@@ -11,6 +11,7 @@ from .certify import certify, max_eps
 from .errors import AttrcertError
 from .jacobian import attribution_jacobian
 from .loading import load_images, load_model
+from .loading.smoothing import differentiable_hard
 from .perturbation import Perturbation
 from .settings import AttackOptions, AttributionSpec, SolverOptions
 from .smoothness import NonSmoothModelWarning, find_nonsmooth
@@ -30,6 +31,7 @@ __all__ = [
     "attribute",
     "attribution_jacobian",
     "certify",
+    "differentiable_hard",
     "find_nonsmooth",
     "linearity_gap",
     "load_images",

@@ -45,7 +45,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attrcert import certify  # noqa: E402
+from attrcert import certify, differentiable_hard  # noqa: E402
 from attrcert.memory import parse_size  # noqa: E402
 from zoo import ZOO, Entry, build, entry, inputs  # noqa: E402
 
@@ -112,6 +112,8 @@ def worker(args: argparse.Namespace) -> None:
         warnings.simplefilter("ignore")
         model = model_at(entry(key), args.size, args.classes).to(device)
     x = inputs(args.images, args.size).to(device)
+    if any(isinstance(m, nn.Hardsigmoid) for m in model.modules()):
+        model = differentiable_hard(model, x[:1])  # as the command line does
     phases = dict.fromkeys(PHASES, 0.0)
     analysis = sys.modules["attrcert.analysis"]
     timed(sys.modules["attrcert.run"], "analyse", phases, "attribution")

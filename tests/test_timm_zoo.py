@@ -217,3 +217,23 @@ def test_the_suite_covers_every_timm_family_of_the_zoo():
     families = {e.family for e in FAMILIES} | {"EfficientNet", "MobileNetV3"}
     assert families == {e.family for e in ZOO if e.library == "timm"}
     assert len(families) == 10
+
+
+@pytest.mark.parametrize("entry", [e for e in ZOO if e.key == "mobilenetv3"])
+def test_library_users_of_mobilenetv3_are_told_what_to_do_and_it_works(entry, files):
+    """In Python, timm's MobileNetV3 (Hardsigmoid) is refused with one line naming
+    ``attrcert.differentiable_hard``; passed through it, it certifies with the command
+    line's ``xi_max``."""
+    import attrcert
+    from attrcert.errors import AttrcertError
+
+    model = build(entry, 32, CLASSES)
+    x = torch.load(files.x, weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(AttrcertError, match=r"attrcert\.differentiable_hard\(model"):
+            attrcert.certify(model, x, eps=0.01, norm=2, method="saliency")
+        fixed = attrcert.differentiable_hard(model, x)
+        (rec,) = attrcert.certify(fixed, x, eps=0.01, norm=2, method="saliency")
+    ref = dynamic_bound(entry, files)["samples"][0]
+    assert rec["xi_max"] == pytest.approx(ref["xi_max"], rel=1e-4)

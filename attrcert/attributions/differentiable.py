@@ -142,6 +142,11 @@ def remedy(op: str, *, twice: bool) -> str:
                 "pass has no derivative, and attribution Jacobians differentiate twice: "
                 "call torch.nn.functional.scaled_dot_product_attention (attrcert runs it "
                 "with its math kernel) instead of the fused kernel")
+    if op == "hardsigmoid":
+        return ("the model calls aten.hardsigmoid, which autograd differentiates once but "
+                "not twice, and attribution Jacobians need the second derivative: pass the "
+                "model through attrcert.differentiable_hard(model, example_batch) first (the "
+                "command line does this itself)")
     if twice:
         return (f"the model calls aten.{op}, which autograd differentiates once but not "
                 "twice (aten." + op + "_backward has no derivative), and attribution "
