@@ -263,6 +263,23 @@ def test_interrupted_run_resumes_without_loss(tmp_path, sig):
     assert indices(out) == list(range(16))
 
 
+def test_a_run_started_with_ctrl_c_ignored_keeps_it_ignored(tmp_path):
+    """``nohup`` or ``cmd &`` in a script starts a run with SIGINT ignored: it must not
+    install a handler of its own, so a Ctrl-C meant for the shell does not stop it."""
+    out = tmp_path / "r.jsonl"
+    args = [sys.executable, "-m", "attrcert", "bound", MODEL, str(SAMPLES / "digits.pt"),
+            "--steps", "20", "--quiet", "--output", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    _wait_for_lines(out, proc)
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert indices(out) == list(range(16))
+
+
 def test_same_command_twice_gives_identical_json(tmp_path):
     args = ["bound", MODEL, str(SAMPLES / "digits.pt"), "--steps", "4", "--format", "json",
             "--quiet", "--verify", "--attack-steps", "3"]

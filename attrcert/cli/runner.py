@@ -172,7 +172,10 @@ def _resume_and_run(opts: CommandOptions, local: CommandOptions, job: Job, solve
     label = LABELS.get(job.command, "solving eps_max")
     with Reporter(local, label, todo) as reporter, stdout_to_stderr():
         interrupts.set_stage(STOPPING, lambda: _abort_message(local, len(done) + reporter.finished))
-        previous_handler = signal.signal(signal.SIGINT, reporter.request_stop)
+        # started with Ctrl-C ignored (nohup, `cmd &` in a script): it stays ignored
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        previous_handler = None if ignored else signal.signal(signal.SIGINT,
+                                                              reporter.request_stop)
         try:
             if todo:
                 inputs = RunInputs(
@@ -188,7 +191,8 @@ def _resume_and_run(opts: CommandOptions, local: CommandOptions, job: Job, solve
         except ModelOutputError as exc:
             raise nonfinite(opts.model, loaded.images.sources[exc.index], exc.what) from None
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
             interrupts.set_stage(None)
     records = sorted([*done.values(), *new], key=lambda r: r["index"])
     reporter.save_attributions(config, tuple(loaded.images.tensor.shape[1:]),
