@@ -62,6 +62,25 @@ def check_device(device: torch.device | str) -> torch.device:
     return resolved
 
 
+def _runs_in(model: torch.nn.Module, x: Tensor, dtype: torch.dtype) -> None:
+    """A model converted to ``dtype`` must run in it: a graph that fixes a dtype inside
+    (an exported cast, timm's ViT with ``dynamic_img_size``) fails only when first called,
+    so it is called once on one sample and refused in one line."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model(x)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            if not any(word in first.lower() for word in ("dtype", "scalar type", "double",
+                                                          "float")):
+                raise
+            name = str(dtype).removeprefix("torch.")
+            raise OptionError(f"the model does not run in {name} ({first}): its graph fixes "
+                              "another dtype inside; use float32 (--dtype float32, the default)"
+                              ) from None
+
+
 def place(
     model: Model,
     x: Tensor,
@@ -98,6 +117,8 @@ def place(
                 warnings.simplefilter("ignore", FutureWarning)
                 model = copy.deepcopy(model)
             model = model.to(device=target_device, dtype=dtype)
+            if dtype is not None and param.dtype != dtype and x.shape[0]:
+                _runs_in(model, x[:1].detach().to(device=target_device, dtype=dtype), dtype)
         if dtype is None:
             dtype = param.dtype if param is not None else x.dtype
     x = x.detach().to(device=target_device, dtype=dtype or x.dtype)

@@ -32,6 +32,8 @@ from typer.testing import CliRunner
 from attrcert.cli import app
 from zoo import ZOO, Entry, build, export_pt2, export_static, inputs, save_weights
 
+from .processes import run_attrcert
+
 timm = pytest.importorskip("timm")
 
 EPS = "1e-3"
@@ -237,3 +239,22 @@ def test_library_users_of_mobilenetv3_are_told_what_to_do_and_it_works(entry, fi
         (rec,) = attrcert.certify(fixed, x, eps=0.01, norm=2, method="saliency")
     ref = dynamic_bound(entry, files)["samples"][0]
     assert rec["xi_max"] == pytest.approx(ref["xi_max"], rel=1e-4)
+
+
+def test_a_graph_that_fixes_float32_is_refused_in_float64_in_one_line(tmp_path):
+    """timm's ViT with ``dynamic_img_size=True`` casts inside its exported graph: a float64
+    run of it is refused before any work (exit 2, one line), and float32 runs."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=CLASSES, img_size=32,
+                              dynamic_img_size=True).eval()
+    path = export_pt2(model, inputs(2, 32), tmp_path / "vit.pt2")
+    torch.save(inputs(1, 32, seed=3), tmp_path / "x.pt")
+    args = ("bound", str(path), str(tmp_path / "x.pt"), "--method", "saliency", "--quiet")
+    refused = run_attrcert(*args, "--dtype", "float64")
+    assert refused.returncode == 2 and refused.stdout == ""
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: the model does not run in float64 (") and \
+        "--dtype float32" in line
+    assert run_attrcert(*args).returncode == 0
