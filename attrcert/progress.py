@@ -1,6 +1,8 @@
 """What a run tells its caller while it works: ``progress(phase, done, total)``, one phase of
-a sample (or of a batch) at a time, ``total`` 0 where it is not known in advance (a Krylov
-solver stops when it has converged).
+a sample (or of a batch) at a time, ``total`` 0 where it is not known in advance. A Krylov
+solver stops when it has converged: its total (:data:`SPECTRUM`) is a forecast from the
+residuals so far (:class:`attrcert.spectral.krylov.Forecast`), 0 until its third step, and
+moves as the solver goes.
 
 The phases, in the order a sample goes through them: :data:`ATTRIBUTION` (``g`` of the
 batch), :data:`JACOBIAN` (rows of the full ``J``) or :data:`SPECTRUM` (matrix-free products

@@ -17,6 +17,7 @@ from attrcert.cli.output import SafeConsole
 from attrcert.cli.reporter import LONG_RUN_SECONDS, Reporter, duration, early_note, long_run_note
 from attrcert.progress import ATTACK, ATTRIBUTION, JACOBIAN, LABEL, SPECTRUM, as_progress
 from attrcert.settings import AttackOptions
+from attrcert.spectral.krylov import Forecast
 
 from .models import make_cnn
 
@@ -44,9 +45,10 @@ def test_certify_reports_every_phase_in_order(spectral, middle):
     assert phases.seen() == [ATTRIBUTION, middle, LABEL, ATTACK]
     ends = [(p, d, t) for p, d, t in phases.calls if t and d == t]
     assert sum(1 for p, _, _ in ends if p == ATTRIBUTION) == 2  # one batch of 1 each
-    if middle == SPECTRUM:  # the products of a sample, counted, with no total known
-        counts = [d for p, d, t in phases.calls if p == SPECTRUM]
-        assert counts[0] >= 1 and all(t == 0 for p, _, t in phases.calls if p == SPECTRUM)
+    if middle == SPECTRUM:  # the products of a sample, counted, the total a forecast
+        spectrum = [(d, t) for p, d, t in phases.calls if p == SPECTRUM]
+        assert spectrum[0] == (1, 0)  # nothing to forecast from yet
+        assert any(t for _, t in spectrum) and all(t == 0 or t >= d for d, t in spectrum)
     else:
         assert (JACOBIAN, 36, 36) in phases.calls
 
@@ -153,6 +155,24 @@ def test_the_terminal_shows_the_phase_in_flight_with_its_count_and_eta(monkeypat
         reporter.phase(SPECTRUM, 7, 0)
         reporter.progress.refresh()
         assert "spectrum products" in buffer.getvalue()
+        assert "estimated" not in buffer.getvalue()
+        reporter.phase(SPECTRUM, 8, 20)
+        reporter.progress.refresh()
+        assert "spectrum products (total estimated)" in buffer.getvalue()
+        assert "8/20" in buffer.getvalue()
+
+
+def test_the_forecast_extrapolates_the_residuals_fall():
+    """Residuals falling tenfold every 4 products from 1: tol 1e-6 is met at product 24;
+    no forecast before three steps or when the residual does not fall."""
+    forecast = Forecast(1e-6, max_products=300)
+    totals = [forecast.add(k, 10 ** (-k / 4)) for k in range(2, 14, 2)]
+    assert totals[:2] == [0, 0] and totals[2:] == [24, 24, 24, 24]
+    assert forecast.add(24, 1e-7) == 24  # met: the total is what was spent
+    flat = Forecast(1e-6, max_products=300)
+    assert [flat.add(k, 0.5) for k in (2, 4, 6, 8)] == [0, 0, 0, 0]
+    slow = Forecast(1e-12, max_products=50)
+    assert [slow.add(k, 0.9 ** k) for k in (1, 2, 3)][-1] == 50  # capped at the step limit
 
 
 def test_the_tables_columns_are_computed_by_the_table_not_stored():

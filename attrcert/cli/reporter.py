@@ -22,7 +22,7 @@ from rich.progress import (
 )
 
 from ..document import JsonlAppender, Record, dumps_strict
-from ..progress import ATTRIBUTION
+from ..progress import ATTRIBUTION, SPECTRUM
 from ..writing import write_bytes
 from . import interrupts
 from .options import CommandOptions
@@ -95,7 +95,8 @@ class Reporter:
 
     The samples' bar counts finished samples (rich's ETA from their pace); under it, the
     phase of the sample in flight (:mod:`attrcert.progress`) with its own count: Jacobian
-    rows, the spectrum's products (no total: the solver stops when it converges), the label
+    rows, the spectrum's products (the total a forecast from the solver's residuals, shown
+    as estimated: the solver stops when it converges), the label
     test's samples, the attack, noise samples."""
 
     def __init__(self, opts: CommandOptions, label: str, todo: list[int],
@@ -143,7 +144,8 @@ class Reporter:
                 err.print(note)
         if self.progress is None:
             return
-        self.progress.update(self.inner, description=f"  {name}", completed=done,
+        estimated = " (total estimated)" if name == SPECTRUM and total else ""
+        self.progress.update(self.inner, description=f"  {name}{estimated}", completed=done,
                              total=total or None, visible=True)
 
     def batch_done(self, records: list[Record], computed: Any) -> None:

@@ -22,7 +22,14 @@ from torch import Tensor
 from ..attributions import Attribution, Model
 from .curvature import CurvatureProducts
 from .full import Spectrum, canonical_sign, nonfinite_jacobian, spectrum_full
-from .krylov import MAX_STEPS, NonFiniteProduct, TopSingular, golub_kahan, symmetric_lanczos
+from .krylov import (
+    MAX_STEPS,
+    Forecast,
+    NonFiniteProduct,
+    TopSingular,
+    golub_kahan,
+    symmetric_lanczos,
+)
 from .products import JacobianProducts
 
 __all__ = ["SOLVERS", "START_MIX", "WARM_MIN_D", "spectrum_iterative", "top_singular", "warm_start"]
@@ -81,8 +88,9 @@ def spectrum_iterative(
             gradients' Riemann points) in memory at once: the first ones' graph is kept,
             the others rebuilt for every product (:func:`segment_sizes`). It changes the
             cost, not the operator.
-        progress: called with ``(products so far, 0)`` after each product of a sample
-            (``"krylov"``; the total is not known before the solver converges).
+        progress: called with ``(products so far, estimated total)`` after each product
+            of a sample (``"krylov"``; the total is :class:`Forecast`'s, from the residuals
+            so far, 0 until it has three; a warm start's coarse products count in both).
 
     scipy's solvers are only given a finite, consistent operator: when ``z^T J^T J z`` and
     ``||J z||^2`` disagree (``J v`` and ``J^T u`` are then not a linear map and its
@@ -171,7 +179,7 @@ def _offset(progress: Callable[[int, int], None] | None,
     """``progress`` hearing ``done`` more products than it is told (those of a warm start)."""
     if progress is None or done == 0:
         return progress
-    return lambda count, total: progress(count + done, total)
+    return lambda count, total: progress(count + done, total + done if total else 0)
 
 
 def top_singular(ops: CurvatureProducts, start: Tensor, *, tol: float,
@@ -179,7 +187,7 @@ def top_singular(ops: CurvatureProducts, start: Tensor, *, tol: float,
                  progress: Callable[[int, int], None] | None = None) -> TopSingular:
     """``||J||_2`` and ``v_max`` of one sample: symmetric Lanczos when ``J`` is symmetric
     (saliency), Golub-Kahan otherwise; zero when ``J = 0`` is known up front. ``progress``
-    hears ``(products so far, 0)`` after each product."""
+    hears ``(products so far, estimated total or 0)`` after each product (:class:`Forecast`)."""
     d = ops.d
     if ops.zero:
         e1 = torch.zeros(d, dtype=torch.float64)
@@ -187,21 +195,27 @@ def top_singular(ops: CurvatureProducts, start: Tensor, *, tol: float,
         return TopSingular(0.0, 0.0, 0.0, e1, 0)
     start = start.to(dtype=torch.float64, device=ops.device)
 
+    forecast = Forecast(tol, max_steps if ops.symmetric else 2 * max_steps)
+    estimate = [0]
+
+    def watch(products: int, relres: float) -> None:
+        estimate[0] = forecast.add(ops.count, relres)
+
     def counted(w: Tensor) -> Tensor:
         if progress is not None:
-            progress(ops.count, 0)
+            progress(ops.count, estimate[0])
         return w
 
     def mv(v: Tensor) -> Tensor:
         return counted(ops.matvec(v.reshape(1, d)).reshape(d))
 
     if ops.symmetric:
-        return symmetric_lanczos(mv, start, tol=tol, max_steps=max_steps)
+        return symmetric_lanczos(mv, start, tol=tol, max_steps=max_steps, watch=watch)
 
     def rmv(u: Tensor) -> Tensor:
         return counted(ops.rmatvec(u.reshape(1, d)).reshape(d))
 
-    return golub_kahan(mv, rmv, start, tol=tol, max_steps=max_steps)
+    return golub_kahan(mv, rmv, start, tol=tol, max_steps=max_steps, watch=watch)
 
 
 def _svds(ops: JacobianProducts, z: np.ndarray, *, tol: float, maxiter: int | None,

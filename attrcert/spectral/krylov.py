@@ -24,9 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_STEPS", "NonFiniteProduct", "TopSingular", "golub_kahan", "symmetric_lanczos"]
+__all__ = ["MAX_STEPS", "Forecast", "NonFiniteProduct", "TopSingular", "golub_kahan",
+           "symmetric_lanczos"]
 
 Product = Callable[[Tensor], Tensor]
+#: ``watch(products so far, relative residual)`` after each step of a solver
+Watch = Callable[[int, float], None]
 #: default step limit of both solvers
 MAX_STEPS = 300
 #: a residual this small relative to the Ritz value means an invariant subspace was found
@@ -66,6 +69,36 @@ class TopSingular:
     products: int
 
 
+class Forecast:
+    """The products a solver will have spent when it stops, from its residuals so far: a
+    Krylov solver's relative residual falls about geometrically, so the slope of its
+    logarithm over the last :attr:`WINDOW` steps, extrapolated to ``log(tol)``, gives the
+    total (an estimate for progress bars, never a result). :meth:`add` returns 0 while
+    it is not known (fewer than three steps, no decrease)."""
+
+    WINDOW = 6
+
+    def __init__(self, tol: float, max_products: int) -> None:
+        self.tol, self.max_products = tol, max_products
+        self.points: list[tuple[int, float]] = []
+
+    def add(self, products: int, relres: float) -> int:
+        """The estimated total after a step that left ``relres`` at ``products``."""
+        if relres > 0 and math.isfinite(relres):
+            self.points.append((products, math.log(relres)))
+        points = self.points[-self.WINDOW:]
+        if len(points) < 3 or relres <= self.tol:
+            return products if relres <= self.tol else 0
+        mean_x = sum(p for p, _ in points) / len(points)
+        mean_y = sum(y for _, y in points) / len(points)
+        spread = sum((p - mean_x) ** 2 for p, _ in points)
+        slope = sum((p - mean_x) * (y - mean_y) for p, y in points) / spread
+        if not slope < 0:
+            return 0
+        left = (math.log(self.tol) - points[-1][1]) / slope
+        return min(self.max_products, products + max(1, math.ceil(left - 1e-6)))
+
+
 def _reorthogonalize(r: Tensor, basis: list[Tensor]) -> Tensor:
     """``r`` minus its projection on the orthonormal ``basis``, twice (classical
     Gram-Schmidt applied twice is orthogonal to working precision)."""
@@ -87,7 +120,8 @@ def _zero(d: int, products: int) -> TopSingular:
 
 
 def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
-                      max_steps: int = MAX_STEPS, min_steps: int = 2) -> TopSingular:
+                      max_steps: int = MAX_STEPS, min_steps: int = 2,
+                      watch: Watch | None = None) -> TopSingular:
     """``||H||_2 = max_i |lambda_i|`` of a symmetric ``H`` from ``v -> H v``.
 
     Lanczos from ``q_1 = start / ||start||``: ``beta_k q_{k+1} = H q_k - alpha_k q_k -
@@ -103,6 +137,7 @@ def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
         tol: relative residual at which to stop; ``value <= (1 + tol) |theta|``.
         max_steps: products allowed.
         min_steps: steps before the first stop.
+        watch: hears ``(products, residual / |theta|)`` after each step.
 
     Raises:
         NonFiniteProduct: a product is not finite.
@@ -129,6 +164,8 @@ def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
         top = int(theta.abs().argmax())
         ritz = abs(float(theta[top]))
         residual = beta * abs(float(s[-1, top]))
+        if watch is not None and ritz > 0:
+            watch(step, residual / ritz)
         if step == 1 and ritz == 0.0 and beta == 0.0:  # H z = 0 for a random z: H = 0
             return _zero(d, step)
         done = (step >= min_steps and residual <= tol * ritz) or step == d
@@ -142,7 +179,8 @@ def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
 
 
 def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
-                max_steps: int = MAX_STEPS, min_steps: int = 2) -> TopSingular:
+                max_steps: int = MAX_STEPS, min_steps: int = 2,
+                watch: Watch | None = None) -> TopSingular:
     """``sigma_max(J)`` and its right singular vector from ``v -> J v`` and ``u -> J^T u``.
 
     Golub-Kahan-Lanczos bidiagonalization from ``v_1 = start / ||start||``:
@@ -151,7 +189,8 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
     triplet of ``B_k`` and ``x = V_k q``: ``J^T J x = s^2 x + s beta_k p_k v_{k+1}``, so an
     eigenvalue of ``J^T J`` lies within ``s beta_k |p_k|`` of ``s^2`` and
     ``value = sqrt(s^2 + s beta_k |p_k|)``. Stops when ``beta_k |p_k| <= tol s`` (after
-    ``min_steps``), at an invariant subspace, or after ``d`` steps.
+    ``min_steps``), at an invariant subspace, or after ``d`` steps. ``watch`` hears
+    ``(products, beta_k |p_k| / s)`` after each step.
 
     Raises:
         NonFiniteProduct: a product is not finite.
@@ -179,6 +218,8 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
         left, sing, right_t = torch.linalg.svd(b)
         s = float(sing[0])
         residual = beta * abs(float(left[-1, 0]))
+        if watch is not None and s > 0:
+            watch(products, residual / s)
         done = (step >= min_steps and residual <= tol * s) or step == d
         if done or beta <= _BREAKDOWN * s:
             vector = (torch.stack(vs, 1) @ right_t[0].to(v.device)).cpu()
