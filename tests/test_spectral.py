@@ -239,3 +239,18 @@ def test_warm_start_falls_back_to_the_random_start(cnn, images, monkeypatch):
     start, _ = iterative.warm_start(coarse, cnn, x, target, z, mix, tol=1e-6, max_steps=50,
                                     points_per_pass=None, progress=None)
     assert start is not z and abs(float(start.norm()) - (1 + 0.1**2) ** 0.5) < 0.05
+
+
+def test_warm_start_lets_out_of_memory_through(cnn, images, monkeypatch):
+    """Running out of memory in the coarse solver is the plan's to handle (it halves the
+    points per pass and tries again), not a failed hint to fall back from."""
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(iterative, "top_singular", out_of_memory)
+    z = torch.randn(36, dtype=torch.float64)
+    coarse = get_method("integrated_gradients", steps=8).coarse()
+    assert coarse is not None
+    with pytest.raises(torch.OutOfMemoryError):
+        iterative.warm_start(coarse, cnn, images[:1], torch.tensor([1]), z, z, tol=1e-6,
+                             max_steps=50, points_per_pass=None, progress=None)

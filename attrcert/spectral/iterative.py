@@ -25,6 +25,7 @@ from .full import Spectrum, canonical_sign, nonfinite_jacobian, spectrum_full
 from .krylov import (
     MAX_STEPS,
     Forecast,
+    NoConvergence,
     NonFiniteProduct,
     TopSingular,
     golub_kahan,
@@ -166,7 +167,7 @@ def warm_start(coarse: Attribution, model: Model, x: Tensor, target: Tensor, z: 
     ops = CurvatureProducts(coarse, model, x, target, points_per_pass=points_per_pass)
     try:
         top = top_singular(ops, z, tol=tol, max_steps=max_steps, progress=progress)
-    except (NonFiniteProduct, RuntimeError):
+    except (NonFiniteProduct, NoConvergence):  # not OutOfMemoryError: the plan halves on it
         return z, ops.count
     if top.value <= 0.0:
         return z, ops.count

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_STEPS", "Forecast", "NonFiniteProduct", "TopSingular", "golub_kahan",
-           "symmetric_lanczos"]
+__all__ = ["MAX_STEPS", "Forecast", "NoConvergence", "NonFiniteProduct", "TopSingular",
+           "golub_kahan", "symmetric_lanczos"]
 
 Product = Callable[[Tensor], Tensor]
 #: ``watch(products so far, relative residual)`` after each step of a solver
@@ -34,6 +34,10 @@ Watch = Callable[[int, float], None]
 MAX_STEPS = 300
 #: a residual this small relative to the Ritz value means an invariant subspace was found
 _BREAKDOWN = 1e-14
+
+
+class NoConvergence(RuntimeError):
+    """A solver reached its step limit before its residual met ``tol``."""
 
 
 class NonFiniteProduct(ArithmeticError):
@@ -141,7 +145,7 @@ def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
 
     Raises:
         NonFiniteProduct: a product is not finite.
-        RuntimeError: no convergence within ``max_steps``.
+        NoConvergence: no convergence within ``max_steps`` (a ``RuntimeError``).
     """
     d = start.numel()
     q = _unit(start)
@@ -174,7 +178,7 @@ def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
             return TopSingular(ritz + residual, ritz, residual, vector / vector.norm(), step)
         betas.append(beta)
         q = w / beta
-    raise RuntimeError(f"symmetric Lanczos did not converge in {max_steps} products "
+    raise NoConvergence(f"symmetric Lanczos did not converge in {max_steps} products "
                        f"(residual {residual:.3g} of {ritz:.3g}): raise tol or the step limit")
 
 
@@ -194,7 +198,7 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
 
     Raises:
         NonFiniteProduct: a product is not finite.
-        RuntimeError: no convergence within ``max_steps`` steps.
+        NoConvergence: no convergence within ``max_steps`` steps (a ``RuntimeError``).
     """
     d = start.numel()
     v = _unit(start)
@@ -244,5 +248,5 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
             return TopSingular(s, s, 0.0, vector / vector.norm(), products)
         alphas.append(alpha)
         us.append(p / alpha)
-    raise RuntimeError(f"Golub-Kahan did not converge in {max_steps} steps "
+    raise NoConvergence(f"Golub-Kahan did not converge in {max_steps} steps "
                        f"(residual {residual:.3g} of {s:.3g}): raise tol or the step limit")
