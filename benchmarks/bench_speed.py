@@ -70,6 +70,8 @@ if new:
         phases["analyse"] += time.perf_counter() - t
         if out.spectrum.products is not None:
             phases["products"] = int(out.spectrum.products.sum())
+        if getattr(out.spectrum, "start_products", None) is not None:
+            phases["coarse"] = int(out.spectrum.start_products.sum())
         return out
     records.label_test, cert.analyse = label_test, analyse
 model = attrcert.load_model(sys.argv[1])
@@ -165,7 +167,8 @@ def main() -> None:
                 f"{prev.get('label_radius', '-')} / {new.get('label_radius', '-')}",
                 f"{prev.get('rss_gb', 0):.2f} / {new.get('rss_gb', 0):.2f}",
                 (f"{phases.get('analyse', 0):.1f} / {phases.get('label', 0):.1f} "
-                 f"({phases.get('classes', '-')}) / {phases.get('products', '-')}"),
+                 f"({phases.get('classes', '-')}) / {phases.get('products', '-')}"
+                 + (f" + {phases['coarse']} coarse" if phases.get("coarse") else "")),
             ]
             print("| " + " | ".join(cells) + " |", flush=True)
             print(f"  ({time.time() - started:.0f} s wall, load "

@@ -20,7 +20,8 @@ probes), ``spectrum`` the matrix-free ``xi_max`` / ``v_max``
 (:func:`attrcert.proposition1.label_test`: screened, the exact gradients of the few
 classes the per-class bounds cannot rule out), ``attack`` the attack of
 ``--verify``. ``products`` counts the spectrum's operator products per image
-(``Spectrum.products``: ``J v`` and ``J^T u``; 0 where the spectrum is skipped, a
+(``Spectrum.products``: ``J v`` and ``J^T u``, then ``+ N coarse``: the warm start's
+products with integrated gradients' coarse ``J``; 0 where the spectrum is skipped, a
 ``degenerate`` saliency). At sizes other than the
 registry's (32, 224) the 224 architecture is built with ``img_size=SIZE`` where timm takes
 it (the transformers), as is where it does not (the convolutional nets).
@@ -88,16 +89,25 @@ def timed(module: Any, name: str, bucket: dict[str, float], key: str) -> None:
     setattr(module, name, wrapped)
 
 
+def products(res: dict[str, Any]) -> str:
+    """The products of one result: ``J``'s, and the warm start's with the coarse ``J``."""
+    start = res.get("start_products") or 0
+    return f"{res['products']:.0f}" + (f" + {start:.0f} coarse" if start else "")
+
+
 def count_products(module: Any, counter: list[int]) -> None:
     """Add the operator products of every ``module.spectrum_iterative`` call (its
     ``Spectrum.products``: ``J v`` and ``J^T u``, or Hessian-vector products) to
-    ``counter[0]``."""
+    ``counter[0]``, and those of its warm start (``Spectrum.start_products``, with the
+    coarse ``J``) to ``counter[1]``."""
     inner = module.spectrum_iterative
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         out = inner(*args, **kwargs)
         if getattr(out, "products", None) is not None:
             counter[0] += int(out.products.sum())
+        if getattr(out, "start_products", None) is not None:
+            counter[1] += int(out.start_products.sum())
         return out
 
     module.spectrum_iterative = wrapped
@@ -117,7 +127,7 @@ def worker(args: argparse.Namespace) -> None:
     phases = dict.fromkeys(PHASES, 0.0)
     analysis = sys.modules["attrcert.analysis"]
     timed(sys.modules["attrcert.run"], "analyse", phases, "attribution")
-    counter = [0]
+    counter = [0, 0]
     count_products(analysis, counter)
     timed(analysis, "spectrum_iterative", phases, "spectrum")
     timed(sys.modules["attrcert.records"], "label_test", phases, "prop1")
@@ -138,6 +148,7 @@ def worker(args: argparse.Namespace) -> None:
         "seconds": (time.perf_counter() - start) / n,
         **{k: v / n for k, v in phases.items()},
         "products": counter[0] / n,
+        "start_products": counter[1] / n,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "gpu_peak_gb": (torch.cuda.max_memory_allocated(device) / 2**30
                         if device.type == "cuda" else None),
@@ -180,7 +191,7 @@ def row(key: str, method: str, size: int, steps: int, res: dict) -> str:
         notes += ", ATTACK BEAT T'_e" if res["smooth"] else ", attack above T'_e (estimate)"
     return (f"| {name} | {size} | {meth} | {res['seconds']:.3g} | {res['attribution']:.3g} | "
             f"{res['spectrum']:.3g} | {res['prop1']:.3g} | {res['attack']:.3g} | "
-            f"{res['products']:.0f} | {res['peak_rss_gb']:.2f} GB | {gpu} | "
+            f"{products(res)} | {res['peak_rss_gb']:.2f} GB | {gpu} | "
             f"{res['params'] / 1e6:.1f} M params, {notes}, load {res['load']:.1f} |")
 
 

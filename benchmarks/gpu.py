@@ -117,7 +117,8 @@ def zoo_rows(args: argparse.Namespace, folder: Path, deadline: float) -> list[tu
             continue
         gpu = "" if res["gpu_peak_gb"] is None else f"{res['gpu_peak_gb']:.2f} GB"
         rows.append((name, res["model"], method, f"{res['seconds']:.3g}",
-                     f"{res['products']:.0f}", gpu,
+                     f"{res['products']:.0f}" + (f" + {res['start_products']:.0f} coarse"
+                                                 if res.get("start_products") else ""), gpu,
                      "attack within T'_e" if res["unbeaten"] else
                      "ATTACK BEAT T'_e" if res["smooth"] else "non-smooth: estimates"))
     return rows
