@@ -47,7 +47,8 @@ START_MIX = 0.1
 #: inputs of at least this many values start from :func:`warm_start` (when the method has
 #: a coarse version): the products a warm start saves grow with the input (ResNet-18, IG
 #: m = 8, one thread: 16 -> 10 at 64 px, 30 -> 10 at 96 px, 68 -> 10 at 160 px), while at
-#: 64 px the coarse solver cost more than it saved (4.4 s against 3.2 s)
+#: 64 px the coarse solver cost what it saved or more (3.8 s against 3.9 s; 4.4 against 3.2)
+#: (``benchmarks/bench_warm_start.py``)
 WARM_MIN_D = 16384
 
 
