@@ -10,6 +10,7 @@ that attain ``T_e`` (:func:`worst_case_directions`), as Eq. 39 needs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,10 +84,12 @@ def analyse(
     ``"iterative"`` gets ``xi_max`` and ``v_max`` matrix-free
     (:func:`attrcert.spectral.spectrum_iterative`, relative tolerance ``tol``, at most
     ``plan.points_per_product_pass`` points held, halved on an accelerator's out-of-memory
-    error and kept so in the plan) and, only with ``plan.abs_sum_blocked``, ``sum |P_ij|``
-    column block by column block (:func:`attrcert.spectral.abs_sum_gram_blocked`); every
-    sample starts the solver from the same ``seed``ed vector, so neither batching nor
-    resuming a run on a subset changes its result. ``g`` is taken in passes of
+    error and kept so in the plan; ``plan.samples_per_product_pass`` samples' solvers in
+    lockstep, their products in one pass, halved the same way) and, only with
+    ``plan.abs_sum_blocked``, ``sum |P_ij|`` column block by column block
+    (:func:`attrcert.spectral.abs_sum_gram_blocked`); every sample starts the solver from
+    the same ``seed``ed vector, so neither batching nor resuming a run on a subset changes
+    its result. ``g`` is taken in passes of
     ``plan.points_per_value_pass`` points (:func:`attribute_rows`).
 
     Before the spectrum, samples whose ``J`` is zero are found by one product ``J v``
@@ -169,23 +172,45 @@ def _spectrum(model: Model, x: Tensor, attribution: Attribution, target: Tensor,
         except ModelOutputError as exc:  # the index among all samples
             raise nonfinite_jacobian(indices[exc.index]) from None
     products = tick(progress, SPECTRUM)
-    parts = []
-    for i in range(n):
-        def one(points: int | None, i: int = i) -> Spectrum:
-            try:
-                return spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
-                                          tol=tol, seed=seed, points_per_pass=points,
-                                          progress=products)
-            except ModelOutputError:  # the index among all samples
-                raise nonfinite_jacobian(indices[i]) from None
+    parts: list[Spectrum] = []
 
+    def one(points: int | None, i: int) -> Spectrum:
+        try:
+            return spectrum_iterative(attribution, model, x[i : i + 1], target[i : i + 1],
+                                      tol=tol, seed=seed, points_per_pass=points,
+                                      progress=products)
+        except ModelOutputError:  # the index among all samples
+            raise nonfinite_jacobian(indices[i]) from None
+
+    def alone(i: int) -> Spectrum:
         if plan.points_per_product_pass is None:
-            parts.append(one(None))
+            return one(None, i)
+        part, points = halving(lambda p: one(p, i), plan.points_per_product_pass,
+                               device=x.device, what="integrated-gradients point per pass")
+        plan.shrink_products(points)
+        return part
+
+    def together(size: int, first: int) -> Spectrum:
+        if size == 1:
+            return alone(first)
+        try:
+            return spectrum_iterative(attribution, model, x[first : first + size],
+                                      target[first : first + size], tol=tol, seed=seed,
+                                      samples_per_pass=size, progress=products)
+        except ModelOutputError as exc:  # the index among all samples
+            raise nonfinite_jacobian(indices[first + exc.index]) from None
+
+    first = 0
+    while first < n:  # samples in lockstep, as many as the plan says (halved on OOM)
+        size = min(plan.samples_per_product_pass, n - first)
+        if size == 1:  # out of memory here is the batch's (or the points') to halve
+            part = alone(first)
         else:
-            part, points = halving(one, plan.points_per_product_pass, device=x.device,
-                                   what="integrated-gradients point per pass")
-            plan.shrink_products(points)
-            parts.append(part)
+            part, size = halving(functools.partial(together, first=first), size,
+                                 device=x.device, what="sample per pass of products")
+            plan.samples_per_product_pass = min(plan.samples_per_product_pass, size)
+        parts.append(part)
+        first += size
     abs_sum = (abs_sum_gram_blocked(attribution, model, x, target,
                                     chunk_size=plan.rows_per_pass or 1)
                if plan.abs_sum_blocked else None)

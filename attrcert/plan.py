@@ -9,7 +9,8 @@ memory is freed before the next one starts):
 
 - the spectrum: the Krylov basis (``2 d`` float64 per step, up to
   :data:`~attrcert.spectral.krylov.MAX_STEPS` steps) and the points of the matrix-free
-  products' graph (:func:`attrcert.sizing.point_bytes`, ``"curvature"``); on the full path
+  products' graph (:func:`attrcert.sizing.point_bytes`, ``"curvature"``), once per sample
+  solved in lockstep (:attr:`RunPlan.samples_per_product_pass`); on the full path
   ``J``, ``P`` and its eigenvectors (:func:`attrcert.memory.plan`);
 - first-order passes (``g`` at ``x`` and at perturbed copies): about ``2 A`` per point and
   input row (``A``: one forward pass's activations, :func:`attrcert.memory.activation_bytes`);
@@ -59,7 +60,8 @@ from .settings import SolverOptions
 from .sizing import FOOTPRINT_FACTOR, default_batch_size, point_bytes, resolve_spectral
 from .spectral.krylov import MAX_STEPS as KRYLOV_STEPS
 
-__all__ = ["ATTACK_COPIES", "KRYLOV_VECTORS", "RunPlan", "plan_run"]
+__all__ = ["ATTACK_COPIES", "KRYLOV_VECTORS", "LOCKSTEP_CPU_MAX_WIDTH", "LOCKSTEP_CPU_SAMPLES",
+           "RunPlan", "lockstep_samples", "plan_run"]
 
 #: float64 vectors of ``d`` a Krylov step keeps (Golub-Kahan: ``v_k`` and ``u_k``).
 KRYLOV_VECTORS = 2
@@ -67,6 +69,16 @@ KRYLOV_VECTORS = 2
 #: solver converges in tens of steps at ImageNet size (43-116 products measured); a longer
 #: run grows the basis beyond it (up to ``KRYLOV_STEPS``, :attr:`RunPlan.krylov_bytes`).
 KRYLOV_MIN_STEPS = 64
+#: On a CPU, samples share a pass of products only while one sample's pass is this narrow
+#: (its points times ``d``): a ResNet-18 at 1 thread, 8 samples in lockstep against one at
+#: a time, cost 0.20x per image with saliency at 32 px (3072 values), 0.29x at 64 px, 0.47x
+#: at 96 px, 0.80x at 128 px (49152), 0.97x at 160 px and 1.21x at 224 px; integrated
+#: gradients with m = 8 (8 rows a pass already) 0.53x at 32 px and 0.91x at 64 px
+#: (``benchmarks/bench_lockstep.py``, BENCHMARKS.md). Accelerators always share.
+LOCKSTEP_CPU_MAX_WIDTH = 65536
+#: Samples per batch on a CPU where they share the spectrum's passes (when no batch size is
+#: given): the most that measured as paying above.
+LOCKSTEP_CPU_SAMPLES = 8
 #: Bytes a first-order pass keeps per point and input row, in units of ``A``.
 VALUE_FACTOR = 2
 #: Copies of the batch ``(N, d)`` in the model's dtype an attack holds beside its graph: ``x``,
@@ -95,6 +107,8 @@ class RunPlan:
             default of :func:`attrcert.jacobian.default_chunk_size`).
         points_per_product_pass: the attribution's points one sample's matrix-free products
             hold at once (``None``: all; halved on out-of-memory).
+        samples_per_product_pass: samples whose spectra are solved in lockstep, their
+            products in one pass (:func:`lockstep_samples`; halved on out-of-memory).
         points: the attribution's points per sample (:attr:`Attribution.points`).
         d, itemsize, classes: the input's size, the model's bytes per number, ``k``.
         activation: ``A``, bytes one forward pass of one sample produces.
@@ -110,6 +124,7 @@ class RunPlan:
     samples_per_batch: int = 1
     rows_per_pass: int | None = None
     points_per_product_pass: int | None = None
+    samples_per_product_pass: int = 1
     points: int = 1
     d: int = 0
     itemsize: int = 4
@@ -307,6 +322,12 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
                 "--spectral iterative or a larger --memory-budget")
         how, blocked = "iterative", True
         estimate = estimate_for(how)
+    narrow = (how == "iterative" and x.device.type == "cpu"
+              and points * d <= LOCKSTEP_CPU_MAX_WIDTH)
+    if narrow and solver.batch_size is None:  # samples share the spectrum's passes
+        estimate = plan(budget, d=d, steps=points, activation=activation,
+                        itemsize=x.element_size(), spectral=how,
+                        default_batch=LOCKSTEP_CPU_SAMPLES)
     batch = solver.batch_size or estimate.batch_size
     rows = solver.chunk_size or min(estimate.chunk_size,
                                      default_chunk_size(attribution, x[:batch]))
@@ -316,7 +337,22 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
         room = budget - 8 * KRYLOV_VECTORS * d * min(d, KRYLOV_STEPS)
         fit = max(1, room // max(1, FOOTPRINT_FACTOR * product))
         per_pass = None if fit >= points else int(fit)
+    together = 1
+    if how == "iterative" and per_pass is None and (x.device.type != "cpu" or narrow):
+        together = lockstep_samples(budget, d=d, points=points, point_bytes=product,
+                                    batch=int(batch))
     return RunPlan(spectral=how, abs_sum_blocked=blocked, samples_per_batch=int(batch),
                    rows_per_pass=int(rows), points_per_product_pass=per_pass,
+                   samples_per_product_pass=together,
                    product_point_bytes=product, second_order_point_bytes=second,
                    full_bytes=estimate.full_bytes, **common)
+
+
+def lockstep_samples(budget: int | None, *, d: int, points: int, point_bytes: int,
+                     batch: int) -> int:
+    """Samples of a batch whose spectra fit in lockstep (each its Krylov basis and all its
+    points' graphs, :func:`attrcert.spectral.top_singulars`), 1 to ``batch``."""
+    if budget is None:
+        return batch
+    each = 8 * KRYLOV_VECTORS * d * min(d, KRYLOV_STEPS) + FOOTPRINT_FACTOR * point_bytes * points
+    return int(max(1, min(batch, budget // max(1, each))))

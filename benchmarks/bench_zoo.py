@@ -155,11 +155,20 @@ def worker(args: argparse.Namespace) -> None:
         "params": sum(p.numel() for p in model.parameters()),
         "xi_max": [r["xi_max"] for r in records],
         "nonsmooth": [op.split(" (")[0] for op in records[0]["nonsmooth_ops"]],
-        "degenerate": bool(records[0]["degenerate"]),
+        "degenerate": [_short(reason) for reason in records[0]["degenerate"]],
         "smooth": records[0]["smooth"],
         "unbeaten": all(r["T_e_hat"] <= r["T_e_prime"] * (1 + 1e-3) for r in records),
         "load": os.getloadavg()[0],
     }))
+
+
+def _short(reason: str) -> str:
+    """A record's ``degenerate`` line (:mod:`attrcert.degenerate`) in a few words."""
+    if "completeness gap" in reason:
+        return "IG's completeness gap > ||g||: m too small"
+    if "Jacobian" in reason:
+        return "T_e = 0"
+    return reason.split(":")[0]
 
 
 def run_case(key: str, method: str, args: argparse.Namespace, timeout: float) -> dict:
@@ -186,7 +195,7 @@ def row(key: str, method: str, size: int, steps: int, res: dict) -> str:
     gpu = "" if res["gpu_peak_gb"] is None else f"{res['gpu_peak_gb']:.2f} GB"
     notes = ("smooth" if not res["nonsmooth"] else "non-smooth: " + ", ".join(res["nonsmooth"]))
     if res["degenerate"]:
-        notes += ", degenerate (T_e = 0)"
+        notes += f", degenerate ({'; '.join(res['degenerate'])})"
     if not res["unbeaten"]:  # a certificate only on smooth models; estimates otherwise
         notes += ", ATTACK BEAT T'_e" if res["smooth"] else ", attack above T'_e (estimate)"
     return (f"| {name} | {size} | {meth} | {res['seconds']:.3g} | {res['attribution']:.3g} | "

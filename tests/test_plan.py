@@ -150,3 +150,56 @@ def test_the_label_test_is_split_into_passes_that_fit_the_budget(how, monkeypatc
         for key in ("label_preserved", "label_kept", "T_e", "xi_max"):
             assert ours[key] == ref[key], key
         assert ours["label_radius"] == pytest.approx(ref["label_radius"], rel=1e-12)
+
+
+def test_samples_share_the_spectrums_passes_where_it_pays():
+    """On a CPU, a narrow sample (points x d at most LOCKSTEP_CPU_MAX_WIDTH) gets a batch of
+    LOCKSTEP_CPU_SAMPLES whose spectra run in lockstep, as many as the budget holds with
+    their bases and graphs; a wide one, or a batch the user sized, keeps its own; the full
+    Jacobian path never shares."""
+    from attrcert.plan import LOCKSTEP_CPU_MAX_WIDTH, LOCKSTEP_CPU_SAMPLES, lockstep_samples
+
+    plan = planned(10**9)
+    assert plan.samples_per_batch == LOCKSTEP_CPU_SAMPLES
+    assert plan.samples_per_product_pass == LOCKSTEP_CPU_SAMPLES
+    each = plan.krylov_bytes + FOOTPRINT_FACTOR * plan.product_point_bytes
+    tight = planned(3 * each + 10)
+    assert tight.samples_per_product_pass == min(3, tight.samples_per_batch)
+    assert planned(10**9, spectral="full").samples_per_product_pass == 1
+    given = plan_run(ten_classes(), X, get_method("saliency"),
+                     SolverOptions(spectral="iterative", memory_budget=10**9, batch_size=2),
+                     2.0, torch.tensor([0]), 10)
+    assert (given.samples_per_batch, given.samples_per_product_pass) == (2, 2)
+    wide = torch.rand(1, 1, 8, LOCKSTEP_CPU_MAX_WIDTH // 8 + 1, dtype=torch.float64)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(wide[0].numel(), 3)).double()
+    spread = plan_run(model, wide, get_method("saliency"),
+                      SolverOptions(spectral="iterative", memory_budget=10**9), 2.0,
+                      torch.tensor([0]), 3)
+    assert (spread.samples_per_batch, spread.samples_per_product_pass) == (1, 1)
+    assert lockstep_samples(None, d=10, points=1, point_bytes=1, batch=5) == 5
+    assert lockstep_samples(1, d=10, points=1, point_bytes=1, batch=5) == 1
+
+
+def test_lockstep_in_certify_gives_the_records_of_one_at_a_time(monkeypatch):
+    """certify on four samples with their spectra in lockstep (the CPU default for this
+    narrow input) and with one sample per batch: the same records to rounding."""
+    from attrcert import analysis
+
+    real, groups = analysis.spectrum_iterative, []
+
+    def spy(*args, samples_per_pass=1, **kwargs):
+        groups.append(samples_per_pass)
+        return real(*args, samples_per_pass=samples_per_pass, **kwargs)
+
+    monkeypatch.setattr(analysis, "spectrum_iterative", spy)
+    model, x = ten_classes(), torch.rand(4, 1, 6, 6, dtype=torch.float64,
+                                         generator=torch.Generator().manual_seed(5))
+    kwargs = {"norm": 2, "eps": 0.05, "method": "integrated_gradients", "steps": 4,
+              "spectral": "iterative"}
+    together = certify(model, x, **kwargs)
+    assert groups == [4]
+    alone = certify(model, x, batch_size=1, **kwargs)
+    assert groups == [4, 1, 1, 1, 1]
+    for a, b in zip(together, alone, strict=True):
+        for key in ("xi_max", "T_e", "T_e_prime", "T_c", "label_radius"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-15), key

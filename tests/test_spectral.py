@@ -230,15 +230,16 @@ def test_warm_start_falls_back_to_the_random_start(cnn, images, monkeypatch):
     assert coarse is not None
     start, spent = iterative.warm_start(coarse, cnn, x, target, z, mix, tol=1e-12,
                                         max_steps=2, points_per_pass=None, progress=None)
-    assert start is z and spent > 0  # no convergence in 2 steps
+    assert torch.equal(start[0], z) and spent[0] > 0  # no convergence in 2 steps
     flat = nn.Sequential(nn.Flatten(), nn.Linear(36, 4)).double()  # linear: J = 0 for IG's M
     start, _ = iterative.warm_start(get_method("saliency"), flat, x, target, z, mix,
                                     tol=1e-6, max_steps=50, points_per_pass=None,
                                     progress=None)
-    assert start is z
+    assert torch.equal(start[0], z)
     start, _ = iterative.warm_start(coarse, cnn, x, target, z, mix, tol=1e-6, max_steps=50,
                                     points_per_pass=None, progress=None)
-    assert start is not z and abs(float(start.norm()) - (1 + 0.1**2) ** 0.5) < 0.05
+    assert not torch.equal(start[0], z)
+    assert abs(float(start[0].norm()) - (1 + 0.1**2) ** 0.5) < 0.05
 
 
 def test_warm_start_lets_out_of_memory_through(cnn, images, monkeypatch):
@@ -247,10 +248,75 @@ def test_warm_start_lets_out_of_memory_through(cnn, images, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("out of memory")
 
-    monkeypatch.setattr(iterative, "top_singular", out_of_memory)
+    monkeypatch.setattr(iterative, "top_singulars", out_of_memory)
     z = torch.randn(36, dtype=torch.float64)
     coarse = get_method("integrated_gradients", steps=8).coarse()
     assert coarse is not None
     with pytest.raises(torch.OutOfMemoryError):
         iterative.warm_start(coarse, cnn, images[:1], torch.tensor([1]), z, z, tol=1e-6,
                              max_steps=50, points_per_pass=None, progress=None)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_samples_in_lockstep_give_each_sample_its_own_result(method, warm, cnn, images,
+                                                              monkeypatch):
+    """Four samples' solvers in one pass per round (``samples_per_pass``) give what each
+    gives alone: the same ``xi_max``, ``v_max``, residual and products (to the rounding of
+    a wider pass), whatever the grouping; a warm start's coarse solvers as well."""
+    monkeypatch.setattr(iterative, "WARM_MIN_D", 1 if warm else 10**9)
+    attribution = get_method(method, steps=8)
+    x, target = images, torch.tensor([1, 2, 0, 1])
+    alone = spectrum_iterative(attribution, cnn, x, target, tol=1e-6)
+    warm = warm and attribution.coarse() is not None
+    for group in (2, 4):
+        together = spectrum_iterative(attribution, cnn, x, target, tol=1e-6,
+                                      samples_per_pass=group)
+        torch.testing.assert_close(together.xi_max, alone.xi_max, rtol=1e-9, atol=0)
+        torch.testing.assert_close(together.v_max, alone.v_max, rtol=0, atol=1e-7)
+        assert torch.equal(together.products, alone.products)
+        assert (together.start_products is None) == (not warm)
+        if warm:
+            assert torch.equal(together.start_products, alone.start_products)
+    full = spectrum_full(attribution_jacobian(attribution, cnn, x, target))
+    _agree(together, full, rtol=1e-6, cos=0.999999)
+
+
+def test_lockstep_with_a_zero_jacobian_among_others():
+    """A sample whose ``J`` is known to be 0 (input x gradient of a linear model for a class
+    whose weights are 0) is answered without a solver; the others in its pass are not
+    disturbed: ``J = diag(w_y)``, so ``xi_max = max |w_y|``."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[1].weight[0] = 0.0
+    model.requires_grad_(False)  # G does not depend on x at all: J = diag(G) known
+    x = torch.randn(3, 1, 2, 3, dtype=torch.float64)
+    target = torch.tensor([1, 0, 2])
+    out = spectrum_iterative(get_method("input_x_gradient"), model, x, target, tol=1e-10,
+                             samples_per_pass=3)
+    weights = model[1].weight.detach().abs().max(1).values
+    torch.testing.assert_close(out.xi_max, weights[target], rtol=1e-8, atol=0)
+    assert int(out.products[1]) == 0
+
+
+def test_lockstep_names_the_sample_whose_product_is_not_finite(cnn, images):
+    """A product that is not finite in one sample of a lockstep pass is refused naming
+    that sample, as when it runs alone."""
+    from attrcert.errors import ModelOutputError
+
+    class Poisoned(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = cnn
+
+        def forward(self, x):
+            marked = x.detach().flatten(1)[:, :1] > 1e6  # the marked sample only
+            scale = torch.where(marked, torch.inf, 1.0).to(x.dtype)
+            return self.inner(x) * scale
+
+    x = images[:3].clone()
+    x[2, 0, 0, 0] = 2e6
+    with pytest.raises(ModelOutputError) as info:
+        spectrum_iterative(get_method("saliency"), Poisoned(), x, torch.tensor([1, 2, 0]),
+                           samples_per_pass=3)
+    assert info.value.index == 2

@@ -49,13 +49,16 @@ def curvature_segments(points: int, points_per_pass: int | None) -> tuple[int, l
 
 
 class _SegmentGraph:
-    """``G_s`` of one segment on a leaf ``X`` (``copies`` rows of one sample) with its
-    first-order graph kept; ``u`` and ``G_s`` detached for the diagonal terms."""
+    """``G_s`` of one segment on a leaf ``X`` (``copies`` rows of one sample, or the samples
+    of ``x`` with ``copies = 1``) with its first-order graph kept; ``u`` and ``G_s``
+    detached for the diagonal terms."""
 
     def __init__(self, segment: Attribution, model: Model, x: Tensor, target: Tensor,
                  copies: int) -> None:
-        leaf = x.expand(copies, *x.shape[1:]).clone().requires_grad_(True)
-        u, big_g = segment.parts(model, leaf, target.expand(copies), create_graph=True)
+        if copies > 1:
+            x, target = x.expand(copies, *x.shape[1:]), target.expand(copies)
+        leaf = x.clone().requires_grad_(True)
+        u, big_g = segment.parts(model, leaf, target, create_graph=True)
         self.leaf, self.big_g = leaf, big_g
         self.u = None if u is None else u.detach()
         self.constant = not big_g.requires_grad  # G does not depend on x: M_s = 0
@@ -70,21 +73,26 @@ class _SegmentGraph:
 
 
 class CurvatureProducts:
-    """Matrix-free ``J v`` and ``J^T w`` of one sample from products with ``M`` (module doc).
+    """Matrix-free ``J v`` and ``J^T w`` from products with ``M`` (module doc), of one
+    sample or of several at once.
 
-    Rows of a ``(b, d)`` argument are separate vectors, multiplied on ``b = copies`` copies
-    of the sample in one pass. :attr:`count` counts the vectors multiplied by ``M``,
-    :attr:`passes` the segment graphs built.
+    Rows of a ``(b, d)`` argument are separate vectors: with one sample, multiplied on
+    ``b = copies`` copies of it in one pass; with ``n`` samples (``copies = 1``), row ``i``
+    by sample ``i``'s ``J`` (``b = n``), all in one pass (:func:`~attrcert.spectral.krylov.
+    lockstep`). :attr:`count` counts the vectors multiplied by ``M``, :attr:`passes` the
+    segment graphs built.
     """
 
     def __init__(self, attribution: Attribution, model: Model, x: Tensor, target: Tensor,
                  *, copies: int = 1, points_per_pass: int | None = None) -> None:
-        """``x``: one sample ``(1, C, H, W)``; ``target``: ``(1,)``; ``points_per_pass``: at
-        most this many of the attribution's points in memory (:func:`curvature_segments`;
-        ``None``: all, kept)."""
+        """``x``: ``(n, C, H, W)``, one sample unless ``copies = 1``; ``target``: ``(n,)``;
+        ``points_per_pass``: at most this many of the attribution's points in memory per
+        sample (:func:`curvature_segments`; ``None``: all, kept)."""
         x = x.detach()
+        if copies > 1 and x.shape[0] != 1:
+            raise ValueError(f"copies = {copies} of {x.shape[0]} samples: copy one sample")
         self.dtype, self.device = x.dtype, x.device
-        self.copies, self.d = copies, x[0].numel()
+        self.copies, self.d, self.samples = copies, x[0].numel(), x.shape[0]
         self.count = 0
         self._x, self._target, self._model = x, target, model
         kept, rebuilt = curvature_segments(attribution.points, points_per_pass)
@@ -92,23 +100,28 @@ class CurvatureProducts:
         self._kept = _SegmentGraph(parts[0], model, x, target, copies) if kept else None
         self._rebuilt = parts[1:] if kept else parts
         self.passes = int(kept > 0)
-        big_g = self._kept.big_g.detach()[:1] if self._kept is not None else 0.0
+        n = self.samples
+        big_g = self._kept.big_g.detach()[:n] if self._kept is not None else 0.0
         u: Tensor | None = None if self._kept is None else self._kept.u
         for segment in self._rebuilt:
             part_u, part_g = segment.parts(model, x, target)
             big_g = big_g + part_g.detach()
             u = None if part_u is None else part_u.detach()
-        self.gradient = torch.as_tensor(big_g).reshape(1, self.d)  # G at x: J's diagonal part
-        self.factor = None if u is None else u[:1].reshape(1, self.d)
+        self.gradient = torch.as_tensor(big_g).reshape(n, self.d)  # G at x: J's diagonal part
+        self.factor = None if u is None else u[:n].reshape(n, self.d)
         self.symmetric = self.factor is None
-        self.zero = self._kept is not None and self._kept.constant and not self._rebuilt and (
-            self.symmetric or not bool(self.gradient.abs().max() > 0))
+        constant = self._kept is not None and self._kept.constant and not self._rebuilt
+        #: ``(n,)`` bool: the samples whose ``J`` is known to be 0 (``G`` does not depend on
+        #: ``x``, and saliency, or ``G = 0``)
+        self.zero_rows = torch.full((n,), constant, dtype=torch.bool)
+        if constant and not self.symmetric:
+            self.zero_rows = ~(self.gradient.abs() > 0).any(1).cpu()
+        self.zero = bool(self.zero_rows.all())
 
     def curvature(self, v: Tensor) -> Tensor:
         """``M v`` for each row of ``v`` (``(b, d)``), returned ``(b, d)`` in the model dtype."""
         self.count += v.shape[0]
-        shaped = v.to(dtype=self.dtype, device=self.device).reshape(self.copies,
-                                                                     *self._x.shape[1:])
+        shaped = v.to(dtype=self.dtype, device=self.device).reshape(-1, *self._x.shape[1:])
         total = None if self._kept is None else self._kept.curvature(shaped)
         for segment in self._rebuilt:
             graph = _SegmentGraph(segment, self._model, self._x, self._target, self.copies)

@@ -23,17 +23,23 @@ from ..attributions import Attribution, Model
 from .curvature import CurvatureProducts
 from .full import Spectrum, canonical_sign, nonfinite_jacobian, spectrum_full
 from .krylov import (
+    JT,
     MAX_STEPS,
     Forecast,
+    J,
     NoConvergence,
     NonFiniteProduct,
     TopSingular,
+    drive,
     golub_kahan,
-    symmetric_lanczos,
+    golub_kahan_steps,
+    lanczos_steps,
+    lockstep,
 )
 from .products import JacobianProducts
 
-__all__ = ["SOLVERS", "START_MIX", "WARM_MIN_D", "spectrum_iterative", "top_singular", "warm_start"]
+__all__ = ["SOLVERS", "START_MIX", "WARM_MIN_D", "spectrum_iterative", "top_singular",
+           "top_singulars", "warm_start"]
 
 SOLVERS = ("krylov", "propack", "arpack")
 _DENSE_MAX_D = 2  # svds needs k = 1 < d - 1 (ARPACK): smaller d is solved densely
@@ -63,12 +69,14 @@ def spectrum_iterative(
     seed: int = 0,
     solver: str = "krylov",
     points_per_pass: int | None = None,
+    samples_per_pass: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> Spectrum:
     """``xi_max`` and ``v_max`` of every sample's ``J`` without forming ``J``.
 
-    Per sample, from a seeded Gaussian start vector (one draw per sample of numpy's
-    ``default_rng(seed)``, so batching does not change a sample's result):
+    Per sample, from a seeded Gaussian start vector (the first draw of numpy's
+    ``default_rng(seed)``, the same for every sample, so how samples are grouped does not
+    change a sample's result):
 
     - ``"krylov"`` (default): :func:`top_singular` on :class:`CurvatureProducts`; the
       reported ``xi_max`` is the Ritz value plus its residual term, at most ``(1 + tol)``
@@ -90,6 +98,10 @@ def spectrum_iterative(
             gradients' Riemann points) in memory at once: the first ones' graph is kept,
             the others rebuilt for every product (:func:`segment_sizes`). It changes the
             cost, not the operator.
+        samples_per_pass: ``"krylov"``: this many samples' solvers run in lockstep, their
+            products in one pass (:func:`top_singulars`): the same results, fewer and wider
+            passes (it pays on a GPU and for small inputs, BENCHMARKS.md); their graphs and
+            Krylov bases are all held at once.
         progress: called with ``(products so far, estimated total)`` after each product
             of a sample (``"krylov"``; the total is :class:`Forecast`'s, from the residuals
             so far, 0 until it has three; a warm start's coarse products count in both).
@@ -111,48 +123,54 @@ def spectrum_iterative(
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
     n, d = x.shape[0], x[0].numel()
-    rng = np.random.default_rng(seed)
-    mixing = np.random.default_rng([seed, 1])  # the random part of warm starts
+    z_np = np.random.default_rng(seed).standard_normal(d)  # every sample starts from it
+    z = torch.from_numpy(z_np)
+    mix = torch.from_numpy(np.random.default_rng([seed, 1]).standard_normal(d))
     xi = torch.zeros(n, dtype=torch.float64)
     residual = torch.zeros(n, dtype=torch.float64)
     vs = torch.zeros(n, d, dtype=torch.float64)
     counts = torch.zeros(n, dtype=torch.int64)
     coarse_counts = torch.zeros(n, dtype=torch.int64)
     coarse = attribution.coarse() if solver == "krylov" and d >= WARM_MIN_D else None
-    for i in range(n):
-        z = rng.standard_normal(d)
-        mix = mixing.standard_normal(d)
-        xs, ts = x[i : i + 1], target[i : i + 1]
-        if solver == "krylov":
-            start = torch.from_numpy(z)
-            if coarse is not None:
-                start, coarse_counts[i] = warm_start(
-                    coarse, model, xs, ts, start, torch.from_numpy(mix), tol=tol,
-                    max_steps=maxiter or MAX_STEPS, points_per_pass=points_per_pass,
-                    progress=progress)
-            ops = CurvatureProducts(attribution, model, xs, ts, points_per_pass=points_per_pass)
-            try:
-                top = top_singular(ops, start, tol=tol, max_steps=maxiter or MAX_STEPS,
-                                   progress=_offset(progress, int(coarse_counts[i])))
-            except NonFiniteProduct:
-                raise nonfinite_jacobian(i) from None
+    if solver != "krylov":
+        for i in range(n):
+            legacy = JacobianProducts(attribution, model, x[i : i + 1], target[i : i + 1],
+                                      points_per_pass=points_per_pass)
+            xi[i], vs[i] = _svds(legacy, z_np, tol=tol, maxiter=maxiter, solver=solver,
+                                 index=i)
+            counts[i] = legacy.count
+        return Spectrum(xi_max=xi, v_max=canonical_sign(vs), abs_sum_gram=None,
+                        products=counts, residual=None)
+    group = max(1, samples_per_pass)
+    for first in range(0, n, group):
+        rows = slice(first, min(n, first + group))
+        xs, ts = x[rows], target[rows]
+        starts = z.expand(xs.shape[0], d)
+        if coarse is not None:
+            starts, coarse_counts[rows] = warm_start(
+                coarse, model, xs, ts, z, mix, tol=tol, max_steps=maxiter or MAX_STEPS,
+                points_per_pass=points_per_pass, progress=progress)
+        ops = CurvatureProducts(attribution, model, xs, ts, points_per_pass=points_per_pass)
+        tops, _ = top_singulars(ops, starts, tol=tol, max_steps=maxiter or MAX_STEPS,
+                                progress=_offset(progress, int(coarse_counts[rows].sum())))
+        for j, top in enumerate(tops):
+            if isinstance(top, NonFiniteProduct):
+                raise nonfinite_jacobian(first + j) from None
+            if isinstance(top, NoConvergence):
+                raise top
+            i = first + j
             xi[i], vs[i], residual[i], counts[i] = top.value, top.vector, top.residual, \
                 top.products
-        else:
-            legacy = JacobianProducts(attribution, model, xs, ts,
-                                      points_per_pass=points_per_pass)
-            xi[i], vs[i] = _svds(legacy, z, tol=tol, maxiter=maxiter, solver=solver, index=i)
-            counts[i] = legacy.count
-            residual = None  # type: ignore[assignment]
-        del xs
+        del ops, xs
     return Spectrum(xi_max=xi, v_max=canonical_sign(vs), abs_sum_gram=None, products=counts,
                     residual=residual, start_products=None if coarse is None else coarse_counts)
 
 
 def warm_start(coarse: Attribution, model: Model, x: Tensor, target: Tensor, z: Tensor,
                mix: Tensor, *, tol: float, max_steps: int, points_per_pass: int | None,
-               progress: Callable[[int, int], None] | None) -> tuple[Tensor, int]:
-    """The start vector of one sample's solver and the coarse products it cost.
+               progress: Callable[[int, int], None] | None) -> tuple[Tensor, Tensor]:
+    """The start vectors of the samples' solvers (``(n, d)``) and the coarse products each
+    cost (``(n,)``).
 
     ``coarse`` (:meth:`Attribution.coarse`) has a Jacobian close to ``J`` at a fraction of
     the cost per product; the solver is run on it from ``z`` and its unit top right
@@ -162,18 +180,21 @@ def warm_start(coarse: Attribution, model: Model, x: Tensor, target: Tensor, z: 
     top singular vector) and is close to that vector when ``v_c`` is: integrated gradients
     with m = 8 at 160 px took 10 products after 60 with the coarse ``J`` (one point: about
     an eighth of the cost each) instead of 68 (BENCHMARKS.md). ``z`` itself
-    when the coarse solver fails (a product that is not finite, no convergence) or its
-    ``J`` is 0: the start is a hint, never a result.
+    for a sample whose coarse solver fails (a product that is not finite, no convergence)
+    or whose coarse ``J`` is 0: the start is a hint, never a result.
     """
+    n, d = x.shape[0], z.numel()
     ops = CurvatureProducts(coarse, model, x, target, points_per_pass=points_per_pass)
-    try:
-        top = top_singular(ops, z, tol=tol, max_steps=max_steps, progress=progress)
-    except (NonFiniteProduct, NoConvergence):  # not OutOfMemoryError: the plan halves on it
-        return z, ops.count
-    if top.value <= 0.0:
-        return z, ops.count
+    z = z.to(torch.float64)
+    tops, spent = top_singulars(ops, z.expand(n, d), tol=tol, max_steps=max_steps,
+                                progress=progress)
+    # not out of memory (it propagates): the plan halves on it
     mix = mix.to(torch.float64)
-    return top.vector + START_MIX * mix / mix.norm(), ops.count
+    starts = z.expand(n, d).clone()
+    for i, top in enumerate(tops):
+        if isinstance(top, TopSingular) and top.value > 0.0:
+            starts[i] = top.vector + START_MIX * mix / mix.norm()
+    return starts, spent
 
 
 def _offset(progress: Callable[[int, int], None] | None,
@@ -187,37 +208,72 @@ def _offset(progress: Callable[[int, int], None] | None,
 def top_singular(ops: CurvatureProducts, start: Tensor, *, tol: float,
                  max_steps: int = MAX_STEPS,
                  progress: Callable[[int, int], None] | None = None) -> TopSingular:
-    """``||J||_2`` and ``v_max`` of one sample: symmetric Lanczos when ``J`` is symmetric
-    (saliency), Golub-Kahan otherwise; zero when ``J = 0`` is known up front. ``progress``
-    hears ``(products so far, estimated total or 0)`` after each product (:class:`Forecast`)."""
-    d = ops.d
-    if ops.zero:
-        e1 = torch.zeros(d, dtype=torch.float64)
-        e1[0] = 1.0
-        return TopSingular(0.0, 0.0, 0.0, e1, 0)
-    start = start.to(dtype=torch.float64, device=ops.device)
+    """:func:`top_singulars` of one sample, raising what its solver raised."""
+    (top,), _ = top_singulars(ops, start.reshape(1, -1), tol=tol, max_steps=max_steps,
+                              progress=progress)
+    if isinstance(top, Exception):
+        raise top
+    return top
 
-    forecast = Forecast(tol, max_steps if ops.symmetric else 2 * max_steps)
-    estimate = [0]
 
-    def watch(products: int, relres: float) -> None:
-        estimate[0] = forecast.add(ops.count, relres)
+def top_singulars(ops: CurvatureProducts, starts: Tensor, *, tol: float,
+                  max_steps: int = MAX_STEPS,
+                  progress: Callable[[int, int], None] | None = None,
+                  ) -> tuple[list[TopSingular | NoConvergence | NonFiniteProduct], Tensor]:
+    """``||J||_2`` and ``v_max`` of each of ``ops``' samples from its row of ``starts``
+    (``(n, d)``), their solvers run in lockstep (:func:`~attrcert.spectral.krylov.lockstep`:
+    one pass of ``M`` products per round for all the samples): symmetric Lanczos when
+    ``J`` is symmetric (saliency), Golub-Kahan otherwise; zero where ``J = 0`` is known up
+    front. Returns each sample's result (or the error its solver raised) and the products
+    each spent. ``progress`` hears ``(products so far, estimated total or 0)`` after each
+    round, summed over the samples (:class:`Forecast`: 0 until every sample has one)."""
+    n, d = starts.shape
+    spent = torch.zeros(n, dtype=torch.int64)
+    estimates = [0] * n
+    results: list[TopSingular | NoConvergence | NonFiniteProduct | None] = [None] * n
+    solvers, live = [], []
+    for i in range(n):
+        if bool(ops.zero_rows[i]):
+            e1 = torch.zeros(d, dtype=torch.float64)
+            e1[0] = 1.0
+            results[i] = TopSingular(0.0, 0.0, 0.0, e1, 0)
+            continue
+        forecast = Forecast(tol, max_steps if ops.symmetric else 2 * max_steps)
 
-    def counted(w: Tensor) -> Tensor:
+        def watch(products: int, relres: float, i: int = i,
+                  forecast: Forecast = forecast) -> None:
+            estimates[i] = forecast.add(products, relres)
+
+        start = starts[i].to(dtype=torch.float64, device=ops.device)
+        steps = (lanczos_steps if ops.symmetric else golub_kahan_steps)
+        solvers.append(steps(start, tol=tol, max_steps=max_steps, watch=watch))
+        live.append(i)
+
+    def products(kind: str, rows: list[int], vectors: Tensor) -> Tensor:
+        samples = [live[j] for j in rows]
+        full = torch.zeros(n, d, dtype=torch.float64, device=ops.device)
+        full[samples] = vectors
+        out = (ops.matvec(full) if kind == J else ops.rmatvec(full))[samples]
+        spent[samples] += 1
         if progress is not None:
-            progress(ops.count, estimate[0])
-        return w
+            known = all(estimates[i] > 0 for i in live)
+            total = sum(max(estimates[i], int(spent[i])) for i in live) if known else 0
+            progress(int(spent.sum()), total)
+        return out
 
-    def mv(v: Tensor) -> Tensor:
-        return counted(ops.matvec(v.reshape(1, d)).reshape(d))
-
-    if ops.symmetric:
-        return symmetric_lanczos(mv, start, tol=tol, max_steps=max_steps, watch=watch)
-
-    def rmv(u: Tensor) -> Tensor:
-        return counted(ops.rmatvec(u.reshape(1, d)).reshape(d))
-
-    return golub_kahan(mv, rmv, start, tol=tol, max_steps=max_steps, watch=watch)
+    if n == 1 and solvers:  # one sample: no zero rows to fill
+        def alone(kind: str) -> Callable[[Tensor], Tensor]:
+            return lambda v: products(kind, [0], v.reshape(1, d))[0]
+        try:
+            results[0] = drive(solvers[0], {J: alone(J), JT: alone(JT)})
+        except (NoConvergence, NonFiniteProduct) as exc:
+            results[0] = exc
+    elif solvers:
+        for i, result in zip(live, lockstep(solvers, products), strict=True):
+            results[i] = result
+    done = [r for r in results if r is not None]
+    assert len(done) == n
+    return done, spent
 
 
 def _svds(ops: JacobianProducts, z: np.ndarray, *, tol: float, maxiter: int | None,

@@ -7,6 +7,12 @@ value above the one it converged to.
 - :func:`golub_kahan`: any square ``J``: Lanczos bidiagonalization, two products (``J v``,
   ``J^T u``) per step.
 
+Each is a generator of the products it needs (:func:`lanczos_steps`,
+:func:`golub_kahan_steps`: it yields ``(kind, vector)`` and is sent the product), so one
+driver runs one solver (:func:`drive`) and another runs several samples' solvers in
+lockstep, their products in one pass (:func:`lockstep`); both give each solver the same
+products, so the results do not depend on how samples are grouped.
+
 Both re-orthogonalise in full. A Ritz value approaches its eigenvalue from inside the
 spectrum, so each returns ``value = ritz + residual term``: for a symmetric matrix and a
 Ritz pair ``(theta, y)`` with ``||H y - theta y|| = r`` some eigenvalue lies in
@@ -18,16 +24,25 @@ start vector is never found); docs/math.md says what this means for ``T_e``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_STEPS", "Forecast", "NoConvergence", "NonFiniteProduct", "TopSingular",
-           "golub_kahan", "symmetric_lanczos"]
+__all__ = ["JT", "MAX_STEPS", "Forecast", "J", "NoConvergence", "NonFiniteProduct", "Steps",
+           "TopSingular", "drive", "golub_kahan", "golub_kahan_steps", "lanczos_steps",
+           "lockstep", "symmetric_lanczos"]
 
 Product = Callable[[Tensor], Tensor]
+#: the kinds of product a solver asks for: ``J v`` (or ``H v``) and ``J^T u``
+J, JT = "J", "JT"
+#: a solver as a generator: it yields ``(kind, vector)``, is sent the product, returns its
+#: result
+Steps = Generator[tuple[str, Tensor], Tensor, "TopSingular"]
+#: ``products(kind, rows, vectors)``: the ``kind`` product of each row of ``vectors``
+#: (``(b, d)`` float64) for the solvers ``rows`` of a lockstep run
+Batched = Callable[[str, list[int], Tensor], Tensor]
 #: ``watch(products so far, relative residual)`` after each step of a solver
 Watch = Callable[[int, float], None]
 #: default step limit of both solvers
@@ -126,6 +141,13 @@ def _zero(d: int, products: int) -> TopSingular:
 def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
                       max_steps: int = MAX_STEPS, min_steps: int = 2,
                       watch: Watch | None = None) -> TopSingular:
+    """:func:`lanczos_steps` with ``H v = matvec(v)``."""
+    return drive(lanczos_steps(start, tol=tol, max_steps=max_steps, min_steps=min_steps,
+                               watch=watch), {J: matvec})
+
+
+def lanczos_steps(start: Tensor, *, tol: float, max_steps: int = MAX_STEPS,
+                  min_steps: int = 2, watch: Watch | None = None) -> Steps:
     """``||H||_2 = max_i |lambda_i|`` of a symmetric ``H`` from ``v -> H v``.
 
     Lanczos from ``q_1 = start / ||start||``: ``beta_k q_{k+1} = H q_k - alpha_k q_k -
@@ -135,8 +157,9 @@ def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
     ``tol |theta|`` (after ``min_steps``), when ``beta_k`` vanishes (``Q_k`` spans an
     invariant subspace: ``theta`` is exact) or after ``d`` steps.
 
+    Yields ``(J, q)`` and is sent ``H q`` (any dtype, same device).
+
     Args:
-        matvec: ``(d,)`` float64 -> ``H v`` (any dtype, same device).
         start: the start vector (random in practice).
         tol: relative residual at which to stop; ``value <= (1 + tol) |theta|``.
         max_steps: products allowed.
@@ -155,7 +178,7 @@ def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
     beta = 0.0
     for step in range(1, min(d, max_steps) + 1):
         basis.append(q)
-        w = _finite(matvec(q))
+        w = _finite((yield J, q))
         alpha = float(q @ w)
         w = _reorthogonalize(w, basis)
         beta = float(w.norm())
@@ -185,6 +208,13 @@ def symmetric_lanczos(matvec: Product, start: Tensor, *, tol: float,
 def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
                 max_steps: int = MAX_STEPS, min_steps: int = 2,
                 watch: Watch | None = None) -> TopSingular:
+    """:func:`golub_kahan_steps` with ``J v = matvec(v)`` and ``J^T u = rmatvec(u)``."""
+    return drive(golub_kahan_steps(start, tol=tol, max_steps=max_steps, min_steps=min_steps,
+                                   watch=watch), {J: matvec, JT: rmatvec})
+
+
+def golub_kahan_steps(start: Tensor, *, tol: float, max_steps: int = MAX_STEPS,
+                      min_steps: int = 2, watch: Watch | None = None) -> Steps:
     """``sigma_max(J)`` and its right singular vector from ``v -> J v`` and ``u -> J^T u``.
 
     Golub-Kahan-Lanczos bidiagonalization from ``v_1 = start / ||start||``:
@@ -194,7 +224,8 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
     eigenvalue of ``J^T J`` lies within ``s beta_k |p_k|`` of ``s^2`` and
     ``value = sqrt(s^2 + s beta_k |p_k|)``. Stops when ``beta_k |p_k| <= tol s`` (after
     ``min_steps``), at an invariant subspace, or after ``d`` steps. ``watch`` hears
-    ``(products, beta_k |p_k| / s)`` after each step.
+    ``(products, beta_k |p_k| / s)`` after each step. Yields ``(J, v)`` and ``(JT, u)``
+    and is sent ``J v`` and ``J^T u``.
 
     Raises:
         NonFiniteProduct: a product is not finite.
@@ -202,7 +233,7 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
     """
     d = start.numel()
     v = _unit(start)
-    p = _finite(matvec(v))
+    p = _finite((yield J, v))
     alpha = float(p.norm())
     products = 1
     if alpha == 0.0:  # J z = 0 for a random z: J = 0 (almost surely)
@@ -212,7 +243,7 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
     betas: list[float] = []
     s = residual = 0.0
     for step in range(1, min(d, max_steps) + 1):
-        r = _finite(rmatvec(us[-1])) - alphas[-1] * vs[-1]
+        r = _finite((yield JT, us[-1])) - alphas[-1] * vs[-1]
         products += 1
         r = _reorthogonalize(r, vs)
         beta = float(r.norm())
@@ -231,7 +262,7 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
                                vector / vector.norm(), products)
         vs.append(r / beta)
         betas.append(beta)
-        p = _finite(matvec(vs[-1])) - beta * us[-1]
+        p = _finite((yield J, vs[-1])) - beta * us[-1]
         products += 1
         p = _reorthogonalize(p, us)
         alpha = float(p.norm())
@@ -250,3 +281,51 @@ def golub_kahan(matvec: Product, rmatvec: Product, start: Tensor, *, tol: float,
         us.append(p / alpha)
     raise NoConvergence(f"Golub-Kahan did not converge in {max_steps} steps "
                        f"(residual {residual:.3g} of {s:.3g}): raise tol or the step limit")
+
+
+def drive(steps: Steps, products: dict[str, Product]) -> TopSingular:
+    """Run one solver, answering each request with ``products[kind](vector)``."""
+    try:
+        kind, vector = next(steps)
+        while True:
+            kind, vector = steps.send(products[kind](vector))
+    except StopIteration as stop:
+        return stop.value
+
+
+def lockstep(solvers: Sequence[Steps], products: Batched,
+             ) -> list[TopSingular | NoConvergence | NonFiniteProduct]:
+    """Run several solvers (one per sample) together: each round, the requests of one kind
+    from every solver still running go to ``products`` as one ``(b, d)`` batch, and each
+    solver is sent its own row. A solver that stops early leaves the others running. Each
+    solver sees exactly the products :func:`drive` would give it (up to the rounding of a
+    batched pass), so the result of every solver is what it is alone.
+
+    Returns each solver's result, or the :class:`NoConvergence` or
+    :class:`NonFiniteProduct` it raised (for the caller to raise or to fall back on); any
+    other error (out of memory) propagates.
+    """
+    results: list[TopSingular | NoConvergence | NonFiniteProduct | None] = [None] * len(solvers)
+    pending: dict[int, tuple[str, Tensor]] = {}
+
+    def advance(i: int, product: Tensor | None) -> None:
+        try:
+            pending[i] = next(solvers[i]) if product is None else solvers[i].send(product)
+        except StopIteration as stop:
+            results[i] = stop.value
+            pending.pop(i, None)
+        except (NoConvergence, NonFiniteProduct) as exc:
+            results[i] = exc
+            pending.pop(i, None)
+
+    for i in range(len(solvers)):
+        advance(i, None)
+    while pending:
+        kind = next(iter(pending.values()))[0]
+        rows = [i for i, (k, _) in pending.items() if k == kind]
+        out = products(kind, rows, torch.stack([pending[i][1] for i in rows]))
+        for j, i in enumerate(rows):
+            advance(i, out[j])
+    done = [r for r in results if r is not None]
+    assert len(done) == len(solvers)  # every solver has stopped
+    return done
