@@ -60,8 +60,8 @@ from .settings import SolverOptions
 from .sizing import FOOTPRINT_FACTOR, default_batch_size, point_bytes, resolve_spectral
 from .spectral.krylov import MAX_STEPS as KRYLOV_STEPS
 
-__all__ = ["ATTACK_COPIES", "KRYLOV_VECTORS", "LOCKSTEP_CPU_MAX_WIDTH", "LOCKSTEP_CPU_SAMPLES",
-           "RunPlan", "lockstep_samples", "plan_run"]
+__all__ = ["ATTACK_COPIES", "KRYLOV_VECTORS", "LOCKSTEP_CPU_MAX_WIDTH", "RunPlan",
+           "lockstep_samples", "plan_run"]
 
 #: float64 vectors of ``d`` a Krylov step keeps (Golub-Kahan: ``v_k`` and ``u_k``).
 KRYLOV_VECTORS = 2
@@ -74,11 +74,11 @@ KRYLOV_MIN_STEPS = 64
 #: a time, cost 0.20x per image with saliency at 32 px (3072 values), 0.29x at 64 px, 0.47x
 #: at 96 px, 0.80x at 128 px (49152), 0.97x at 160 px and 1.21x at 224 px; integrated
 #: gradients with m = 8 (8 rows a pass already) 0.53x at 32 px and 0.91x at 64 px
-#: (``benchmarks/bench_lockstep.py``, BENCHMARKS.md). Accelerators always share.
+#: (``benchmarks/bench_lockstep.py``, BENCHMARKS.md). Accelerators always share. A CPU's
+#: batch is 1 sample unless ``--batch-size`` says more (``sizing.default_batch_size``):
+#: records then do not depend on how a run is batched, sharded or resumed, bit for bit,
+#: while a wider pass rounds differently (``xi_max`` moved by 2e-7 relative in float32).
 LOCKSTEP_CPU_MAX_WIDTH = 65536
-#: Samples per batch on a CPU where they share the spectrum's passes (when no batch size is
-#: given): the most that measured as paying above.
-LOCKSTEP_CPU_SAMPLES = 8
 #: Bytes a first-order pass keeps per point and input row, in units of ``A``.
 VALUE_FACTOR = 2
 #: Copies of the batch ``(N, d)`` in the model's dtype an attack holds beside its graph: ``x``,
@@ -324,10 +324,6 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
         estimate = estimate_for(how)
     narrow = (how == "iterative" and x.device.type == "cpu"
               and points * d <= LOCKSTEP_CPU_MAX_WIDTH)
-    if narrow and solver.batch_size is None:  # samples share the spectrum's passes
-        estimate = plan(budget, d=d, steps=points, activation=activation,
-                        itemsize=x.element_size(), spectral=how,
-                        default_batch=LOCKSTEP_CPU_SAMPLES)
     batch = solver.batch_size or estimate.batch_size
     rows = solver.chunk_size or min(estimate.chunk_size,
                                      default_chunk_size(attribution, x[:batch]))

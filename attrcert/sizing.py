@@ -98,7 +98,7 @@ def point_bytes(attribution: Attribution, model: Model, x: Tensor, target: Tenso
 
 def default_batch_size(device: torch.device) -> int:
     """Samples per batch when none is given: 1 on CPU, where one sample per graph is fastest
-    (BENCHMARKS.md: 2 samples sharing each pass cost 1.1x per sample; small inputs on the
-    matrix-free path are the exception, :data:`attrcert.plan.LOCKSTEP_CPU_SAMPLES`), 16 on
-    accelerators."""
+    (BENCHMARKS.md: 2 samples sharing each pass cost 1.1x per sample; with small inputs on
+    the matrix-free path a larger batch pays, :data:`attrcert.plan.LOCKSTEP_CPU_MAX_WIDTH`,
+    and is the user's to ask for), 16 on accelerators."""
     return 1 if device.type == "cpu" else 16

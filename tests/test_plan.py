@@ -153,36 +153,36 @@ def test_the_label_test_is_split_into_passes_that_fit_the_budget(how, monkeypatc
 
 
 def test_samples_share_the_spectrums_passes_where_it_pays():
-    """On a CPU, a narrow sample (points x d at most LOCKSTEP_CPU_MAX_WIDTH) gets a batch of
-    LOCKSTEP_CPU_SAMPLES whose spectra run in lockstep, as many as the budget holds with
-    their bases and graphs; a wide one, or a batch the user sized, keeps its own; the full
-    Jacobian path never shares."""
-    from attrcert.plan import LOCKSTEP_CPU_MAX_WIDTH, LOCKSTEP_CPU_SAMPLES, lockstep_samples
+    """On a CPU, a batch the user asked for of narrow samples (points x d at most
+    LOCKSTEP_CPU_MAX_WIDTH) runs its spectra in lockstep, as many as the budget holds with
+    their bases and graphs; the default batch stays 1 (records equal bit for bit however a
+    run is cut); a wide sample, or the full Jacobian path, never shares."""
+    from attrcert.plan import LOCKSTEP_CPU_MAX_WIDTH, lockstep_samples
 
-    plan = planned(10**9)
-    assert plan.samples_per_batch == LOCKSTEP_CPU_SAMPLES
-    assert plan.samples_per_product_pass == LOCKSTEP_CPU_SAMPLES
+    def batched(budget: int, spectral: str = "iterative", x: torch.Tensor = X,
+                model: nn.Module | None = None, batch: int | None = 4) -> RunPlan:
+        return plan_run(model or ten_classes(), x, get_method("saliency"),
+                        SolverOptions(spectral=spectral, memory_budget=budget,
+                                      batch_size=batch), 2.0, torch.tensor([0]), 10)
+
+    default = batched(10**9, batch=None)
+    assert (default.samples_per_batch, default.samples_per_product_pass) == (1, 1)
+    plan = batched(10**9)
+    assert (plan.samples_per_batch, plan.samples_per_product_pass) == (4, 4)
     each = plan.krylov_bytes + FOOTPRINT_FACTOR * plan.product_point_bytes
-    tight = planned(3 * each + 10)
-    assert tight.samples_per_product_pass == min(3, tight.samples_per_batch)
-    assert planned(10**9, spectral="full").samples_per_product_pass == 1
-    given = plan_run(ten_classes(), X, get_method("saliency"),
-                     SolverOptions(spectral="iterative", memory_budget=10**9, batch_size=2),
-                     2.0, torch.tensor([0]), 10)
-    assert (given.samples_per_batch, given.samples_per_product_pass) == (2, 2)
+    assert batched(3 * each + 10).samples_per_product_pass == 3
+    assert batched(10**9, spectral="full").samples_per_product_pass == 1
     wide = torch.rand(1, 1, 8, LOCKSTEP_CPU_MAX_WIDTH // 8 + 1, dtype=torch.float64)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(wide[0].numel(), 3)).double()
-    spread = plan_run(model, wide, get_method("saliency"),
-                      SolverOptions(spectral="iterative", memory_budget=10**9), 2.0,
-                      torch.tensor([0]), 3)
-    assert (spread.samples_per_batch, spread.samples_per_product_pass) == (1, 1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(wide[0].numel(), 10)).double()
+    spread = batched(10**9, x=wide, model=model)
+    assert (spread.samples_per_batch, spread.samples_per_product_pass) == (4, 1)
     assert lockstep_samples(None, d=10, points=1, point_bytes=1, batch=5) == 5
     assert lockstep_samples(1, d=10, points=1, point_bytes=1, batch=5) == 1
 
 
 def test_lockstep_in_certify_gives_the_records_of_one_at_a_time(monkeypatch):
-    """certify on four samples with their spectra in lockstep (the CPU default for this
-    narrow input) and with one sample per batch: the same records to rounding."""
+    """certify on four samples in one batch, their spectra in lockstep (a narrow input on a
+    CPU), and one sample per batch (the CPU default): the same records to rounding."""
     from attrcert import analysis
 
     real, groups = analysis.spectrum_iterative, []
@@ -196,9 +196,9 @@ def test_lockstep_in_certify_gives_the_records_of_one_at_a_time(monkeypatch):
                                          generator=torch.Generator().manual_seed(5))
     kwargs = {"norm": 2, "eps": 0.05, "method": "integrated_gradients", "steps": 4,
               "spectral": "iterative"}
-    together = certify(model, x, **kwargs)
+    together = certify(model, x, batch_size=4, **kwargs)
     assert groups == [4]
-    alone = certify(model, x, batch_size=1, **kwargs)
+    alone = certify(model, x, **kwargs)
     assert groups == [4, 1, 1, 1, 1]
     for a, b in zip(together, alone, strict=True):
         for key in ("xi_max", "T_e", "T_e_prime", "T_c", "label_radius"):
