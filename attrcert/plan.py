@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .attributions import Attribution, Model
@@ -61,7 +62,7 @@ from .sizing import FOOTPRINT_FACTOR, default_batch_size, point_bytes, resolve_s
 from .spectral.krylov import MAX_STEPS as KRYLOV_STEPS
 
 __all__ = ["ATTACK_COPIES", "KRYLOV_VECTORS", "LOCKSTEP_CPU_MAX_WIDTH", "RunPlan",
-           "lockstep_samples", "plan_run"]
+           "lockstep_pays", "lockstep_samples", "plan_run"]
 
 #: float64 vectors of ``d`` a Krylov step keeps (Golub-Kahan: ``v_k`` and ``u_k``).
 KRYLOV_VECTORS = 2
@@ -322,8 +323,6 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
                 "--spectral iterative or a larger --memory-budget")
         how, blocked = "iterative", True
         estimate = estimate_for(how)
-    narrow = (how == "iterative" and x.device.type == "cpu"
-              and points * d <= LOCKSTEP_CPU_MAX_WIDTH)
     batch = solver.batch_size or estimate.batch_size
     rows = solver.chunk_size or min(estimate.chunk_size,
                                      default_chunk_size(attribution, x[:batch]))
@@ -334,7 +333,7 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
         fit = max(1, room // max(1, FOOTPRINT_FACTOR * product))
         per_pass = None if fit >= points else int(fit)
     together = 1
-    if how == "iterative" and per_pass is None and (x.device.type != "cpu" or narrow):
+    if how == "iterative" and per_pass is None and lockstep_pays(x.device, points * d):
         together = lockstep_samples(budget, d=d, points=points, point_bytes=product,
                                     batch=int(batch))
     return RunPlan(spectral=how, abs_sum_blocked=blocked, samples_per_batch=int(batch),
@@ -342,6 +341,13 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
                    samples_per_product_pass=together,
                    product_point_bytes=product, second_order_point_bytes=second,
                    full_bytes=estimate.full_bytes, **common)
+
+
+def lockstep_pays(device: torch.device, width: int) -> bool:
+    """Whether samples whose pass holds ``width`` values each (points times ``d``) gain
+    from sharing the spectrum's passes on ``device``: always on an accelerator, on a CPU
+    up to :data:`LOCKSTEP_CPU_MAX_WIDTH`."""
+    return device.type != "cpu" or width <= LOCKSTEP_CPU_MAX_WIDTH
 
 
 def lockstep_samples(budget: int | None, *, d: int, points: int, point_bytes: int,

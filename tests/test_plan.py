@@ -157,7 +157,7 @@ def test_samples_share_the_spectrums_passes_where_it_pays():
     LOCKSTEP_CPU_MAX_WIDTH) runs its spectra in lockstep, as many as the budget holds with
     their bases and graphs; the default batch stays 1 (records equal bit for bit however a
     run is cut); a wide sample, or the full Jacobian path, never shares."""
-    from attrcert.plan import LOCKSTEP_CPU_MAX_WIDTH, lockstep_samples
+    from attrcert.plan import LOCKSTEP_CPU_MAX_WIDTH, lockstep_pays, lockstep_samples
 
     def batched(budget: int, spectral: str = "iterative", x: torch.Tensor = X,
                 model: nn.Module | None = None, batch: int | None = 4) -> RunPlan:
@@ -176,6 +176,9 @@ def test_samples_share_the_spectrums_passes_where_it_pays():
     model = nn.Sequential(nn.Flatten(), nn.Linear(wide[0].numel(), 10)).double()
     spread = batched(10**9, x=wide, model=model)
     assert (spread.samples_per_batch, spread.samples_per_product_pass) == (4, 1)
+    assert lockstep_pays(torch.device("cuda"), 10**9)  # decided without a GPU
+    assert lockstep_pays(torch.device("cpu"), LOCKSTEP_CPU_MAX_WIDTH)
+    assert not lockstep_pays(torch.device("cpu"), LOCKSTEP_CPU_MAX_WIDTH + 1)
     assert lockstep_samples(None, d=10, points=1, point_bytes=1, batch=5) == 5
     assert lockstep_samples(1, d=10, points=1, point_bytes=1, batch=5) == 1
 
