@@ -136,7 +136,8 @@ def certify_run(run: Run, pert: Perturbation, *, label: LabelOptions = COMPLETEN
         if not isinstance(run.model, torch.nn.Module):
             raise OptionError("sound=True needs the model as a torch.nn.Module (its graph is "
                               "read): pass the module, not a function")
-        bounder = SoundBounder(run.model, run.x[:1], run.attribution, pert)
+        bounder = SoundBounder(run.model, run.x[:1], run.attribution, pert,
+                               budget=run.plan.budget)
     progress = hooks.progress
 
     def work(sl: slice) -> tuple[list[Record], Analysis]:

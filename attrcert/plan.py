@@ -21,7 +21,9 @@ memory is freed before the next one starts):
   second-order graph of its points (``"double_vjp"``) and :data:`ATTACK_COPIES` copies of
   the batch;
 - smoothing: per noisy copy its points' activations, the noise, the copy and its
-  attribution in float64; per image the running sum and, with pixels, every sample's bins.
+  attribution in float64; per image the running sum and, with pixels, every sample's bins;
+- sound mode (``--sound``): the pieces of the ball enclosed at once, their tangents
+  (:func:`attrcert.sound.pieces.chunk_size`, within the budget and at most 1.5 GB).
 
 A budget that cannot hold one sample in some phase is refused before the work
 (:meth:`RunPlan.require`). Sizes are named by what one pass holds: ``samples_per_batch``,

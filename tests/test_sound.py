@@ -341,3 +341,19 @@ def test_integrated_gradients_with_a_baseline_and_a_final_activation() -> None:
                            steps=30, restarts=2, seed=seed, label_constraint=False)
             best = max(best, float(found.deviation[0]))
         assert res.interval >= best and res.mean_value is not None and res.mean_value >= best
+
+
+def test_the_memory_budget_sizes_the_pieces_enclosed_at_once() -> None:
+    """``budget`` (the run's --memory-budget) caps the pieces enclosed at once; enclosing
+    them one at a time proves the same bounds as in one chunk."""
+    net, x = _net(3, ("softplus", "tanh"), conv=True), _input(3, conv=True)
+    pert = Perturbation(2, 0.05)
+    wide = SoundBounder(net, x, get_method("saliency"), pert)
+    narrow = SoundBounder(net, x, get_method("saliency"), pert, budget=1)
+    assert narrow.chunk == 1 < wide.chunk
+    assert SoundBounder(net, x, get_method("saliency"), pert, budget=10**15).chunk \
+        == wide.chunk  # never above the default cap
+    target = int(net(x).argmax())
+    a, b = wide.bound(x, target), narrow.bound(x, target)
+    assert a.interval == pytest.approx(b.interval, rel=1e-12)
+    assert a.mean_value == pytest.approx(b.mean_value, rel=1e-12)

@@ -20,7 +20,7 @@ from .graph import read_graph
 from .hessian import HessianSum
 from .intervals import REL, SUM_REL, TINY, mul, to_lohi
 from .nodes import forward
-from .pieces import Centres, centres, chunk_size, run, weighted
+from .pieces import CHUNK_BYTES, Centres, centres, chunk_size, run, weighted
 from .pointpass import cheap_masks, telescope_at
 from .rounding import model_rounding
 from .telescope import eligible
@@ -67,12 +67,13 @@ class SoundBounder:
     ``SPLITS_IG`` for integrated gradients (whose ``m`` points already cost ``m`` pieces
     each).
     ``telescope``: use the telescoped cross terms (:mod:`.telescope`) where they apply (one
-    centre: saliency and input x gradient).
+    centre: saliency and input x gradient). ``budget``: bytes the pieces enclosed at once
+    may hold (the run's memory budget; at most :data:`.pieces.CHUNK_BYTES`).
     """
 
     def __init__(self, model: torch.nn.Module, example: Tensor, attribution: Attribution,
                  perturbation: Perturbation, *, splits: int | None = None,
-                 telescope: bool = True) -> None:
+                 telescope: bool = True, budget: int | None = None) -> None:
         if not isinstance(attribution, (Saliency, InputXGradient, IntegratedGradients)):
             raise OptionError(f"--sound supports saliency, input_x_gradient and "
                               f"integrated_gradients, not {attribution!r}")
@@ -94,7 +95,8 @@ class SoundBounder:
         self.d = d
         self.eps = perturbation.eps * (1.0 if self.linf
                                        else l2_radius_factor(d, perturbation.norm))
-        self.chunk = chunk_size(self.graph, d)
+        self.chunk = chunk_size(self.graph, d, CHUNK_BYTES if budget is None
+                                else min(CHUNK_BYTES, budget))
         self.fixed = fixed_tangents(self.graph, example[:1])
         # the telescoped cross terms are spectral (l2) bounds; for l-inf the entrywise ones
         # enter through ||R 1||, which they would not beat

@@ -77,7 +77,11 @@ def weighted(lo: Tensor, hi: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return (w * c).sum(0), (w.abs() * r).sum(0) * (1.0 + REL) + SUM_REL * mag + TINY
 
 
-def chunk_size(graph: Graph, d: int, budget: float = 1.5e9) -> int:
+#: Bytes the pieces enclosed at once may hold when no smaller memory budget is given
+CHUNK_BYTES = 1.5e9
+
+
+def chunk_size(graph: Graph, d: int, budget: float = CHUNK_BYTES) -> int:
     """How many pieces to enclose at once: their tangents ``(d, *shape)`` (centre and radius,
     a few nodes alive) within ``budget`` bytes."""
     biggest = max(max(1, int(torch.Size(n.shape).numel())) for n in graph.nodes)
