@@ -78,9 +78,9 @@ class CurvatureProducts:
 
     Rows of a ``(b, d)`` argument are separate vectors: with one sample, multiplied on
     ``b = copies`` copies of it in one pass; with ``n`` samples (``copies = 1``), row ``i``
-    by sample ``i``'s ``J`` (``b = n``), all in one pass (:func:`~attrcert.spectral.krylov.
-    lockstep`). :attr:`count` counts the vectors multiplied by ``M``, :attr:`passes` the
-    segment graphs built.
+    by sample ``i``'s ``J`` (``b = n``), all in one pass
+    (:func:`~attrcert.spectral.krylov.lockstep`). :attr:`count` counts the vectors
+    multiplied by ``M``, :attr:`passes` the segment graphs built.
     """
 
     def __init__(self, attribution: Attribution, model: Model, x: Tensor, target: Tensor,
