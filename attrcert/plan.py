@@ -142,7 +142,7 @@ class RunPlan:
         """The Krylov basis of the matrix-free spectrum at its longest."""
         if self.spectral != "iterative":
             return 0
-        return 8 * KRYLOV_VECTORS * self.d * min(self.d, KRYLOV_STEPS)
+        return basis_bytes(self.d)
 
     @property
     def points_per_value_pass(self) -> int | None:
@@ -220,7 +220,7 @@ class RunPlan:
             if self.spectral != "iterative":
                 return 0, ""
             steps = min(self.d, KRYLOV_MIN_STEPS)
-            basis = 8 * KRYLOV_VECTORS * self.d * steps
+            basis = basis_bytes(self.d, KRYLOV_MIN_STEPS)
             return (basis + graph,
                     f"a Krylov basis of {steps} steps, {fmt(basis)}, and one "
                     f"point's graph, {fmt(graph)}")
@@ -331,7 +331,7 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
     product, second = _graphs(model, x, attribution, target)
     per_pass = None
     if how == "iterative" and points > 1:
-        room = budget - 8 * KRYLOV_VECTORS * d * min(d, KRYLOV_STEPS)
+        room = budget - basis_bytes(d)
         fit = max(1, room // max(1, FOOTPRINT_FACTOR * product))
         per_pass = None if fit >= points else int(fit)
     together = 1
@@ -343,6 +343,12 @@ def plan_run(model: Model, x: Tensor, attribution: Attribution, solver: SolverOp
                    samples_per_product_pass=together,
                    product_point_bytes=product, second_order_point_bytes=second,
                    full_bytes=estimate.full_bytes, **common)
+
+
+def basis_bytes(d: int, steps: int = KRYLOV_STEPS) -> int:
+    """One sample's Krylov basis after ``steps`` steps (at most ``d``): ``KRYLOV_VECTORS``
+    float64 vectors of ``d`` per step."""
+    return 8 * KRYLOV_VECTORS * d * min(d, steps)
 
 
 def lockstep_pays(device: torch.device, width: int) -> bool:
@@ -358,5 +364,5 @@ def lockstep_samples(budget: int | None, *, d: int, points: int, point_bytes: in
     points' graphs, :func:`attrcert.spectral.top_singulars`), 1 to ``batch``."""
     if budget is None:
         return batch
-    each = 8 * KRYLOV_VECTORS * d * min(d, KRYLOV_STEPS) + FOOTPRINT_FACTOR * point_bytes * points
+    each = basis_bytes(d) + FOOTPRINT_FACTOR * point_bytes * points
     return int(max(1, min(batch, budget // max(1, each))))

@@ -23,23 +23,22 @@ from ..attributions import Attribution, Model
 from .curvature import CurvatureProducts
 from .full import Spectrum, canonical_sign, nonfinite_jacobian, spectrum_full
 from .krylov import (
-    JT,
     MAX_STEPS,
     Forecast,
     J,
     NoConvergence,
     NonFiniteProduct,
     TopSingular,
-    drive,
     golub_kahan,
     golub_kahan_steps,
     lanczos_steps,
     lockstep,
+    zero_singular,
 )
 from .products import JacobianProducts
 
-__all__ = ["SOLVERS", "START_MIX", "WARM_MIN_D", "spectrum_iterative", "top_singular",
-           "top_singulars", "warm_start"]
+__all__ = ["SOLVERS", "START_MIX", "WARM_MIN_D", "spectrum_iterative", "top_singulars",
+           "warm_start"]
 
 SOLVERS = ("krylov", "propack", "arpack")
 _DENSE_MAX_D = 2  # svds needs k = 1 < d - 1 (ARPACK): smaller d is solved densely
@@ -78,7 +77,7 @@ def spectrum_iterative(
     ``default_rng(seed)``, the same for every sample, so how samples are grouped does not
     change a sample's result):
 
-    - ``"krylov"`` (default): :func:`top_singular` on :class:`CurvatureProducts`; the
+    - ``"krylov"`` (default): :func:`top_singulars` on :class:`CurvatureProducts`; the
       reported ``xi_max`` is the Ritz value plus its residual term, at most ``(1 + tol)``
       times the Ritz value and above the singular value the solver converged to. A method
       with a :meth:`~Attribution.coarse` version (integrated gradients) and at least
@@ -205,17 +204,6 @@ def _offset(progress: Callable[[int, int], None] | None,
     return lambda count, total: progress(count + done, total + done if total else 0)
 
 
-def top_singular(ops: CurvatureProducts, start: Tensor, *, tol: float,
-                 max_steps: int = MAX_STEPS,
-                 progress: Callable[[int, int], None] | None = None) -> TopSingular:
-    """:func:`top_singulars` of one sample, raising what its solver raised."""
-    (top,), _ = top_singulars(ops, start.reshape(1, -1), tol=tol, max_steps=max_steps,
-                              progress=progress)
-    if isinstance(top, Exception):
-        raise top
-    return top
-
-
 def top_singulars(ops: CurvatureProducts, starts: Tensor, *, tol: float,
                   max_steps: int = MAX_STEPS,
                   progress: Callable[[int, int], None] | None = None,
@@ -234,9 +222,7 @@ def top_singulars(ops: CurvatureProducts, starts: Tensor, *, tol: float,
     solvers, live = [], []
     for i in range(n):
         if bool(ops.zero_rows[i]):
-            e1 = torch.zeros(d, dtype=torch.float64)
-            e1[0] = 1.0
-            results[i] = TopSingular(0.0, 0.0, 0.0, e1, 0)
+            results[i] = zero_singular(d, 0)
             continue
         forecast = Forecast(tol, max_steps if ops.symmetric else 2 * max_steps)
 
@@ -261,16 +247,8 @@ def top_singulars(ops: CurvatureProducts, starts: Tensor, *, tol: float,
             progress(int(spent.sum()), total)
         return out
 
-    if n == 1 and solvers:  # one sample: no zero rows to fill
-        def alone(kind: str) -> Callable[[Tensor], Tensor]:
-            return lambda v: products(kind, [0], v.reshape(1, d))[0]
-        try:
-            results[0] = drive(solvers[0], {J: alone(J), JT: alone(JT)})
-        except (NoConvergence, NonFiniteProduct) as exc:
-            results[0] = exc
-    elif solvers:
-        for i, result in zip(live, lockstep(solvers, products), strict=True):
-            results[i] = result
+    for i, result in zip(live, lockstep(solvers, products), strict=True):
+        results[i] = result
     done = [r for r in results if r is not None]
     assert len(done) == n
     return done, spent

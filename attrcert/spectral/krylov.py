@@ -32,7 +32,7 @@ from torch import Tensor
 
 __all__ = ["JT", "MAX_STEPS", "Forecast", "J", "NoConvergence", "NonFiniteProduct", "Steps",
            "TopSingular", "drive", "golub_kahan", "golub_kahan_steps", "lanczos_steps",
-           "lockstep", "symmetric_lanczos"]
+           "lockstep", "symmetric_lanczos", "zero_singular"]
 
 Product = Callable[[Tensor], Tensor]
 #: the kinds of product a solver asks for: ``J v`` (or ``H v``) and ``J^T u``
@@ -132,7 +132,8 @@ def _unit(z: Tensor) -> Tensor:
     return z / z.norm()
 
 
-def _zero(d: int, products: int) -> TopSingular:
+def zero_singular(d: int, products: int) -> TopSingular:
+    """The result for ``J = 0``: value 0, ``v_max = e_1``."""
     e1 = torch.zeros(d, dtype=torch.float64)
     e1[0] = 1.0
     return TopSingular(0.0, 0.0, 0.0, e1, products)
@@ -194,7 +195,7 @@ def lanczos_steps(start: Tensor, *, tol: float, max_steps: int = MAX_STEPS,
         if watch is not None and ritz > 0:
             watch(step, residual / ritz)
         if step == 1 and ritz == 0.0 and beta == 0.0:  # H z = 0 for a random z: H = 0
-            return _zero(d, step)
+            return zero_singular(d, step)
         done = (step >= min_steps and residual <= tol * ritz) or step == d
         if done or beta <= _BREAKDOWN * max(ritz, float(theta.abs().max())):
             vector = (torch.stack(basis, 1) @ s[:, top].to(q.device)).cpu()
@@ -237,7 +238,7 @@ def golub_kahan_steps(start: Tensor, *, tol: float, max_steps: int = MAX_STEPS,
     alpha = float(p.norm())
     products = 1
     if alpha == 0.0:  # J z = 0 for a random z: J = 0 (almost surely)
-        return _zero(d, products)
+        return zero_singular(d, products)
     vs, us = [v], [p / alpha]
     alphas: list[float] = [alpha]
     betas: list[float] = []
